@@ -1,0 +1,246 @@
+"""Job configuration: YAML (or JSON) text plus `--set` overrides, parsed into frozen dataclasses.
+
+Everything is validated here, on the driver, before Spark reads a row or a request is made.
+Secrets never live in the file: they come from the environment (see `credentials_from_env`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+REGION_HOSTS = {
+    "us": "https://api.mixpanel.com",
+    "eu": "https://api-eu.mixpanel.com",
+    "in": "https://api-in.mixpanel.com",
+}
+SOURCE_FORMATS = ("parquet", "delta", "json")
+TIME_UNITS = ("s", "ms", "us")
+MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
+MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
+
+
+class ConfigError(ValueError):
+    """A problem with the configuration or the environment; the message names the key or variable."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    format: str
+    path: str | None = None
+    table: str | None = None
+    where: str | None = None
+    version: int | None = None
+    timestamp: str | None = None
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_choice("source.format", self.format, SOURCE_FORMATS)
+        if (self.path is None) == (self.table is None):
+            raise ConfigError("give exactly one of source.path or source.table")
+        if self.format != "delta" and (self.version is not None or self.timestamp is not None):
+            raise ConfigError("source.version and source.timestamp (time travel) need source.format: delta")
+        if self.version is not None and self.timestamp is not None:
+            raise ConfigError("give at most one of source.version or source.timestamp")
+        if self.schema is not None and self.format != "json":
+            raise ConfigError("source.schema is only used with source.format: json")
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    event: str
+    time: str
+    distinct_id: str
+    insert_id: str | None = None
+    time_unit: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    include_columns: list[str] | str = field(default_factory=list)
+    exclude_columns: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.time_unit is not None:
+            _require_choice("mapping.time_unit", self.time_unit, TIME_UNITS)
+        if isinstance(self.include_columns, str) and self.include_columns != "*":
+            raise ConfigError('mapping.include_columns must be "*" or a list of column names')
+        for name, expression in self.properties.items():
+            if not name or not isinstance(expression, str) or not expression.strip():
+                raise ConfigError(f"mapping.properties.{name}: needs a non-empty Spark SQL expression")
+
+
+@dataclass(frozen=True)
+class MixpanelConfig:
+    project_id: str | None = None
+    region: str = "us"
+    api_host: str | None = None
+    max_batch_events: int = MAX_EVENTS_PER_REQUEST
+    max_batch_bytes: int = 2 * 1024 * 1024  # the safest of the documented limits (see reference §3)
+    gzip_level: int = 6
+    timeout_s: float = 30.0
+    max_attempts: int = 8
+    backoff_initial_s: float = 2.0  # Mixpanel's advice: 2 s doubling to 60 s, plus 1-5 s of jitter
+    backoff_max_s: float = 60.0
+    jitter_min_s: float = 1.0
+    jitter_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require_choice("mixpanel.region", self.region, tuple(REGION_HOSTS))
+        if self.api_host is not None and not self.api_host.startswith(("https://", "http://")):
+            raise ConfigError(f"mixpanel.api_host must be a full URL such as https://host, got {self.api_host!r}")
+        _require_range("mixpanel.max_batch_events", self.max_batch_events, 1, MAX_EVENTS_PER_REQUEST)
+        _require_range("mixpanel.max_batch_bytes", self.max_batch_bytes, 1024, MAX_REQUEST_BYTES)
+        _require_range("mixpanel.gzip_level", self.gzip_level, 0, 9)
+        _require_range("mixpanel.max_attempts", self.max_attempts, 1, 100)
+        for key in ("timeout_s", "backoff_initial_s", "backoff_max_s", "jitter_min_s", "jitter_max_s"):
+            _require_range(f"mixpanel.{key}", getattr(self, key), 0, 3600)
+        if self.jitter_min_s > self.jitter_max_s:
+            raise ConfigError("mixpanel.jitter_min_s must not exceed mixpanel.jitter_max_s")
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_host or REGION_HOSTS[self.region]).rstrip("/")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    records_per_partition: int = 200_000  # Mixpanel's advice for one unit of work (~200 MB of JSON)
+    results_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_range("job.records_per_partition", self.records_per_partition, 1, 100_000_000)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig
+    mapping: MappingConfig
+    mixpanel: MixpanelConfig = field(default_factory=MixpanelConfig)
+    job: JobConfig = field(default_factory=JobConfig)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """HTTP Basic credentials for /import. repr=False keeps them out of logs and tracebacks."""
+
+    kind: str  # "service_account" or "project_token"
+    username: str = field(repr=False)
+    password: str = field(repr=False)
+
+    def authorization_header(self) -> str:
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
+    """Parse YAML or JSON config text, apply `dotted.key=value` overrides, and validate."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML or JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a mapping with the sections source, mapping, mixpanel, job")
+    for override in overrides:
+        _apply_override(data, override)
+    return _build(Config, data, prefix="")
+
+
+def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig) -> Credentials:
+    """Pick the /import credentials from the environment, or say exactly which variable is missing."""
+    user = environ.get("MP_SERVICE_ACCOUNT_USER", "")
+    secret = environ.get("MP_SERVICE_ACCOUNT_SECRET", "")
+    token = environ.get("MP_PROJECT_TOKEN", "")
+    if user or secret:
+        if not user:
+            raise ConfigError("MP_SERVICE_ACCOUNT_SECRET is set but MP_SERVICE_ACCOUNT_USER is not")
+        if not secret:
+            raise ConfigError("MP_SERVICE_ACCOUNT_USER is set but MP_SERVICE_ACCOUNT_SECRET is not")
+        if not mixpanel.project_id:
+            raise ConfigError("mixpanel.project_id is required with a service account (MP_SERVICE_ACCOUNT_USER)")
+        return Credentials("service_account", user, secret)
+    if token:
+        return Credentials("project_token", token, "")
+    raise ConfigError(
+        "no Mixpanel credentials: set MP_SERVICE_ACCOUNT_USER and MP_SERVICE_ACCOUNT_SECRET "
+        "(with mixpanel.project_id), or MP_PROJECT_TOKEN"
+    )
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw_value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got {override!r}")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(raw_value) if raw_value.strip() else raw_value
+    except yaml.YAMLError:
+        node[leaf] = raw_value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a dict, naming the dotted key of anything unknown, missing or mistyped."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known keys: {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing required key {key}")
+            continue
+        values[name] = _coerce(hints[name], data[name], key)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix.rstrip('.')}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is str and isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)  # ids such as project_id are often written as numbers
+        if origin is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        if origin is dict and isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _require_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be between {low} and {high}, got {value}")

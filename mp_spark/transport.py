@@ -1,0 +1,67 @@
+"""HTTP transports for the sender: real (requests) and dry-run. Both speak the same tiny protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
+
+import requests
+
+
+class TransportError(Exception):
+    """The request did not get an HTTP answer: connection refused or reset, or a timeout."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response: ...
+
+    def close(self) -> None: ...
+
+
+class RequestsTransport:
+    """One `requests.Session` (one connection pool) per Spark task."""
+
+    def __init__(self) -> None:
+        self._session = requests.Session()
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        try:
+            answer = self._session.post(url, data=body, headers=dict(headers), timeout=timeout_s)
+        except requests.RequestException as exc:
+            # The type alone: requests' messages can quote the request, and the request carries credentials.
+            raise TransportError(type(exc).__name__) from None
+        return Response(answer.status_code, answer.content, answer.headers)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> RequestsTransport:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class DryRunTransport:
+    """Accepts every batch without sending it, so a dry run exercises everything but the network."""
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        return Response(200, b'{"code":200,"status":"OK"}')
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> DryRunTransport:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()

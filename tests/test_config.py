@@ -1,0 +1,105 @@
+import pytest
+
+from mp_spark.config import ConfigError, Credentials, credentials_from_env, parse_config
+
+MINIMAL = """
+source: {format: parquet, path: /data/events}
+mapping: {event: name, time: ts, distinct_id: user_id}
+"""
+
+
+def test_parse_config_fills_defaults() -> None:
+    config = parse_config(MINIMAL)
+    assert config.source.path == "/data/events"
+    assert config.mapping.insert_id is None
+    assert config.mixpanel.base_url == "https://api.mixpanel.com"
+    assert config.mixpanel.max_batch_events == 2000
+    assert config.job.records_per_partition == 200_000
+
+
+def test_parse_config_accepts_json() -> None:
+    config = parse_config('{"source": {"format": "json", "path": "x"},'
+                          ' "mapping": {"event": "e", "time": "t", "distinct_id": "d"}}')
+    assert config.source.format == "json"
+
+
+def test_parse_config_applies_dotted_overrides_with_yaml_types() -> None:
+    config = parse_config(MINIMAL, ["job.records_per_partition=5000", "mixpanel.region=eu",
+                                    "mixpanel.api_host=http://127.0.0.1:9/x/"])
+    assert config.job.records_per_partition == 5000
+    assert config.mixpanel.base_url == "http://127.0.0.1:9/x"
+
+
+def test_parse_config_numeric_project_id_becomes_string() -> None:
+    assert parse_config(MINIMAL + "mixpanel: {project_id: 12345}").mixpanel.project_id == "12345"
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("job: {records_per_partitions: 5}", "job.records_per_partitions"),
+        ("mixpanel: {region: mars}", "mixpanel.region"),
+        ("mixpanel: {max_batch_events: 2001}", "mixpanel.max_batch_events"),
+        ("mixpanel: {max_batch_bytes: 20000000}", "mixpanel.max_batch_bytes"),
+        ("mixpanel: {api_host: api.mixpanel.com}", "mixpanel.api_host"),
+        ("mixpanel: {timeout_s: soon}", "mixpanel.timeout_s"),
+        ("mapping2: {}", "mapping2"),
+    ],
+)
+def test_parse_config_names_the_bad_key(extra: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_config(MINIMAL + extra)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("source: {format: parquet, path: x}\nmapping: {event: e, time: t}", "mapping.distinct_id"),
+        ("source: {format: csv, path: x}\nmapping: {event: e, time: t, distinct_id: d}", "source.format"),
+        ("source: {format: parquet}\nmapping: {event: e, time: t, distinct_id: d}", "source.path"),
+        ("source: {format: parquet, path: x, version: 3}\nmapping: {event: e, time: t, distinct_id: d}",
+         "source.version"),
+        ("source: {format: json, path: x}\nmapping: {event: e, time: t, distinct_id: d, time_unit: h}",
+         "mapping.time_unit"),
+        ("- a list", "mapping with the sections"),
+    ],
+)
+def test_parse_config_rejects_invalid_sections(text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_config(text)
+
+
+def test_parse_config_rejects_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_config(MINIMAL, ["job.records_per_partition"])
+
+
+def test_credentials_from_env_prefers_service_account() -> None:
+    mixpanel = parse_config(MINIMAL + "mixpanel: {project_id: '7'}").mixpanel
+    creds = credentials_from_env({"MP_SERVICE_ACCOUNT_USER": "sa", "MP_SERVICE_ACCOUNT_SECRET": "s3cret",
+                                  "MP_PROJECT_TOKEN": "tok"}, mixpanel)
+    assert creds.kind == "service_account"
+    assert creds.authorization_header() == "Basic c2E6czNjcmV0"  # base64("sa:s3cret")
+
+
+def test_credentials_from_env_token_is_user_with_empty_password() -> None:
+    creds = credentials_from_env({"MP_PROJECT_TOKEN": "tok"}, parse_config(MINIMAL).mixpanel)
+    assert creds.authorization_header() == "Basic dG9rOg=="  # base64("tok:")
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({}, "MP_PROJECT_TOKEN"),
+        ({"MP_SERVICE_ACCOUNT_USER": "sa"}, "MP_SERVICE_ACCOUNT_SECRET"),
+        ({"MP_SERVICE_ACCOUNT_SECRET": "s"}, "MP_SERVICE_ACCOUNT_USER"),
+        ({"MP_SERVICE_ACCOUNT_USER": "sa", "MP_SERVICE_ACCOUNT_SECRET": "s"}, "mixpanel.project_id"),
+    ],
+)
+def test_credentials_from_env_names_the_missing_variable(environ: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        credentials_from_env(environ, parse_config(MINIMAL).mixpanel)
+
+
+def test_credentials_never_show_in_repr() -> None:
+    assert "s3cret" not in repr(Credentials("service_account", "sa", "s3cret"))

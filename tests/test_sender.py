@@ -1,0 +1,148 @@
+"""The sender alone: a scripted transport, no Spark, no network, no real sleeping."""
+
+import gzip
+import json
+import random
+from collections.abc import Mapping
+
+import pytest
+
+from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings
+from mp_spark.transport import Response, TransportError
+
+SETTINGS = SenderSettings(import_url="https://mp.test/import?strict=1&project_id=7", authorization="Basic eDp5",
+                          max_batch_events=3, max_attempts=4)
+
+
+class ScriptedTransport:
+    """Answers from a script (a Response, or an exception to raise); records every request body."""
+
+    def __init__(self, *answers: Response | Exception) -> None:
+        self.answers = list(answers)
+        self.bodies: list[list[dict]] = []
+        self.headers: list[Mapping[str, str]] = []
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        self.bodies.append([json.loads(line) for line in gzip.decompress(body).splitlines()])
+        self.headers.append(headers)
+        answer = self.answers.pop(0) if self.answers else ok()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+def ok() -> Response:
+    return Response(200, b'{"code":200,"num_records_imported":1,"status":"OK"}')
+
+
+def status(code: int, payload: dict | None = None, headers: dict | None = None) -> Response:
+    return Response(code, json.dumps(payload or {"code": code, "error": "nope"}).encode(), headers or {})
+
+
+def lines(n: int) -> list[str]:
+    return [json.dumps({"event": "e", "properties": {"$insert_id": f"id-{i}", "n": i}}) for i in range(n)]
+
+
+def make_sender(transport: ScriptedTransport, waits: list[float]) -> BatchSender:
+    return BatchSender(SETTINGS, transport, sleep=waits.append, rng=random.Random(1))
+
+
+def test_send_lines_batches_gzips_and_counts_imports() -> None:
+    transport, waits = ScriptedTransport(), []
+    tally = make_sender(transport, waits).send_lines(lines(7))
+    assert [len(b) for b in transport.bodies] == [3, 3, 1]
+    assert (tally.rows, tally.imported, tally.rejected, tally.batches, tally.retries) == (7, 7, 0, 3, 0)
+    assert transport.headers[0]["Content-Encoding"] == "gzip"
+    assert transport.headers[0]["Content-Type"] == "application/x-ndjson"
+    assert transport.headers[0]["Authorization"] == "Basic eDp5"
+    assert tally.gzip_bytes > 0 and tally.raw_bytes > tally.gzip_bytes // 2
+    assert waits == []
+
+
+@pytest.mark.parametrize("answer", [status(429), status(500), status(502), status(503), status(504),
+                                    status(408), TransportError("ConnectionError")])
+def test_send_batch_resends_identical_body_after_retryable_failure(answer: Response | Exception) -> None:
+    transport, waits = ScriptedTransport(answer, answer, ok()), []
+    tally = make_sender(transport, waits).send_lines(lines(2))
+    assert tally.imported == 2 and tally.retries == 2 and tally.requests == 3
+    assert transport.bodies[0] == transport.bodies[1] == transport.bodies[2]
+    assert len(waits) == 2
+
+
+def test_backoff_doubles_from_two_seconds_with_one_to_five_seconds_of_jitter() -> None:
+    sender = BatchSender(SenderSettings(import_url="u", authorization=""), ScriptedTransport(),
+                         rng=random.Random(3))
+    for attempt, base in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (9, 60)]:
+        wait = sender.backoff_s(attempt)
+        assert base + 1 <= wait <= base + 5, (attempt, wait)
+
+
+def test_send_batch_honours_retry_after() -> None:
+    transport, waits = ScriptedTransport(status(429, headers={"Retry-After": "7"}), ok()), []
+    make_sender(transport, waits).send_lines(lines(1))
+    assert waits == [7.0]
+
+
+def test_send_batch_gives_up_after_max_attempts() -> None:
+    transport, waits = ScriptedTransport(*[status(503)] * 10), []
+    with pytest.raises(RetriesExhaustedError, match="4 attempts.*HTTP 503"):
+        make_sender(transport, waits).send_lines(lines(1))
+    assert len(transport.bodies) == 4 and len(waits) == 3
+
+
+@pytest.mark.parametrize("key", ["insert_id", "$insert_id"])
+def test_strict_400_rejects_only_the_failed_records(key: str) -> None:
+    failed = {"code": 400, "error": "some data points in the request failed validation", "status": "Bad Request",
+              "num_records_imported": 2,
+              "failed_records": [{"index": 1, key: "id-1", "field": "properties.time",
+                                  "message": "'properties.time' is invalid"}]}
+    transport, waits = ScriptedTransport(status(400, failed)), []
+    tally = make_sender(transport, waits).send_lines(lines(3))
+    assert (tally.imported, tally.rejected, tally.retries) == (2, 1, 0)
+    [rejection] = tally.rejections
+    assert rejection.insert_id == "id-1" and rejection.field == "properties.time"
+    assert json.loads(rejection.event)["properties"]["n"] == 1
+    assert len(transport.bodies) == 1  # never retried
+
+
+def test_400_without_failed_records_rejects_the_whole_batch() -> None:
+    transport, waits = ScriptedTransport(status(400, {"code": 400, "error": "invalid JSON"})), []
+    tally = make_sender(transport, waits).send_lines(lines(2))
+    assert (tally.imported, tally.rejected) == (0, 2)
+    assert {r.message for r in tally.rejections} == {"invalid JSON"}
+
+
+def test_413_splits_the_batch_and_sends_the_halves() -> None:
+    transport, waits = ScriptedTransport(status(413), ok(), ok()), []
+    tally = make_sender(transport, waits).send_lines(lines(3))
+    assert [len(b) for b in transport.bodies] == [3, 1, 2]
+    assert (tally.imported, tally.batches, tally.retries) == (3, 2, 0)
+
+
+def test_413_on_a_single_event_rejects_it() -> None:
+    transport, waits = ScriptedTransport(status(413)), []
+    tally = make_sender(transport, waits).send_lines(lines(1))
+    assert (tally.imported, tally.rejected) == (0, 1)
+    assert "413" in tally.rejections[0].message
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_auth_failure_stops_at_once_and_names_the_causes(code: int) -> None:
+    transport, waits = ScriptedTransport(status(code, {"error": "Invalid credentials"})), []
+    with pytest.raises(FatalSendError, match="project_id.*region") as raised:
+        make_sender(transport, waits).send_lines(lines(5))
+    assert len(transport.bodies) == 1 and waits == []
+    assert "eDp5" not in str(raised.value)
+
+
+def test_unexpected_status_is_fatal() -> None:
+    transport, waits = ScriptedTransport(status(404, {"error": "no such path"})), []
+    with pytest.raises(FatalSendError, match="HTTP 404.*no such path"):
+        make_sender(transport, waits).send_lines(lines(1))
+
+
+def test_settings_repr_hides_authorization() -> None:
+    assert "eDp5" not in repr(SETTINGS)
