@@ -27,9 +27,14 @@ def get_spark(app_name: str = "mp-spark-backfill", *, with_delta: bool = False) 
     return local_builder(builder, with_delta=with_delta).getOrCreate()
 
 
-def local_builder(builder: SparkSession.Builder, *, with_delta: bool) -> SparkSession.Builder:
-    """Configure embedded local Spark: all cores, task retries as on a cluster, Delta jars from Maven."""
-    builder = builder.master("local[*, 4]")  # 4 attempts per task, like a cluster's spark.task.maxFailures
+def local_builder(
+    builder: SparkSession.Builder, *, with_delta: bool, master: str = "local[*, 4]"
+) -> SparkSession.Builder:
+    """Configure embedded local Spark: all cores, task retries as on a cluster, Delta jars from Maven.
+
+    The default master gives each task 4 attempts, like a cluster's spark.task.maxFailures.
+    """
+    builder = builder.master(master)
     if with_delta:
         from delta import configure_spark_with_delta_pip  # a `local` extra, not needed on clusters
 

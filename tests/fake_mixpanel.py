@@ -1,0 +1,734 @@
+"""A loopback HTTP server that answers POST /import the way Mixpanel does, for end-to-end tests.
+
+Rules follow /work/shared/reference/mixpanel-import-api.md (sections 1-5). Faults (drops, 429, 5xx,
+latency) can be injected at run time. Standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import gzip
+import io
+import json
+import random
+import re
+import socket
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+MIN_TIME_MS = 31_536_000_000  # 1971-01-01T00:00:00Z: /import rejects anything earlier
+MAX_FUTURE_MS = 3_600_000  # more than 1 hour ahead of the server clock is rejected
+MS_THRESHOLD = 100_000_000_000  # 1e11: at or above this `time` is read as milliseconds, below as seconds
+MAX_EVENT_BYTES = 1_000_000  # one event must be under 1 MB of compact JSON
+MAX_PROPERTIES = 255  # an event must have fewer than this many properties
+MAX_DEPTH = 3  # objects/arrays may nest at most 3 levels
+INSERT_ID_RE = re.compile(r"[0-9a-zA-Z-]{1,36}")
+# Rejected as distinct_id (and as $insert_id), compared case-insensitively. `""` is NOT on the list.
+PLACEHOLDER_IDS = frozenset(
+    {
+        "00000000-0000-0000-0000-000000000000",
+        "anon",
+        "anonymous",
+        "nil",
+        "none",
+        "null",
+        "n/a",
+        "na",
+        "undefined",
+        "unknown",
+        "<nil>",
+        "0",
+        "-1",
+        "true",
+        "false",
+        "[]",
+        "{}",
+        "lmy47d",
+    }
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # invalid UTF-8 bytes decode to lone surrogates
+
+UNAUTHORIZED = {"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}
+RATE_LIMITED = {
+    "code": 429,
+    "error": "Project exceeded rate limits. Please retry the request with exponential backoff.",
+    "status": "Too Many Requests",
+}
+_5XX_STATUS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+@dataclass
+class Faults:
+    """Fault-injection knobs; probabilities are per /import request."""
+
+    rate_429: float = 0.0  # answered 429 before anything is imported
+    rate_5xx: float = 0.0  # answered 500/502/503 (random) before anything is imported
+    rate_5xx_after_import: float = 0.0  # batch IS imported, then answered 503 (client must resend)
+    rate_drop: float = 0.0  # connection closed without any response, after the body was read
+    latency_s: float = 0.0  # added to every /import response
+    retry_after_s: float | None = None  # when set, every 429 carries `Retry-After: <value>`
+    seed: int = 0
+
+
+def to_ms(t: int) -> int:
+    """Normalise an epoch `time` to ms (Mixpanel reads values >= 1e11 as ms, smaller ones as seconds)."""
+    return t if t >= MS_THRESHOLD else t * 1000
+
+
+def event_key(event: dict[str, Any]) -> tuple[Any, ...]:
+    """Dedup key of a valid event: (event, distinct_id, time in ms, $insert_id).
+
+    distinct_id is a string (numbers are stringified, as Mixpanel stores them) or None when absent.
+    """
+    props = event["properties"]
+    distinct = props.get("distinct_id")
+    return (
+        event["event"],
+        None if distinct is None else str(distinct),
+        to_ms(props["time"]),
+        props["$insert_id"],
+    )
+
+
+def validate_event(event: Any, now_ms: int) -> tuple[str, str] | None:
+    """Return (field, message) for the first strict-mode rule `event` breaks, or None if it is valid."""
+    if not isinstance(event, dict):
+        return "event", "event must be a JSON object"
+    name = event.get("event")
+    if not isinstance(name, str) or not name.strip():
+        return "event", "'event' must not be missing or blank"
+    if _SURROGATE.search(name):
+        return "event", "event is invalid: string should be valid utf8"
+    props = event.get("properties")
+    if not isinstance(props, dict):
+        return "properties", "'properties' must be an object"
+
+    t = props.get("time")
+    if t is None:
+        return "properties.time", "'properties.time' must not be missing"
+    if not _is_int(t):
+        return "properties.time", "'properties.time' is invalid: must be specified as seconds since epoch"
+    if to_ms(t) < MIN_TIME_MS:
+        return "properties.time", "'properties.time' is invalid: must be after 1971-01-01"
+    if to_ms(t) > now_ms + MAX_FUTURE_MS:
+        return "properties.time", "'properties.time' is invalid: must not be more than 1 hour in the future"
+
+    iid = props.get("$insert_id")
+    if iid is None:
+        return "properties.$insert_id", "'properties.$insert_id' must not be missing"
+    if not isinstance(iid, str) or not INSERT_ID_RE.fullmatch(iid) or iid.lower() in PLACEHOLDER_IDS:
+        return (
+            "properties.$insert_id",
+            "'properties.$insert_id' is invalid: must be 1-36 chars of [0-9a-zA-Z-] and not a placeholder",
+        )
+
+    if "distinct_id" in props:
+        distinct = props["distinct_id"]
+        if isinstance(distinct, bool) or not isinstance(distinct, (str, int, float)):
+            return "properties.distinct_id", "'properties.distinct_id' is invalid: must be a string or number"
+        if str(distinct).lower() in PLACEHOLDER_IDS:
+            return (
+                "properties.distinct_id",
+                f"'properties.distinct_id' is invalid: {distinct!r} is a placeholder",
+            )
+
+    if len(props) >= MAX_PROPERTIES:
+        return "properties", f"too many properties: {len(props)} (must be fewer than {MAX_PROPERTIES})"
+    for key, value in props.items():
+        fld = f"properties.{key}"
+        if _has_surrogate(key) or _has_surrogate(value):
+            return fld, f"{fld} is invalid: string should be valid utf8"
+        if _too_deep(value):
+            return fld, f"'{fld}' is invalid: nested deeper than {MAX_DEPTH} levels"
+    size = len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
+    if size >= MAX_EVENT_BYTES:
+        return "properties", f"event is {size} bytes; must be under {MAX_EVENT_BYTES} bytes"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass in Python but `true` is not a JSON number; floats have a fraction part.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_SURROGATE.search(value))
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def _too_deep(value: Any, levels_left: int = MAX_DEPTH) -> bool:
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return levels_left == 0 or any(_too_deep(c, levels_left - 1) for c in children)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")  # Python's json accepts NaN/Infinity; Mixpanel does not
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _parse_events(body: bytes, content_type: str) -> list[Any]:
+    """Parse an /import body into a list of events; raises ValueError when it is not parseable."""
+    # surrogateescape turns bad UTF-8 bytes into lone surrogates: validation then fails that event only
+    text = body.decode("utf-8", errors="surrogateescape")
+    try:
+        if content_type == "application/x-ndjson":
+            # split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings
+            return [_loads(line) for line in text.split("\n") if line.strip()]
+        if content_type == "application/json":
+            events = _loads(text)
+            if not isinstance(events, list):
+                raise ValueError("application/json body must be a JSON array of events")
+            return events
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+    raise ValueError(
+        f"unsupported Content-Type {content_type!r}; use application/json or application/x-ndjson"
+    )
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress at most limit + 1 bytes: enough to detect "too large" without inflating a gzip bomb."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        return f.read(limit + 1)
+
+
+def _bad_request(error: str) -> _Reply:
+    body = {
+        "code": 400,
+        "error": error,
+        "status": "Bad Request",
+        "num_records_imported": 0,
+        "failed_records": [],
+    }
+    return _Reply(400, body)
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: dict[str, Any]
+    validated: bool = False  # True once events were validated and stored (a 503-after-import may follow)
+
+
+@dataclass
+class _Decision:
+    """The faults drawn for one request, taken under the lock so concurrent requests see one config."""
+
+    kind: str | None = None  # "drop", "429", "5xx" or None
+    status: int = 0
+    after_import: bool = False
+    latency_s: float = 0.0
+    retry_after_s: float | None = None
+
+
+@dataclass
+class _Stats:
+    unique: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    raw_arrivals: int = 0
+    requests: int = 0
+    connections: int = 0
+    statuses: collections.Counter[int | str] = field(default_factory=collections.Counter)
+    injected: collections.Counter[str] = field(default_factory=collections.Counter)
+    max_events_per_request: int = 0
+    all_gzip: bool = True
+    in_flight: int = 0
+    max_concurrent: int = 0
+    admission_429s: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _TokenBucket:
+    """Admission limit in events/second; capacity is one second of events, refilled continuously."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = time.monotonic()
+
+    def take(self, n: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if n > self.tokens:
+            return False
+        self.tokens -= n
+        return True
+
+
+class FakeMixpanel:
+    """Mixpanel-compatible /import server on 127.0.0.1 (ephemeral port), run in a background thread.
+
+    Use as a context manager or call start()/stop(). Every statistic attribute returns a thread-safe snapshot.
+    """
+
+    def __init__(
+        self,
+        *,
+        project_id: str = "12345",
+        service_account: tuple[str, str] = ("sa-user", "sa-secret"),
+        project_token: str = "tok-123",
+        faults: Faults | None = None,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        max_events: int = 2000,
+        insert_id_key: str = "insert_id",
+        admit_events_per_second: float | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.service_account = service_account
+        self.project_token = project_token
+        self.max_body_bytes = max_body_bytes
+        self.max_events = max_events
+        # failed_records spell it "insert_id" or "$insert_id": both exist in the wild, clients must parse both
+        self.insert_id_key = insert_id_key
+        self.admit_events_per_second = admit_events_per_second
+        self._lock = threading.Lock()
+        self._faults = Faults()
+        self._rng = random.Random(0)
+        self.set_faults(faults or Faults())
+        self._stats = _Stats()
+        self._bucket = _TokenBucket(admit_events_per_second) if admit_events_per_second else None
+        self._conns: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> FakeMixpanel:
+        """Bind an ephemeral port and serve in a daemon thread."""
+        if self._server is None:
+            self._server = _Server(self)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name="fake-mixpanel", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close idle keep-alive connections (else their threads would keep answering)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeMixpanel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeMixpanel is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:PORT (clients post to url + "/import?...")."""
+        return f"http://127.0.0.1:{self.port}"
+
+    # ---- control -----------------------------------------------------------------------------------------
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace the fault config; the random stream restarts from faults.seed."""
+        with self._lock:
+            self._faults = faults
+            self._rng = random.Random(faults.seed)
+
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def reset(self) -> None:
+        """Clear stored events and statistics, and refill the admission bucket."""
+        with self._lock:
+            in_flight = self._stats.in_flight  # requests still running will decrement it
+            self._stats = _Stats(in_flight=in_flight)
+            if self.admit_events_per_second:
+                self._bucket = _TokenBucket(self.admit_events_per_second)
+
+    # ---- snapshots for assertions ------------------------------------------------------------------------
+
+    @property
+    def unique_events(self) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """(event, distinct_id, time_ms, $insert_id) -> the latest copy received (Mixpanel keeps it)."""
+        with self._lock:
+            return dict(self._stats.unique)
+
+    @property
+    def raw_arrivals(self) -> int:
+        """Every event imported, counting duplicates."""
+        with self._lock:
+            return self._stats.raw_arrivals
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests received on any path (dropped ones included)."""
+        with self._lock:
+            return self._stats.requests
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted; fewer than `requests` means keep-alive reuse works."""
+        with self._lock:
+            return self._stats.connections
+
+    @property
+    def statuses(self) -> collections.Counter[int | str]:
+        """Status code -> count; connections dropped on purpose are counted under "drop"."""
+        with self._lock:
+            return collections.Counter(self._stats.statuses)
+
+    @property
+    def injected(self) -> collections.Counter[str]:
+        """Faults fired: "drop", "429", "5xx", "5xx_after_import", "admission_429"."""
+        with self._lock:
+            return collections.Counter(self._stats.injected)
+
+    @property
+    def max_events_per_request(self) -> int:
+        """Largest event count in one parsed /import body."""
+        with self._lock:
+            return self._stats.max_events_per_request
+
+    @property
+    def all_gzip(self) -> bool:
+        """True if every /import request had Content-Encoding: gzip (vacuously True before any)."""
+        with self._lock:
+            return self._stats.all_gzip
+
+    @property
+    def max_concurrent(self) -> int:
+        """Most /import requests being handled at the same moment."""
+        with self._lock:
+            return self._stats.max_concurrent
+
+    @property
+    def admission_429s(self) -> int:
+        """429 answers caused by the admission rate limit (admit_events_per_second)."""
+        with self._lock:
+            return self._stats.admission_429s
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        """Every failed_records entry returned, each with the offending event added under "event"."""
+        with self._lock:
+            return list(self._stats.rejected)
+
+    # ---- used by the handler -----------------------------------------------------------------------------
+
+    def _track_connection(self, conn: socket.socket, opened: bool) -> None:
+        with self._lock:
+            if opened:
+                self._conns.add(conn)
+                self._stats.connections += 1
+            else:
+                self._conns.discard(conn)
+
+    def _count_request(self) -> None:
+        with self._lock:
+            self._stats.requests += 1
+
+    def _count_status(self, status: int | str) -> None:
+        with self._lock:
+            self._stats.statuses[status] += 1
+
+    def _enter_import(self, gzipped: bool) -> None:
+        with self._lock:
+            stats = self._stats
+            stats.in_flight += 1
+            stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+            stats.all_gzip = stats.all_gzip and gzipped
+
+    def _exit_import(self) -> None:
+        with self._lock:
+            self._stats.in_flight -= 1
+
+    def _draw_faults(self) -> _Decision:
+        with self._lock:
+            f, rng = self._faults, self._rng
+            d = _Decision(latency_s=f.latency_s, retry_after_s=f.retry_after_s)
+            d.after_import = rng.random() < f.rate_5xx_after_import
+            if rng.random() < f.rate_drop:
+                d.kind = "drop"
+            elif rng.random() < f.rate_429:
+                d.kind, d.status = "429", 429
+            elif rng.random() < f.rate_5xx:
+                d.kind, d.status = "5xx", rng.choice(list(_5XX_STATUS))
+            if d.kind:
+                self._stats.injected[d.kind] += 1
+            return d
+
+    def _note_injected(self, kind: str) -> None:
+        with self._lock:
+            self._stats.injected[kind] += 1
+            if kind == "admission_429":
+                self._stats.admission_429s += 1
+
+    def _authorized(self, header: str | None, project_id: str | None) -> bool:
+        scheme, _, encoded = (header or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            return False
+        user, colon, secret = decoded.partition(":")
+        if not colon:  # "token" without ":" is a classic malformed header; Mixpanel answers 401
+            return False
+        if (user, secret) == self.service_account:
+            return project_id == self.project_id  # a service account needs ?project_id=
+        if user == self.project_token and secret == "":
+            return project_id in (None, self.project_id)
+        return False
+
+    def _admit(self, n: int) -> bool:
+        with self._lock:
+            self._stats.max_events_per_request = max(self._stats.max_events_per_request, n)
+            return self._bucket is None or self._bucket.take(n)
+
+    def _import(self, events: list[Any]) -> tuple[int, list[dict[str, Any]]]:
+        """Validate and store; returns (num_records_imported, failed_records)."""
+        now_ms = int(time.time() * 1000)
+        problems = [validate_event(ev, now_ms) for ev in events]  # outside the lock: it can be slow
+        failed: list[dict[str, Any]] = []
+        imported = 0
+        with self._lock:
+            for index, (ev, problem) in enumerate(zip(events, problems, strict=True)):
+                if problem is None:
+                    self._stats.raw_arrivals += 1
+                    self._stats.unique[event_key(ev)] = ev
+                    imported += 1
+                    continue
+                props = ev.get("properties") if isinstance(ev, dict) else None
+                iid = props.get("$insert_id") if isinstance(props, dict) else None
+                record = {"index": index, self.insert_id_key: iid, "field": problem[0], "message": problem[1]}
+                failed.append(record)
+                self._stats.rejected.append({**record, "event": ev})
+        return imported, failed
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # idle keep-alive handlers must not block interpreter exit
+    request_queue_size = 128  # many executors connecting at once must not get ECONNREFUSED
+
+    def __init__(self, fake: FakeMixpanel) -> None:
+        self.fake = fake
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall for seconds.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so a requests.Session reuses connections
+    disable_nagle_algorithm = True  # headers and body are separate writes; Nagle would add ~40 ms each
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._track_connection(self.connection, opened=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._track_connection(self.connection, opened=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output quiet
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path == "/import":
+            self._handle_import()
+        else:
+            self._handle_other()
+
+    def do_GET(self) -> None:
+        self._handle_other()
+
+    do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _handle_other(self) -> None:
+        self.server.fake._count_request()
+        if self._read_body() is None:
+            return
+        if urlsplit(self.path).path == "/import":
+            self._send(405, {"code": 405, "error": "use POST", "status": "Method Not Allowed"})
+        else:
+            self._send(404, {"code": 404, "error": f"no route for {self.path}", "status": "Not Found"})
+
+    def _handle_import(self) -> None:
+        fake = self.server.fake
+        fake._count_request()
+        fake._enter_import(self._content_encoding() == "gzip")
+        try:
+            body = self._read_body()  # always read it all, so an early answer keeps the connection usable
+            if body is None:
+                return
+            decision = fake._draw_faults()
+            if decision.latency_s:
+                time.sleep(decision.latency_s)
+            if decision.kind == "drop":
+                self._drop()
+                return
+            if decision.kind == "429":
+                self._send(429, RATE_LIMITED, self._retry_after(decision))
+                return
+            if decision.kind == "5xx":
+                self._send_5xx(decision.status)
+                return
+            reply = self._process(body)
+            if reply.status == 429:
+                self._send(429, reply.body, self._retry_after(decision))
+            elif reply.validated and decision.after_import:
+                fake._note_injected("5xx_after_import")
+                self._send_5xx(503)
+            else:
+                self._send(reply.status, reply.body)
+        finally:
+            fake._exit_import()
+
+    def _process(self, body: bytes) -> _Reply:
+        """Auth, strict, decode, size, parse, admission, then validate and store, in that order."""
+        fake = self.server.fake
+        query = parse_qs(urlsplit(self.path).query)
+        project_id = query.get("project_id", [None])[0]
+        if not fake._authorized(self.headers.get("Authorization"), project_id):
+            return _Reply(401, UNAUTHORIZED)
+        if query.get("strict", [None])[0] != "1":
+            return _bad_request("strict=1 is required: this server only supports strict mode")
+
+        encoding = self._content_encoding()
+        if encoding == "gzip":
+            try:
+                body = _gunzip(body, fake.max_body_bytes)
+            except (OSError, EOFError, zlib.error):  # BadGzipFile is an OSError; truncation: EOFError
+                return _bad_request("unable to decompress body: invalid gzip data")
+        elif encoding not in ("", "identity"):
+            return _bad_request(f"unsupported Content-Encoding {encoding!r}")
+        if len(body) > fake.max_body_bytes:
+            error = f"request exceeds max limit of {fake.max_body_bytes} bytes"
+            return _Reply(413, {"code": 413, "error": error, "status": "Request Entity Too Large"})
+
+        try:
+            events = _parse_events(body, self.headers.get_content_type())
+        except ValueError as exc:
+            return _bad_request(f"unable to parse request body: {exc}")
+        if not events:
+            return _bad_request("request contains no events")
+        if len(events) > fake.max_events:
+            return _bad_request(f"request exceeds max limit of {fake.max_events} events ({len(events)} sent)")
+        if not fake._admit(len(events)):
+            fake._note_injected("admission_429")
+            return _Reply(429, RATE_LIMITED)
+
+        imported, failed = fake._import(events)
+        if not failed:
+            return _Reply(
+                200, {"code": 200, "num_records_imported": imported, "status": "OK"}, validated=True
+            )
+        body_400 = {
+            "code": 400,
+            "error": "some data points in the request failed validation",
+            "status": "Bad Request",
+            "num_records_imported": imported,
+            "failed_records": failed,
+        }
+        return _Reply(400, body_400, validated=True)
+
+    # ---- wire helpers ------------------------------------------------------------------------------------
+
+    def _content_encoding(self) -> str:
+        return self.headers.get("Content-Encoding", "").strip().lower()
+
+    def _read_body(self) -> bytes | None:
+        """The whole request body, or None (connection closed, no answer) when it cannot be read."""
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                return self._read_chunked()
+            length = int(self.headers.get("Content-Length") or 0)
+            if length >= 0:  # read(-1) would block until the client closes
+                body = self.rfile.read(length)
+                if len(body) == length:
+                    return body
+        except (OSError, ValueError):
+            pass
+        self.close_connection = True  # framing is broken or the client left: no answer is possible
+        return None
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # skip trailers up to the blank line
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # CRLF after each chunk
+
+    def _drop(self) -> None:
+        self.server.fake._count_status("drop")
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # EOF with no status line: the client sees a reset/EOF
+        except OSError:
+            pass
+
+    @staticmethod
+    def _retry_after(decision: _Decision) -> dict[str, str]:
+        if decision.retry_after_s is None:
+            return {}
+        return {"Retry-After": f"{decision.retry_after_s:g}"}
+
+    def _send_5xx(self, status: int) -> None:
+        error = "the server encountered an error, please retry"
+        self._send(status, {"code": status, "error": error, "status": _5XX_STATUS[status]})
+
+    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self.server.fake._count_status(status)
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up (e.g. its timeout fired during injected latency)
+            self.close_connection = True

@@ -1,0 +1,252 @@
+"""The whole job, in process: real local Spark, the real CLI, a Mixpanel-compatible server on loopback."""
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from mp_spark.cli import main
+from tests.fake_mixpanel import FakeMixpanel, Faults
+
+ROWS = 5000
+REPO = Path(__file__).resolve().parents[1]
+FAST_RETRIES = [
+    "mixpanel.backoff_initial_s=0.01", "mixpanel.backoff_max_s=0.05",
+    "mixpanel.jitter_min_s=0", "mixpanel.jitter_max_s=0.01", "mixpanel.max_attempts=10",
+]
+
+
+@pytest.fixture
+def mixpanel() -> Iterator[FakeMixpanel]:
+    with FakeMixpanel() as server:
+        yield server
+
+
+@pytest.fixture
+def service_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MP_PROJECT_TOKEN", raising=False)
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_USER", "sa-user")
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "sa-secret")
+
+
+@pytest.fixture(scope="module")
+def events(spark: SparkSession) -> DataFrame:
+    """5,000 flat source rows: a user id, an event name, a timestamp and two properties."""
+    event_names = F.array(*[F.lit(name) for name in ("Page View", "Sign Up", "Purchase", "Search")])
+    return spark.range(ROWS).select(
+        F.format_string("user-%03d", F.col("id") % 97).alias("user_id"),
+        F.element_at(event_names, (F.col("id") % 4 + 1).cast("int")).alias("event_name"),
+        F.timestamp_seconds(F.lit(1_717_200_000) + F.col("id") * 37).alias("ts"),
+        F.when(F.col("id") % 3 == 0, "pro").otherwise("free").alias("plan"),
+        (F.col("id") / 10).alias("amount"),
+    )
+
+
+@pytest.fixture(scope="module")
+def sources(events: DataFrame, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sources")
+    events.write.parquet(str(root / "parquet"))
+    events.write.format("delta").save(str(root / "delta"))
+    events.write.option("compression", "gzip").json(str(root / "json"))  # ts becomes an ISO string
+    return {fmt: str(root / fmt) for fmt in ("parquet", "delta", "json")}
+
+
+def write_config(tmp_path: Path, source_format: str, path: str, server: FakeMixpanel) -> str:
+    config = {
+        "source": {"format": source_format, "path": path},
+        "mapping": {"event": "event_name", "time": "ts", "distinct_id": "user_id",
+                    "include_columns": ["plan", "amount"]},
+        "mixpanel": {"project_id": server.project_id, "api_host": server.url, "max_batch_events": 300},
+        "job": {"records_per_partition": 1000, "results_path": str(tmp_path / "results")},
+    }
+    target = tmp_path / "backfill.json"
+    target.write_text(json.dumps(config))
+    return str(target)
+
+
+def run_job(config_path: str, *extra: str) -> int:
+    args = ["--config", config_path]
+    for override in [*FAST_RETRIES, *extra]:
+        args += ["--set", override]
+    return main(args)
+
+
+def summary_of(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "results" / "summary.json").read_text())
+
+
+def expected_keys(events: DataFrame) -> set[tuple]:
+    rows = events.select("event_name", "user_id", F.unix_millis("ts").alias("ms")).collect()
+    return {(r.event_name, r.user_id, r.ms) for r in rows}
+
+
+def received_keys(server: FakeMixpanel) -> set[tuple]:
+    return {key[:3] for key in server.unique_events}
+
+
+@pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
+def test_backfill_imports_every_row_exactly_once(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
+    service_account: None, tmp_path: Path, source_format: str,
+) -> None:
+    exit_code = run_job(write_config(tmp_path, source_format, sources[source_format], mixpanel))
+
+    assert exit_code == 0
+    assert received_keys(mixpanel) == expected_keys(events)  # `time` is the source timestamp in ms
+    assert len(mixpanel.unique_events) == mixpanel.raw_arrivals == ROWS
+    assert mixpanel.max_events_per_request <= 300 and mixpanel.all_gzip
+    summary = summary_of(tmp_path)
+    assert (summary["rows_read"], summary["imported"], summary["rejected"], summary["invalid"]) == (ROWS, ROWS, 0, 0)
+    assert summary["partitions"] == 5 and summary["batches"] >= ROWS // 300
+    partitions = spark.read.json(str(tmp_path / "results" / "partitions"))
+    assert partitions.agg(F.sum("rows"), F.sum("imported")).first() == (ROWS, ROWS)
+    some_event = next(iter(mixpanel.unique_events.values()))
+    assert set(some_event["properties"]) == {"time", "distinct_id", "$insert_id", "plan", "amount"}
+
+
+def test_backfill_loses_nothing_under_injected_faults(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
+    service_account: None, tmp_path: Path,
+) -> None:
+    mixpanel.set_faults(Faults(rate_429=0.10, rate_5xx=0.05, rate_drop=0.02, rate_5xx_after_import=0.02, seed=5))
+
+    assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel)) == 0
+
+    injected = mixpanel.injected
+    assert injected["429"] and injected["5xx"] and injected["drop"]
+    assert received_keys(mixpanel) == expected_keys(events)
+    assert mixpanel.raw_arrivals >= ROWS  # a batch answered 503 after import arrives twice; dedup keeps one
+    summary = summary_of(tmp_path)
+    assert summary["imported"] == ROWS and summary["retries"] >= sum(injected.values())
+    assert summary["rows_read"] == summary["imported"] + summary["rejected"] + summary["invalid"]
+
+
+def test_backfill_sets_aside_invalid_rows_and_records_mixpanel_rejections(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    rows = [
+        ("u1", "Page View", 1_717_200_000, None),
+        ("u2", "Page View", 1_717_200_001, None),
+        (None, "Page View", 1_717_200_002, None),  # invalid: no distinct_id
+        ("u3", "Page View", 1_000, None),  # invalid: before 1971
+        ("anonymous", "Sign Up", 1_717_200_003, None),  # invalid: placeholder id
+        ("u4", "Page View", 1_717_200_004, '{"a":{"b":{"c":{"d":1}}}}'),  # Mixpanel refuses: nested too deep
+    ]
+    source = tmp_path / "mixed"
+    (spark.createDataFrame(rows, "user_id string, event_name string, ts long, nested string")
+     .withColumn("nested", F.from_json("nested", "a struct<b: struct<c: struct<d: int>>>"))
+     .write.parquet(str(source)))
+    config = write_config(tmp_path, "parquet", str(source), mixpanel)
+
+    assert run_job(config, "mapping.include_columns=[nested]") == 1
+
+    summary = summary_of(tmp_path)
+    assert (summary["rows_read"], summary["imported"], summary["rejected"], summary["invalid"]) == (6, 2, 1, 3)
+    rejected = spark.read.json(str(tmp_path / "results" / "rejected")).collect()
+    assert sorted((r.stage, r.field) for r in rejected) == [
+        ("mixpanel", "properties.nested"), ("validation", "distinct_id"), ("validation", "distinct_id"),
+        ("validation", "time"),
+    ]
+    assert all(r.message and r.event for r in rejected)
+
+
+def test_backfill_rerun_leaves_the_unique_count_unchanged(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    assert run_job(config) == 0
+    first = dict(mixpanel.unique_events)
+
+    assert run_job(config) == 0
+
+    assert mixpanel.unique_events.keys() == first.keys()
+    assert mixpanel.raw_arrivals == 2 * ROWS
+
+
+def test_backfill_with_wrong_credentials_stops_fast_with_exit_2(
+    sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_USER", "sa-user")
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
+    started = time.monotonic()
+
+    exit_code = run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel))
+
+    assert exit_code == 2
+    assert time.monotonic() - started < 60  # no retry storm: one 401 per task attempt, then stop
+    assert mixpanel.raw_arrivals == 0 and mixpanel.statuses[401] >= 1
+    assert mixpanel.statuses[401] <= 4 * 5  # at most Spark's 4 attempts for each of the 5 partitions
+    error = capsys.readouterr().err
+    assert "401" in error and "mixpanel.project_id" in error and "not-the-secret" not in error
+
+
+def test_backfill_config_errors_exit_2_before_any_request(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+
+    assert run_job(config, "mapping.distinct_id=no_such_column") == 2
+    assert "mapping.distinct_id" in capsys.readouterr().err
+    assert run_job(config, "source.path=/no/such/place") == 2
+    assert "source.path" in capsys.readouterr().err
+    assert mixpanel.requests == 0
+
+
+def test_backfill_without_credentials_names_the_variables(
+    sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel)) == 2
+    assert "MP_SERVICE_ACCOUNT_SECRET" in capsys.readouterr().err
+    assert mixpanel.requests == 0
+
+
+def test_backfill_with_project_token_auth(
+    events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    for name in ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MP_PROJECT_TOKEN", mixpanel.project_token)
+
+    assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel)) == 0
+    assert received_keys(mixpanel) == expected_keys(events)
+
+
+def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
+    sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)  # a dry run needs no credentials
+
+    assert main(["--config", write_config(tmp_path, "json", sources["json"], mixpanel), "--dry-run"]) == 0
+
+    assert mixpanel.requests == 0
+    summary = summary_of(tmp_path)
+    assert summary["dry_run"] is True and summary["imported"] == ROWS and summary["gzip_bytes"] > 0
+    assert "dry run" in capsys.readouterr().out
+
+
+def test_quickstart_script_runs_the_bundled_sample(tmp_path: Path) -> None:
+    """`python jobs/backfill.py` starts its own local Spark, as a user's first run does."""
+    result = subprocess.run(
+        [sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run",
+         "--set", f"job.results_path={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows_read"] == summary["imported"] == 3000
+    assert "would import" in result.stdout
