@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from mp_spark.config import Config, Credentials
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
-from mp_spark.partition import PartitionResult, new_results_accumulator, partition_sender
+from mp_spark.partition import RESULT_SCHEMA, PartitionResult, partition_sender, results_from_rows
 from mp_spark.results import ResultsWriter, Summary
 from mp_spark.sender import SenderSettings
 from mp_spark.sources import read_source
@@ -48,23 +48,24 @@ def run_backfill(
 ) -> Summary:
     started = time.monotonic()
     now_ms = int(time.time() * 1000)
-    events = prepare_events(read_source(spark, config.source), config, now_ms)
+    source = read_source(spark, config.source)
+    events = prepare_events(source, config, now_ms)
     results = ResultsWriter(spark, options.results_path)
 
-    counts = events.agg(F.count(F.lit(1)).alias("rows"), F.count("invalid").alias("invalid")).first()
-    rows_read, invalid = int(counts["rows"]), int(counts["invalid"])
-    log.info("read %d rows: %d to send, %d invalid", rows_read, rows_read - invalid, invalid)
-    if invalid:
-        results.write_invalid(events.filter(F.col("invalid").isNotNull()))
-
+    # One pass sends the valid rows and counts the invalid ones; only if there are any does a
+    # second pass write them out with their reasons. The row count (cheap: Parquet and Delta
+    # keep it in metadata) only sizes the partitions.
     partitions = send_events(
         spark,
-        events.filter(F.col("invalid").isNull()),
-        expected_rows=rows_read - invalid,
+        events,
+        source_rows=source.count(),
         settings=SenderSettings.from_config(config.mixpanel, credentials),
-        records_per_partition=config.job.records_per_partition,
+        config=config,
         dry_run=options.dry_run,
     )
+    invalid = sum(p.invalid for p in partitions)
+    if invalid:
+        results.write_invalid(events.filter(F.col("invalid").isNotNull()))
     results.write_partitions(partitions)
 
     seconds = time.monotonic() - started
@@ -72,7 +73,7 @@ def run_backfill(
     summary = Summary(
         run_id=options.run_id,
         dry_run=options.dry_run,
-        rows_read=rows_read,
+        rows_read=sum(p.rows + p.invalid for p in partitions),
         imported=imported,
         rejected=sum(p.rejected for p in partitions),
         invalid=invalid,
@@ -88,31 +89,45 @@ def run_backfill(
     )
     results.write_summary(summary)
     if not summary.balanced:
-        log.error("accounting mismatch: %d rows read but %d imported + %d rejected + %d invalid; "
-                  "did the source change during the run?", rows_read, imported, summary.rejected, invalid)
+        log.error("accounting mismatch: %d rows read but %d imported + %d rejected + %d invalid",
+                  summary.rows_read, imported, summary.rejected, invalid)
     return summary
 
 
 def send_events(
     spark: SparkSession,
-    valid_events: DataFrame,
+    events: DataFrame,
     *,
-    expected_rows: int,
+    source_rows: int,
     settings: SenderSettings,
-    records_per_partition: int,
+    config: Config,
     dry_run: bool,
 ) -> list[PartitionResult]:
-    """Repartition by `$insert_id` (the same event always lands in the same partition) and send each."""
-    if expected_rows == 0:
+    """Repartition by `$insert_id` (the same event always lands in the same partition) and send each.
+
+    Each task's result is its only output row; `collect` takes exactly one successful attempt per
+    partition, so Spark's task retries never double-count.
+    """
+    if source_rows == 0:
         return []
-    partition_count = math.ceil(expected_rows / records_per_partition)
-    results = new_results_accumulator(spark.sparkContext)
-    lines = valid_events.repartition(partition_count, "insert_id").select("line")
+    partition_count = math.ceil(source_rows / config.job.records_per_partition)
+    # Requests in flight across the cluster = tasks running at once x requests per task: keep the
+    # product within the job-wide budget, and split any events/s cap the same way.
+    concurrent_tasks = min(partition_count, spark.sparkContext.defaultParallelism)
+    settings = settings.for_concurrent_tasks(
+        concurrent_tasks,
+        max_in_flight=config.mixpanel.max_in_flight,
+        max_events_per_second=config.mixpanel.max_events_per_second,
+    )
+    log.info("sending up to %d rows in %d partitions, %d at a time, %d requests in flight each",
+             source_rows, partition_count, concurrent_tasks, settings.in_flight)
+    line_or_null = F.when(F.col("invalid").isNull(), F.concat(F.col("line"), F.lit("\n")))
+    lines = events.select("insert_id", line_or_null.alias("line")).repartition(partition_count, "insert_id")
+    sent = lines.select("line").mapInArrow(partition_sender(settings, dry_run=dry_run), RESULT_SCHEMA)
     try:
-        lines.foreachPartition(partition_sender(settings, dry_run=dry_run, results=results))
+        return results_from_rows(sent.collect())
     except Exception as exc:
         fatal = re.search(r"FatalSendError: (.+)", str(exc))
         if fatal:
             raise BackfillAbortedError(fatal.group(1).strip()) from None
         raise
-    return sorted(results.value, key=lambda p: p.index)

@@ -88,6 +88,9 @@ class MixpanelConfig:
     backoff_max_s: float = 60.0
     jitter_min_s: float = 1.0
     jitter_max_s: float = 5.0
+    max_in_flight: int = 16  # requests in flight across the whole job (Mixpanel: 10-20 clients do best)
+    pacing: bool = True  # slow down on 429 rather than only back off
+    max_events_per_second: float | None = None  # optional hard cap for the whole job
 
     def __post_init__(self) -> None:
         _require_choice("mixpanel.region", self.region, tuple(REGION_HOSTS))
@@ -97,6 +100,9 @@ class MixpanelConfig:
         _require_range("mixpanel.max_batch_bytes", self.max_batch_bytes, 1024, MAX_REQUEST_BYTES)
         _require_range("mixpanel.gzip_level", self.gzip_level, 0, 9)
         _require_range("mixpanel.max_attempts", self.max_attempts, 1, 100)
+        _require_range("mixpanel.max_in_flight", self.max_in_flight, 1, 1000)
+        if self.max_events_per_second is not None:
+            _require_range("mixpanel.max_events_per_second", self.max_events_per_second, 1, 10_000_000)
         for key in ("timeout_s", "backoff_initial_s", "backoff_max_s", "jitter_min_s", "jitter_max_s"):
             _require_range(f"mixpanel.{key}", getattr(self, key), 0, 3600)
         if self.jitter_min_s > self.jitter_max_s:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import dataclasses
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from mp_spark import __version__
-from mp_spark.batching import gzip_body, iter_batches, ndjson_body
+from mp_spark.batching import Batch, gzip_body
 from mp_spark.config import Credentials, MixpanelConfig
+from mp_spark.pacing import Pacer
 from mp_spark.transport import Response, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,10 @@ class RetriesExhaustedError(SendError):
     """Mixpanel kept answering 429/5xx (or the network kept failing); Spark's task retry takes over."""
 
 
+class SendCancelledError(SendError):
+    """Another batch of the same task failed, so this one stopped retrying."""
+
+
 @dataclass(frozen=True)
 class SenderSettings:
     import_url: str
@@ -49,6 +56,9 @@ class SenderSettings:
     backoff_max_s: float = 60.0
     jitter_min_s: float = 1.0
     jitter_max_s: float = 5.0
+    in_flight: int = 1  # requests this task keeps in flight: the job-wide budget / tasks running at once
+    pacing: bool = True  # slow down on 429 (AIMD) instead of only backing off
+    max_events_per_second: float | None = None  # this task's share of the job-wide cap
 
     @classmethod
     def from_config(cls, mixpanel: MixpanelConfig, credentials: Credentials | None) -> SenderSettings:
@@ -67,6 +77,16 @@ class SenderSettings:
             backoff_max_s=mixpanel.backoff_max_s,
             jitter_min_s=mixpanel.jitter_min_s,
             jitter_max_s=mixpanel.jitter_max_s,
+            pacing=mixpanel.pacing,
+        )
+
+    def for_concurrent_tasks(self, tasks: int, *, max_in_flight: int, max_events_per_second: float | None
+                             ) -> SenderSettings:
+        """Split the job-wide budgets between the tasks that run at once."""
+        return dataclasses.replace(
+            self,
+            in_flight=max(1, max_in_flight // tasks),
+            max_events_per_second=max_events_per_second / tasks if max_events_per_second else None,
         )
 
     def headers(self) -> dict[str, str]:
@@ -102,6 +122,12 @@ class SendTally:
     gzip_bytes: int = 0
     rejections: list[Rejection] = field(default_factory=list)
 
+    def add(self, other: SendTally) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "rejections":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.rejections.extend(other.rejections)
+
 
 class BatchSender:
     """Sends lines to /import in batches and tallies what happened to every one of them."""
@@ -111,62 +137,78 @@ class BatchSender:
         settings: SenderSettings,
         transport: Transport,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self._headers = settings.headers()
-        self._sleep = sleep
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait  # by default a failing sibling cuts a backoff short
         self._rng = rng or random.Random()
-        self.tally = SendTally()
+        self._pacer = pacer or Pacer(max_rate=settings.max_events_per_second, adaptive=settings.pacing,
+                                     sleep=self._sleep)
 
-    def send_lines(self, lines: Iterable[str]) -> SendTally:
-        for batch in iter_batches(
-            lines, max_events=self._settings.max_batch_events, max_bytes=self._settings.max_batch_bytes
-        ):
-            self.tally.rows += len(batch)
-            self.send_batch(batch)
-        return self.tally
+    def send_batches(self, batches: Iterable[Batch]) -> SendTally:
+        """Send every batch, keeping up to `in_flight` requests going; returns the merged tally.
 
-    def send_batch(self, batch: list[bytes]) -> None:
-        body = ndjson_body(batch)
-        compressed = gzip_body(body, self._settings.gzip_level)
-        response = self._post_with_retries(compressed)
+        At most `in_flight` batches are held at once (memory stays flat whatever the partition
+        size); gzip and sockets release the GIL, so the worker threads overlap usefully.
+        """
+        tally = SendTally()
+        pending: set[Future[SendTally]] = set()
+        pool = ThreadPoolExecutor(max_workers=self._settings.in_flight, thread_name_prefix="mp-send")
+        try:
+            for batch in batches:
+                if len(pending) >= self._settings.in_flight:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    _collect(done, tally)
+                tally.rows += batch.count
+                pending.add(pool.submit(self.send_batch, batch))
+            _collect(wait(pending)[0], tally)
+        except BaseException:
+            self._stop.set()  # siblings stop retrying; the task fails and Spark resends the partition
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return tally
+
+    def send_batch(self, batch: Batch) -> SendTally:
+        """Deliver one batch (splitting it on 413); the tally says what happened to each event."""
+        tally = SendTally()
+        compressed = gzip_body(batch.body, self._settings.gzip_level)
+        response = self._post_with_retries(compressed, batch.count, tally)
         status = response.status
         if status == 200:
-            self._count_delivered(batch, body, compressed, rejections=[])
+            _count_delivered(tally, batch, compressed, rejections=[])
         elif status == 400:
-            self._count_delivered(batch, body, compressed, rejections=parse_failed_records(batch, response.body))
-        elif status == 413 and len(batch) > 1:
+            rejections = parse_failed_records(batch.lines(), response.body)
+            _count_delivered(tally, batch, compressed, rejections=rejections)
+        elif status == 413 and batch.count > 1:
             # The byte cap is below the documented limit, but the limit is disputed (reference §3): halve.
-            middle = len(batch) // 2
-            self.send_batch(batch[:middle])
-            self.send_batch(batch[middle:])
+            lines = batch.lines()
+            middle = len(lines) // 2
+            tally.add(self.send_batch(Batch.of_lines(lines[:middle])))
+            tally.add(self.send_batch(Batch.of_lines(lines[middle:])))
         elif status == 413:
             rejection = Rejection("event", "event alone exceeds Mixpanel's request size limit (413)",
-                                  None, batch[0].decode("utf-8"))
-            self._count_delivered(batch, body, compressed, rejections=[rejection])
+                                  None, batch.lines()[0].decode("utf-8"))
+            _count_delivered(tally, batch, compressed, rejections=[rejection])
         elif status in AUTH_STATUSES:
             raise FatalSendError(auth_failure_hint(status, response.body))
         else:
             raise FatalSendError(f"unexpected HTTP {status} from {self._settings.import_url}: "
                                  f"{error_text(response.body)}")
+        return tally
 
-    def _count_delivered(self, batch: list[bytes], body: bytes, compressed: bytes,
-                         rejections: list[Rejection]) -> None:
-        tally = self.tally
-        tally.batches += 1
-        tally.raw_bytes += len(body)
-        tally.gzip_bytes += len(compressed)
-        tally.rejected += len(rejections)
-        tally.imported += len(batch) - len(rejections)
-        tally.rejections.extend(rejections)
-
-    def _post_with_retries(self, body: bytes) -> Response:
+    def _post_with_retries(self, body: bytes, events: int, tally: SendTally) -> Response:
         settings = self._settings
         for attempt in range(1, settings.max_attempts + 1):
-            self.tally.requests += 1
+            if self._stop.is_set():
+                raise SendCancelledError("stopped: another batch of this task failed")
+            self._pacer.wait_turn(events)
+            tally.requests += 1
             retry_after = None
             try:
                 response = self._transport.post(settings.import_url, body, self._headers, settings.timeout_s)
@@ -174,14 +216,18 @@ class BatchSender:
                 problem = f"no answer ({exc})"
             else:
                 if not is_retryable(response.status):
+                    if response.status in (200, 400):
+                        self._pacer.on_success(events)
                     return response
+                if response.status == 429:
+                    self._pacer.on_throttled()
                 problem = f"HTTP {response.status}"
                 retry_after = retry_after_s(response.headers)
             if attempt == settings.max_attempts:
                 raise RetriesExhaustedError(f"gave up after {attempt} attempts; last: {problem}")
             wait_s = retry_after if retry_after is not None else self.backoff_s(attempt)
             log.warning("/import attempt %d failed (%s); retrying in %.1f s", attempt, problem, wait_s)
-            self.tally.retries += 1
+            tally.retries += 1
             self._sleep(wait_s)
         raise AssertionError("unreachable: the loop returns or raises")
 
@@ -190,6 +236,20 @@ class BatchSender:
         s = self._settings
         exponential = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (attempt - 1))
         return exponential + self._rng.uniform(s.jitter_min_s, s.jitter_max_s)
+
+
+def _collect(done: set[Future[SendTally]], tally: SendTally) -> None:
+    for future in done:
+        tally.add(future.result())  # re-raises a batch's failure in the task's main thread
+
+
+def _count_delivered(tally: SendTally, batch: Batch, compressed: bytes, rejections: list[Rejection]) -> None:
+    tally.batches += 1
+    tally.raw_bytes += len(batch.body)
+    tally.gzip_bytes += len(compressed)
+    tally.rejected += len(rejections)
+    tally.imported += batch.count - len(rejections)
+    tally.rejections.extend(rejections)
 
 
 def is_retryable(status: int) -> bool:

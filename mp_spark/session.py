@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -34,6 +35,9 @@ def local_builder(
 
     The default master gives each task 4 attempts, like a cluster's spark.task.maxFailures.
     """
+    # Workers must run this same interpreter (not whatever `python3` is on PATH) to see the same
+    # packages; PySpark takes the workers' interpreter from this variable when the context starts.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.master(master)
     if with_delta:
         from delta import configure_spark_with_delta_pip  # a `local` extra, not needed on clusters

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Protocol
 
 import requests
+import requests.adapters
 
 
 class TransportError(Exception):
@@ -28,10 +29,13 @@ class Transport(Protocol):
 
 
 class RequestsTransport:
-    """One `requests.Session` (one connection pool) per Spark task."""
+    """One `requests.Session` per Spark task, its pool as large as the task's requests in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool_size: int = 1) -> None:
         self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         try:

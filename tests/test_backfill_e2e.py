@@ -177,7 +177,8 @@ def test_backfill_with_wrong_credentials_stops_fast_with_exit_2(
     monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
     started = time.monotonic()
 
-    exit_code = run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel))
+    # one request in flight per task, so the bound below is simple
+    exit_code = run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), "mixpanel.max_in_flight=2")
 
     assert exit_code == 2
     assert time.monotonic() - started < 60  # no retry storm: one 401 per task attempt, then stop

@@ -1,17 +1,21 @@
 """The sender alone: a scripted transport, no Spark, no network, no real sleeping."""
 
+import dataclasses
 import gzip
 import json
 import random
+import threading
+import time
 from collections.abc import Mapping
 
 import pytest
 
-from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings
+from mp_spark.batching import batches_from_chunks, chunk_of_lines
+from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings, SendTally
 from mp_spark.transport import Response, TransportError
 
 SETTINGS = SenderSettings(import_url="https://mp.test/import?strict=1&project_id=7", authorization="Basic eDp5",
-                          max_batch_events=3, max_attempts=4)
+                          max_batch_events=3, max_attempts=4, pacing=False)
 
 
 class ScriptedTransport:
@@ -46,13 +50,18 @@ def lines(n: int) -> list[str]:
     return [json.dumps({"event": "e", "properties": {"$insert_id": f"id-{i}", "n": i}}) for i in range(n)]
 
 
+def send(sender: BatchSender, n: int, max_events: int = 3) -> SendTally:
+    chunks = [chunk_of_lines(lines(n))]
+    return sender.send_batches(batches_from_chunks(chunks, max_events=max_events, max_bytes=1_000_000))
+
+
 def make_sender(transport: ScriptedTransport, waits: list[float]) -> BatchSender:
     return BatchSender(SETTINGS, transport, sleep=waits.append, rng=random.Random(1))
 
 
-def test_send_lines_batches_gzips_and_counts_imports() -> None:
+def test_send_batches_batches_gzips_and_counts_imports() -> None:
     transport, waits = ScriptedTransport(), []
-    tally = make_sender(transport, waits).send_lines(lines(7))
+    tally = send(make_sender(transport, waits), 7)
     assert [len(b) for b in transport.bodies] == [3, 3, 1]
     assert (tally.rows, tally.imported, tally.rejected, tally.batches, tally.retries) == (7, 7, 0, 3, 0)
     assert transport.headers[0]["Content-Encoding"] == "gzip"
@@ -66,7 +75,7 @@ def test_send_lines_batches_gzips_and_counts_imports() -> None:
                                     status(408), TransportError("ConnectionError")])
 def test_send_batch_resends_identical_body_after_retryable_failure(answer: Response | Exception) -> None:
     transport, waits = ScriptedTransport(answer, answer, ok()), []
-    tally = make_sender(transport, waits).send_lines(lines(2))
+    tally = send(make_sender(transport, waits), 2)
     assert tally.imported == 2 and tally.retries == 2 and tally.requests == 3
     assert transport.bodies[0] == transport.bodies[1] == transport.bodies[2]
     assert len(waits) == 2
@@ -82,14 +91,14 @@ def test_backoff_doubles_from_two_seconds_with_one_to_five_seconds_of_jitter() -
 
 def test_send_batch_honours_retry_after() -> None:
     transport, waits = ScriptedTransport(status(429, headers={"Retry-After": "7"}), ok()), []
-    make_sender(transport, waits).send_lines(lines(1))
+    send(make_sender(transport, waits), 1)
     assert waits == [7.0]
 
 
 def test_send_batch_gives_up_after_max_attempts() -> None:
     transport, waits = ScriptedTransport(*[status(503)] * 10), []
     with pytest.raises(RetriesExhaustedError, match="4 attempts.*HTTP 503"):
-        make_sender(transport, waits).send_lines(lines(1))
+        send(make_sender(transport, waits), 1)
     assert len(transport.bodies) == 4 and len(waits) == 3
 
 
@@ -100,7 +109,7 @@ def test_strict_400_rejects_only_the_failed_records(key: str) -> None:
               "failed_records": [{"index": 1, key: "id-1", "field": "properties.time",
                                   "message": "'properties.time' is invalid"}]}
     transport, waits = ScriptedTransport(status(400, failed)), []
-    tally = make_sender(transport, waits).send_lines(lines(3))
+    tally = send(make_sender(transport, waits), 3)
     assert (tally.imported, tally.rejected, tally.retries) == (2, 1, 0)
     [rejection] = tally.rejections
     assert rejection.insert_id == "id-1" and rejection.field == "properties.time"
@@ -110,21 +119,21 @@ def test_strict_400_rejects_only_the_failed_records(key: str) -> None:
 
 def test_400_without_failed_records_rejects_the_whole_batch() -> None:
     transport, waits = ScriptedTransport(status(400, {"code": 400, "error": "invalid JSON"})), []
-    tally = make_sender(transport, waits).send_lines(lines(2))
+    tally = send(make_sender(transport, waits), 2)
     assert (tally.imported, tally.rejected) == (0, 2)
     assert {r.message for r in tally.rejections} == {"invalid JSON"}
 
 
 def test_413_splits_the_batch_and_sends_the_halves() -> None:
     transport, waits = ScriptedTransport(status(413), ok(), ok()), []
-    tally = make_sender(transport, waits).send_lines(lines(3))
+    tally = send(make_sender(transport, waits), 3)
     assert [len(b) for b in transport.bodies] == [3, 1, 2]
     assert (tally.imported, tally.batches, tally.retries) == (3, 2, 0)
 
 
 def test_413_on_a_single_event_rejects_it() -> None:
     transport, waits = ScriptedTransport(status(413)), []
-    tally = make_sender(transport, waits).send_lines(lines(1))
+    tally = send(make_sender(transport, waits), 1)
     assert (tally.imported, tally.rejected) == (0, 1)
     assert "413" in tally.rejections[0].message
 
@@ -133,7 +142,7 @@ def test_413_on_a_single_event_rejects_it() -> None:
 def test_auth_failure_stops_at_once_and_names_the_causes(code: int) -> None:
     transport, waits = ScriptedTransport(status(code, {"error": "Invalid credentials"})), []
     with pytest.raises(FatalSendError, match="project_id.*region") as raised:
-        make_sender(transport, waits).send_lines(lines(5))
+        send(make_sender(transport, waits), 5)
     assert len(transport.bodies) == 1 and waits == []
     assert "eDp5" not in str(raised.value)
 
@@ -141,8 +150,58 @@ def test_auth_failure_stops_at_once_and_names_the_causes(code: int) -> None:
 def test_unexpected_status_is_fatal() -> None:
     transport, waits = ScriptedTransport(status(404, {"error": "no such path"})), []
     with pytest.raises(FatalSendError, match="HTTP 404.*no such path"):
-        make_sender(transport, waits).send_lines(lines(1))
+        send(make_sender(transport, waits), 1)
 
 
 def test_settings_repr_hides_authorization() -> None:
     assert "eDp5" not in repr(SETTINGS)
+
+
+class SlowTransport:
+    """Takes 20 ms per request on real threads and records how many requests overlapped."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.lock = threading.Lock()
+        self.current = self.peak = self.calls = 0
+        self.fail_on = fail_on
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        with self.lock:
+            self.current += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.current)
+            call = self.calls
+        time.sleep(0.02)
+        with self.lock:
+            self.current -= 1
+        return status(401) if call == self.fail_on else ok()
+
+    def close(self) -> None:
+        pass
+
+
+def test_send_batches_keeps_up_to_in_flight_requests_going() -> None:
+    transport = SlowTransport()
+    settings = dataclasses.replace(SETTINGS, in_flight=4)
+    tally = send(BatchSender(settings, transport), 60)
+    assert tally.imported == 60 and tally.batches == 20
+    assert transport.peak == 4
+
+
+def test_send_batches_with_one_in_flight_sends_one_at_a_time() -> None:
+    transport = SlowTransport()
+    send(BatchSender(SETTINGS, transport), 15)
+    assert transport.peak == 1
+
+
+def test_a_failing_batch_fails_the_whole_partition() -> None:
+    transport = SlowTransport(fail_on=3)
+    with pytest.raises(FatalSendError):
+        send(BatchSender(dataclasses.replace(SETTINGS, in_flight=4), transport), 300)
+    assert transport.calls < 100  # stopped early, not after sending everything
+
+
+def test_for_concurrent_tasks_splits_the_job_budgets() -> None:
+    settings = SETTINGS.for_concurrent_tasks(3, max_in_flight=16, max_events_per_second=30_000)
+    assert (settings.in_flight, settings.max_events_per_second) == (5, 10_000)
+    assert SETTINGS.for_concurrent_tasks(40, max_in_flight=16, max_events_per_second=None).in_flight == 1

@@ -1,0 +1,309 @@
+"""Throughput benchmark (not part of the tests): `python benchmarks/run.py [--events 2000000]`.
+
+Generates N synthetic events (about 350 bytes of JSON each, 12 columns of mixed types) as Parquet,
+then reports events/s, CPU seconds per million events and peak Python worker RSS for:
+  a. the job end to end against a fast loopback receiver;
+  b. the limit: the same read, serialization, batching and gzip with no HTTP (the job's --dry-run);
+  c. a naive sender: Python dicts, json.dumps, one request at a time per partition;
+  d. the job against a receiver that adds 250 ms to every answer;
+  e. the job against a receiver that admits 30k events/s and answers 429 above it (pacing on);
+  e0. the same with pacing off, for comparison;
+  f. the job end to end with 1M-record partitions (the memory check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import requests
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from mp_spark.backfill import RunOptions, run_backfill
+from mp_spark.config import Credentials, parse_config
+from mp_spark.session import local_builder
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+TOKEN = Credentials("project_token", "benchmark-token", "")
+
+
+def generate(spark: SparkSession, events: int, path: Path) -> None:
+    marker = path / f"_EVENTS_{events}"
+    if marker.exists():
+        return
+    pages = F.array(*[F.lit(p) for p in ("/docs/getting-started", "/pricing", "/blog/2024/launch", "/app/settings")])
+    names = F.array(*[F.lit(n) for n in ("Page View", "Sign Up", "Add to Cart", "Purchase", "Search")])
+    id_ = F.col("id")
+    (
+        spark.range(events, numPartitions=8)
+        .select(
+            F.format_string("user-%07d", F.abs(F.xxhash64(id_)) % 1_000_000).alias("user_id"),
+            F.element_at(names, (id_ % 5 + 1).cast("int")).alias("event_name"),
+            F.timestamp_seconds(F.lit(1_717_200_000) + (id_ * 7) % 15_000_000).alias("ts"),
+            F.element_at(F.array(F.lit("free"), F.lit("pro"), F.lit("enterprise")), (id_ % 3 + 1).cast("int"))
+            .alias("plan"),
+            F.element_at(F.array(*[F.lit(c) for c in ("San Francisco", "Berlin", "Tokyo", "São Paulo")]),
+                         (id_ % 4 + 1).cast("int")).alias("city"),
+            F.concat(F.element_at(pages, (id_ % 4 + 1).cast("int")), F.lit("?ref="), (id_ % 997).cast("string"))
+            .alias("page"),
+            F.element_at(F.array(F.lit("google"), F.lit("direct"), F.lit("newsletter")), (id_ % 3 + 1).cast("int"))
+            .alias("referrer"),
+            F.round((id_ % 50_000) / 100.0, 2).alias("amount"),
+            (id_ % 7).cast("int").alias("quantity"),
+            (id_ % 2 == 0).alias("is_mobile"),
+            F.expr("uuid()").alias("session_id"),
+            F.lit("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0").alias("user_agent"),
+        )
+        .write.mode("overwrite").parquet(str(path))
+    )
+    marker.touch()
+
+
+def job_config(data: Path, host: str, out: Path, **mixpanel: object) -> str:
+    records = mixpanel.pop("records_per_partition", 200_000)
+    return json.dumps({
+        "source": {"format": "parquet", "path": str(data)},
+        "mapping": {"event": "event_name", "time": "ts", "distinct_id": "user_id", "include_columns": "*",
+                    "exclude_columns": ["event_name", "ts", "user_id"]},
+        "mixpanel": {"api_host": host, "backoff_initial_s": 0.5, "jitter_min_s": 0.2, "jitter_max_s": 1.0,
+                     "max_attempts": 20, **mixpanel},
+        "job": {"records_per_partition": records, "results_path": str(out)},
+    })
+
+
+class Probe:
+    """Wall time, machine-wide CPU (less the receiver's own), and peak RSS of any Python worker."""
+
+    def __init__(self, receiver_pid: int) -> None:
+        self.receiver_pid = receiver_pid
+        self.peak_rss = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Probe:
+        self.cpu0, self.rcv0, self.t0 = machine_cpu_s(), process_cpu_s(self.receiver_pid), time.monotonic()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.monotonic() - self.t0
+        self.cpu = (machine_cpu_s() - self.cpu0) - (process_cpu_s(self.receiver_pid) - self.rcv0)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak_rss = max([self.peak_rss, *python_worker_rss()])
+
+
+def machine_cpu_s() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def python_worker_rss() -> list[int]:
+    sizes = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"pyspark.daemon" in (entry / "cmdline").read_bytes():
+                status = (entry / "status").read_text()
+                sizes.append(int(status.split("VmRSS:")[1].split()[0]) * 1024)
+        except (OSError, IndexError):
+            continue
+    return sizes
+
+
+def naive_partition_sender(url: str):
+    """The reference: a dict per row, json.dumps, hashlib, zlib level 6, one request at a time."""
+
+    def send(rows) -> None:
+        import gzip
+        import hashlib
+        import json
+
+        import requests
+
+        session = requests.Session()
+        batch: list[str] = []
+
+        def flush() -> None:
+            body = gzip.compress("\n".join(batch).encode(), compresslevel=6)
+            answer = session.post(url, data=body, auth=("benchmark-token", ""),
+                                  headers={"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"})
+            answer.raise_for_status()
+            batch.clear()
+
+        for row in rows:
+            values = row.asDict()
+            properties = {k: (v.strftime("%Y-%m-%dT%H:%M:%S") if hasattr(v, "strftime") else v)
+                          for k, v in values.items() if k not in ("event_name", "ts", "user_id")}
+            properties["time"] = int(values["ts"].timestamp() * 1000)
+            properties["distinct_id"] = values["user_id"]
+            key = json.dumps([values["event_name"], properties], sort_keys=True).encode()
+            properties["$insert_id"] = hashlib.sha256(key).hexdigest()[:36]
+            batch.append(json.dumps({"event": values["event_name"], "properties": properties}))
+            if len(batch) == 2000:
+                flush()
+        if batch:
+            flush()
+
+    return send
+
+
+def receiver_ceiling(url: str, seconds: float = 3.0, threads: int = 4) -> float:
+    """Events/s the receiver alone absorbs: pre-gzipped 2000-event bodies from a few threads."""
+    line = json.dumps({"event": "e", "properties": {"pad": "x" * 300}})
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    body = compressor.compress("\n".join([line] * 2000).encode()) + compressor.flush()
+    counts = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def hammer(i: int) -> None:
+        session = requests.Session()
+        while time.monotonic() < deadline:
+            session.post(url + "/import", data=body, headers={"Content-Encoding": "gzip"}).raise_for_status()
+            counts[i] += 2000
+
+    workers = [threading.Thread(target=hammer, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--only", default="abcdefg", help="scenario letters to run (g is e0)")
+    args = parser.parse_args()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    receiver = subprocess.Popen([sys.executable, str(HERE / "receiver.py"), str(port)])
+    builder = (SparkSession.builder.appName("mp-spark-benchmark").config("spark.ui.enabled", "false")
+               .config("spark.driver.memory", "4g"))
+    spark = local_builder(builder, with_delta=False, master="local[2]").getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        for _ in range(50):
+            try:
+                requests.get(url, timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        data = OUT / "events.parquet"
+        generate(spark, args.events, data)
+        ceiling = receiver_ceiling(url)
+        print(f"receiver ceiling: {ceiling:,.0f} events/s (gunzip + count lines, 4 client threads)")
+        rows = run_scenarios(spark, args, data, url, receiver.pid)
+    finally:
+        receiver.terminate()
+        spark.stop()
+    report(rows, args.events, ceiling)
+
+
+def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url: str, receiver_pid: int
+                  ) -> dict[str, dict]:
+    def configure(**settings: object) -> None:
+        requests.post(url + "/configure", json=settings).raise_for_status()
+
+    def job(name: str, dry_run: bool = False, **mixpanel: object) -> dict:
+        config = parse_config(job_config(data, url, OUT / "runs" / name, **mixpanel))
+        options = RunOptions(run_id=name, results_path=str(OUT / "runs" / name), dry_run=dry_run)
+        with Probe(receiver_pid) as probe:
+            summary = run_backfill(spark, config, TOKEN, options)
+        stats = requests.get(url).json()
+        assert summary.balanced and summary.imported == args.events, summary
+        return measure(probe, args.events, requests=stats["requests"], throttled=stats["throttled"],
+                       peak_in_flight=stats["peak_in_flight"], retries=summary.retries)
+
+    rows: dict[str, dict] = {}
+    plan = {
+        "a": lambda: (configure(), job("a"))[1],
+        "b": lambda: (configure(), job("b", dry_run=True))[1],
+        "c": lambda: naive(spark, data, url, receiver_pid, args.events, configure),
+        "d": lambda: (configure(latency_s=0.25), job("d"))[1],
+        "e": lambda: (configure(admit_events_per_second=30_000), job("e"))[1],
+        "g": lambda: (configure(admit_events_per_second=30_000), job("e0", pacing=False))[1],
+        "f": lambda: (configure(), job("f", records_per_partition=1_000_000))[1],
+    }
+    for letter, run in plan.items():
+        if letter in args.only:
+            rows[letter] = run()
+            print(letter, json.dumps(rows[letter]), flush=True)
+    return rows
+
+
+def naive(spark: SparkSession, data: Path, url: str, receiver_pid: int, events: int, configure) -> dict:
+    configure()
+    source = spark.read.parquet(str(data))
+    partitions = max(1, events // 200_000)
+    with Probe(receiver_pid) as probe:
+        source.repartition(partitions).foreachPartition(naive_partition_sender(url + "/import"))
+    stats = requests.get(url).json()
+    assert stats["events"] == events, stats
+    return measure(probe, events, requests=stats["requests"], throttled=0, peak_in_flight=stats["peak_in_flight"],
+                   retries=0)
+
+
+def measure(probe: Probe, events: int, **extra: int) -> dict:
+    return {
+        "events_per_second": round(events / probe.seconds),
+        "cpu_s_per_million": round(probe.cpu / events * 1e6, 1),
+        "peak_worker_rss_mb": round(probe.peak_rss / 2**20),
+        "seconds": round(probe.seconds, 1),
+        **extra,
+    }
+
+
+def report(rows: dict[str, dict], events: int, ceiling: float) -> None:
+    labels = {
+        "a": "a. job, fast loopback receiver", "b": "b. limit: same pipeline, no HTTP (dry run)",
+        "c": "c. naive sender (dicts, json.dumps, 1 request at a time)", "d": "d. job, receiver +250 ms",
+        "e": "e. job, receiver admits 30k events/s (pacing on)", "g": "e0. same, pacing off",
+        "f": "f. job, 1M-record partitions",
+    }
+    lines = [f"{events:,} events, receiver ceiling {ceiling:,.0f} events/s", "",
+             "| scenario | events/s | CPU s / 1M events | peak worker RSS | requests | 429 share | peak in flight |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for letter, r in rows.items():
+        share = r["throttled"] / r["requests"] if r["requests"] else 0.0
+        lines.append(f"| {labels[letter]} | {r['events_per_second']:,} | {r['cpu_s_per_million']} | "
+                     f"{r['peak_worker_rss_mb']} MB | {r['requests']:,} | {share:.1%} | {r['peak_in_flight']} |")
+    checks = []
+    if {"a", "b"} <= rows.keys():
+        checks.append(f"a/b = {rows['a']['events_per_second'] / rows['b']['events_per_second']:.2f} (target >= 0.8)")
+    if {"a", "c"} <= rows.keys():
+        checks.append(f"a/c = {rows['a']['events_per_second'] / rows['c']['events_per_second']:.1f} (target >= 3)")
+    if "e" in rows:
+        checks.append(f"e = {rows['e']['events_per_second'] / 30_000:.2f} x 30k (target >= 0.9, 429s < 5%)")
+    text = "\n".join(lines + [""] + checks)
+    print(text)
+    (OUT / "results.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
