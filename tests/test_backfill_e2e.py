@@ -251,3 +251,17 @@ def test_quickstart_script_runs_the_bundled_sample(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows_read"] == summary["imported"] == 3000
     assert "would import" in result.stdout
+
+
+def test_backfill_keeps_requests_in_flight_within_the_job_budget(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    mixpanel.set_faults(Faults(latency_s=0.1))
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+
+    # 5 partitions, 2 running at once (local[2]): a budget of 4 is 2 requests in flight per task.
+    assert run_job(config, "mixpanel.max_in_flight=4", "mixpanel.max_batch_events=100") == 0
+
+    assert len(mixpanel.unique_events) == ROWS
+    assert 3 <= mixpanel.max_concurrent <= 4  # pipelined within tasks, never above the budget
+
