@@ -61,6 +61,7 @@ def run_backfill(
         source_rows=source.count(),
         settings=SenderSettings.from_config(config.mixpanel, credentials),
         config=config,
+        run_id=options.run_id,
         dry_run=options.dry_run,
     )
     invalid = sum(p.invalid for p in partitions)
@@ -101,6 +102,7 @@ def send_events(
     source_rows: int,
     settings: SenderSettings,
     config: Config,
+    run_id: str,
     dry_run: bool,
 ) -> list[PartitionResult]:
     """Repartition by `$insert_id` (the same event always lands in the same partition) and send each.
@@ -114,11 +116,7 @@ def send_events(
     # Requests in flight across the cluster = tasks running at once x requests per task: keep the
     # product within the job-wide budget, and split any events/s cap the same way.
     concurrent_tasks = min(partition_count, spark.sparkContext.defaultParallelism)
-    settings = settings.for_concurrent_tasks(
-        concurrent_tasks,
-        max_in_flight=config.mixpanel.max_in_flight,
-        max_events_per_second=config.mixpanel.max_events_per_second,
-    )
+    settings = settings.for_run(run_id, concurrent_tasks, config.mixpanel)
     log.info("sending up to %d rows in %d partitions, %d at a time, %d requests in flight each",
              source_rows, partition_count, concurrent_tasks, settings.in_flight)
     line_or_null = F.when(F.col("invalid").isNull(), F.concat(F.col("line"), F.lit("\n")))

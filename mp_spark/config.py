@@ -90,6 +90,7 @@ class MixpanelConfig:
     jitter_max_s: float = 5.0
     max_in_flight: int = 16  # requests in flight across the whole job (Mixpanel: 10-20 clients do best)
     pacing: bool = True  # slow down on 429 rather than only back off
+    rate_limit_events_per_second: float = 30_000  # the project's limit: Mixpanel's default, unless raised
     max_events_per_second: float | None = None  # optional hard cap for the whole job
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class MixpanelConfig:
         _require_range("mixpanel.gzip_level", self.gzip_level, 0, 9)
         _require_range("mixpanel.max_attempts", self.max_attempts, 1, 100)
         _require_range("mixpanel.max_in_flight", self.max_in_flight, 1, 1000)
+        _require_range("mixpanel.rate_limit_events_per_second", self.rate_limit_events_per_second, 1, 10_000_000)
         if self.max_events_per_second is not None:
             _require_range("mixpanel.max_events_per_second", self.max_events_per_second, 1, 10_000_000)
         for key in ("timeout_s", "backoff_initial_s", "backoff_max_s", "jitter_min_s", "jitter_max_s"):

@@ -1,22 +1,32 @@
-"""Pacing for one task's sends: additive increase, multiplicative decrease on 429.
+"""Pacing for one task's sends: slow start, then additive increase, multiplicative decrease on 429.
 
-Mixpanel's rate limit is per project, shared by every task of the job. Each task starts unpaced
-(or at its share of `mixpanel.max_events_per_second`); the first 429 sets its rate just under
-what it was getting through, and from then on it creeps up on success and steps down on 429.
-Tasks converge on fair shares of the limit instead of retrying in lockstep.
+Mixpanel's rate limit is per project, shared by every task of the job. A task starts at its
+share of the documented limit (or of `mixpanel.max_events_per_second`) and doubles its rate
+about every round of requests until the first 429, so a receiver without that limit is not held
+back and a new task joins without a burst. The first 429 drops it just under its share; after
+that it creeps up on success and steps down on 429, so the tasks together hover just under the
+project's limit instead of retrying in lockstep. This is TCP's congestion control, applied to
+events per second. (A project granted a higher limit says so with max_events_per_second.)
+
+Spark reuses a Python worker for the next task, so a task leaves the rate it ended at to the
+next task of the same run on that worker, which then starts there rather than in slow start:
+later waves of tasks join without overshooting.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 DECREASE = 0.9  # share of the rate kept after a 429
 INCREASE_PER_BATCH = 0.02  # additive step after each success, as a share of the batch's events
 MIN_RATE = 50.0  # events/s: never stall completely
-WINDOW_S = 5.0  # how far back the delivered rate is measured
+
+_rates_left_by_runs: dict[str, float] = {}  # run id -> the rate this worker's last task of it ended at
 
 
 class Pacer:
@@ -25,56 +35,62 @@ class Pacer:
     def __init__(
         self,
         *,
+        share: float,
         max_rate: float | None = None,
         adaptive: bool = True,
+        run_id: str = "",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        self.rate = max_rate
+        learned = _rates_left_by_runs.get(run_id) if adaptive and run_id else None
+        self.rate = learned or ((max_rate or share) if adaptive else max_rate)
+        self._share = share  # this task's share of the project's limit
+        self._slow_start = adaptive and learned is None
+        self._run_id = run_id
         self._max_rate = max_rate
         self._adaptive = adaptive
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next_free = 0.0
-        self._started = clock()
-        self._last_decrease = float("-inf")
-        self._delivered: deque[tuple[float, int]] = deque()
+        self._epoch = 0  # bumped by each decrease
 
-    def wait_turn(self, events: int) -> None:
-        """Block until a batch of `events` may leave; reservations are taken in arrival order."""
+    def wait_turn(self, events: int) -> int:
+        """Block until a batch of `events` may leave (in arrival order); returns the rate's epoch."""
         with self._lock:
+            epoch = self._epoch
             if self.rate is None:
-                return
+                return epoch
             now = self._clock()
             start = max(now, self._next_free)
             self._next_free = start + events / self.rate
         if start > now:
             self._sleep(start - now)
+        return epoch
 
     def on_success(self, events: int) -> None:
         with self._lock:
-            now = self._clock()
-            self._delivered.append((now, events))
-            while self._delivered and self._delivered[0][0] < now - WINDOW_S:
-                self._delivered.popleft()
             if self.rate is not None and self._adaptive:
-                self.rate += events * INCREASE_PER_BATCH
-                if self._max_rate is not None:
-                    self.rate = min(self.rate, self._max_rate)
+                # In slow start each success adds its own size: the rate doubles every round.
+                self._set_rate(self.rate + (events if self._slow_start else events * INCREASE_PER_BATCH))
 
-    def on_throttled(self) -> None:
-        """A 429: slow down, at most once a second (a burst of 429s is one congestion event)."""
+    def _set_rate(self, rate: float) -> None:
+        self.rate = max(MIN_RATE, min(rate, self._max_rate or rate))
+        if self._run_id and not self._slow_start:
+            _rates_left_by_runs[self._run_id] = self.rate
+
+    def on_throttled(self, epoch: int) -> None:
+        """A 429 for a request sent in `epoch`: slow down, unless the rate was already cut since.
+
+        Requests in flight when the rate was cut were sent at the old rate; their 429s are the
+        same congestion, not a new one (TCP's fast recovery makes the same distinction).
+        """
         if not self._adaptive:
             return
         with self._lock:
-            now = self._clock()
-            if now - self._last_decrease < 1.0:
+            if epoch != self._epoch:
                 return
-            self._last_decrease = now
-            span = min(WINDOW_S, max(now - self._started, 1.0))
-            delivered = sum(n for _, n in self._delivered) / span if self._delivered else None
-            if delivered is None and self.rate is None:
-                return  # nothing measured yet: the retry's backoff alone has to do
-            candidates = [r for r in (self.rate, delivered) if r is not None]
-            self.rate = max(MIN_RATE, min(candidates) * DECREASE)
+            self._set_rate((self._share if self._slow_start else self.rate) * DECREASE)
+            self._slow_start = False
+            self._epoch += 1
+            log.info("429 from Mixpanel: pacing this task at %.0f events/s", self.rate)

@@ -59,6 +59,8 @@ class SenderSettings:
     in_flight: int = 1  # requests this task keeps in flight: the job-wide budget / tasks running at once
     pacing: bool = True  # slow down on 429 (AIMD) instead of only backing off
     max_events_per_second: float | None = None  # this task's share of the job-wide cap
+    rate_share: float = 30_000.0  # this task's share of the project's events/s limit (pacing starts there)
+    run_id: str = ""  # lets the tasks of one run on one executor pass their pacing on
 
     @classmethod
     def from_config(cls, mixpanel: MixpanelConfig, credentials: Credentials | None) -> SenderSettings:
@@ -80,13 +82,15 @@ class SenderSettings:
             pacing=mixpanel.pacing,
         )
 
-    def for_concurrent_tasks(self, tasks: int, *, max_in_flight: int, max_events_per_second: float | None
-                             ) -> SenderSettings:
-        """Split the job-wide budgets between the tasks that run at once."""
+    def for_run(self, run_id: str, tasks: int, mixpanel: MixpanelConfig) -> SenderSettings:
+        """Settings for one run's tasks: the job-wide budgets split between the tasks that run at once."""
+        cap = mixpanel.max_events_per_second
         return dataclasses.replace(
             self,
-            in_flight=max(1, max_in_flight // tasks),
-            max_events_per_second=max_events_per_second / tasks if max_events_per_second else None,
+            run_id=run_id,
+            in_flight=max(1, mixpanel.max_in_flight // tasks),
+            max_events_per_second=cap / tasks if cap else None,
+            rate_share=min(cap or mixpanel.rate_limit_events_per_second, mixpanel.rate_limit_events_per_second) / tasks,
         )
 
     def headers(self) -> dict[str, str]:
@@ -147,8 +151,8 @@ class BatchSender:
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait  # by default a failing sibling cuts a backoff short
         self._rng = rng or random.Random()
-        self._pacer = pacer or Pacer(max_rate=settings.max_events_per_second, adaptive=settings.pacing,
-                                     sleep=self._sleep)
+        self._pacer = pacer or Pacer(share=settings.rate_share, max_rate=settings.max_events_per_second,
+                                     adaptive=settings.pacing, run_id=settings.run_id, sleep=self._sleep)
 
     def send_batches(self, batches: Iterable[Batch]) -> SendTally:
         """Send every batch, keeping up to `in_flight` requests going; returns the merged tally.
@@ -207,7 +211,7 @@ class BatchSender:
         for attempt in range(1, settings.max_attempts + 1):
             if self._stop.is_set():
                 raise SendCancelledError("stopped: another batch of this task failed")
-            self._pacer.wait_turn(events)
+            epoch = self._pacer.wait_turn(events)
             tally.requests += 1
             retry_after = None
             try:
@@ -220,7 +224,7 @@ class BatchSender:
                         self._pacer.on_success(events)
                     return response
                 if response.status == 429:
-                    self._pacer.on_throttled()
+                    self._pacer.on_throttled(epoch)
                 problem = f"HTTP {response.status}"
                 retry_after = retry_after_s(response.headers)
             if attempt == settings.max_attempts:

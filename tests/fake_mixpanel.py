@@ -555,6 +555,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so a requests.Session reuses connections
+    disable_nagle_algorithm = True  # headers and body go out as two writes: avoid delayed-ACK stalls
     disable_nagle_algorithm = True  # headers and body are separate writes; Nagle would add ~40 ms each
     server: _Server
 

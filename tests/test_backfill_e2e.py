@@ -265,3 +265,22 @@ def test_backfill_keeps_requests_in_flight_within_the_job_budget(
     assert len(mixpanel.unique_events) == ROWS
     assert 3 <= mixpanel.max_concurrent <= 4  # pipelined within tasks, never above the budget
 
+
+
+def test_backfill_pacing_cuts_429s_from_a_rate_limited_server(
+    sources: dict[str, str], service_account: None, tmp_path: Path,
+) -> None:
+    throttled = {}
+    for pacing in (False, True):
+        with FakeMixpanel(admit_events_per_second=2500) as server:
+            run_dir = tmp_path / f"pacing-{pacing}"
+            run_dir.mkdir()
+            config = write_config(run_dir, "parquet", sources["parquet"], server)
+            assert run_job(config, f"mixpanel.pacing={str(pacing).lower()}", "mixpanel.max_batch_events=250",
+                           "mixpanel.rate_limit_events_per_second=2500", "mixpanel.max_in_flight=4",
+                           "mixpanel.max_attempts=100") == 0
+            assert len(server.unique_events) == ROWS
+            throttled[pacing] = server.statuses[429]
+
+    assert throttled[False] >= 10
+    assert throttled[True] <= throttled[False] / 3

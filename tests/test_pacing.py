@@ -2,7 +2,7 @@
 
 import pytest
 
-from mp_spark.pacing import DECREASE, Pacer
+from mp_spark.pacing import DECREASE, INCREASE_PER_BATCH, Pacer
 
 
 class FakeClock:
@@ -19,48 +19,49 @@ class FakeClock:
 
 
 def make_pacer(clock: FakeClock, **kwargs: object) -> Pacer:
-    return Pacer(clock=clock, sleep=clock.sleep, **kwargs)
+    return Pacer(share=10_000.0, clock=clock, sleep=clock.sleep, **kwargs)
 
 
-def test_pacer_does_not_wait_until_throttled() -> None:
+def test_slow_start_begins_at_the_share_and_doubles_each_round() -> None:
     clock = FakeClock()
     pacer = make_pacer(clock)
-    for _ in range(10):
-        pacer.wait_turn(2000)
-        pacer.on_success(2000)
-    assert pacer.rate is None and clock.slept == []
+    assert pacer.rate == 10_000
+    for _ in range(5):  # a round: a rate's worth of events
+        pacer.on_success(pacer.rate)
+    assert pacer.rate == pytest.approx(10_000 * 2**5)
 
 
-def test_first_429_sets_the_rate_just_under_what_got_through() -> None:
-    clock = FakeClock()
-    pacer = make_pacer(clock)
-    for _ in range(10):  # 20,000 events over 2 s: 10,000 events/s
-        clock.now += 0.2
-        pacer.on_success(2000)
-    pacer.on_throttled()
+def test_first_429_ends_slow_start_just_under_the_share() -> None:
+    pacer = make_pacer(FakeClock())
+    for _ in range(3):
+        pacer.on_success(pacer.rate)  # 80,000 events/s
+    pacer.on_throttled(pacer.wait_turn(2000))
     assert pacer.rate == pytest.approx(10_000 * DECREASE)
+    pacer.on_success(2000)
+    assert pacer.rate == pytest.approx(10_000 * DECREASE + 2000 * INCREASE_PER_BATCH)  # additive now
 
 
-def test_a_burst_of_429s_decreases_once() -> None:
+def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
     clock = FakeClock()
-    pacer = make_pacer(clock, max_rate=1000.0)
-    pacer.on_throttled()
-    pacer.on_throttled()
-    clock.now += 0.5
-    pacer.on_throttled()
-    assert pacer.rate == pytest.approx(1000 * DECREASE)
-    clock.now += 1.0
-    pacer.on_throttled()
-    assert pacer.rate == pytest.approx(1000 * DECREASE * DECREASE)
+    pacer = make_pacer(clock)
+    pacer.on_throttled(0)  # leaves slow start at 9,000 events/s
+    in_flight = [pacer.wait_turn(100) for _ in range(3)]
+    for epoch in in_flight:
+        pacer.on_throttled(epoch)
+    assert pacer.rate == pytest.approx(10_000 * DECREASE**2)
+    pacer.on_throttled(pacer.wait_turn(100))  # sent after the cut: a new congestion
+    assert pacer.rate == pytest.approx(10_000 * DECREASE**3)
 
 
-def test_success_raises_the_rate_additively_up_to_the_cap() -> None:
-    clock = FakeClock()
-    pacer = make_pacer(clock, max_rate=1000.0)
-    pacer.on_throttled()
+def test_after_slow_start_success_raises_the_rate_additively_up_to_the_cap() -> None:
+    pacer = make_pacer(FakeClock(), max_rate=1000.0)
+    assert pacer.rate == 1000.0  # a cap below the share: start at the cap
+    pacer.on_throttled(0)
+    pacer.on_throttled(1)
     before = pacer.rate
+    assert before == pytest.approx(1000 * DECREASE)
     pacer.on_success(1000)
-    assert pacer.rate == pytest.approx(before + 20)
+    assert pacer.rate == pytest.approx(before + 1000 * INCREASE_PER_BATCH)
     for _ in range(100):
         pacer.on_success(1000)
     assert pacer.rate == 1000.0
@@ -75,13 +76,18 @@ def test_wait_turn_spaces_batches_at_the_rate() -> None:
     assert clock.now - start == pytest.approx(2.0)  # 5 x 500 events at 1000/s: the last leaves at 2 s
 
 
-def test_429_before_any_success_leaves_an_unpaced_task_unpaced() -> None:
-    pacer = make_pacer(FakeClock())
-    pacer.on_throttled()
-    assert pacer.rate is None
-
-
 def test_non_adaptive_pacer_ignores_429() -> None:
     pacer = make_pacer(FakeClock(), adaptive=False)
-    pacer.on_throttled()
+    pacer.on_throttled(0)
     assert pacer.rate is None
+
+
+def test_a_task_starts_where_the_previous_task_of_its_run_ended() -> None:
+    first = make_pacer(FakeClock(), run_id="run-a")
+    first.on_throttled(0)
+    first.on_success(2000)
+    following = make_pacer(FakeClock(), run_id="run-a")
+    assert following.rate == first.rate  # no slow start: it would overshoot again
+    following.on_success(2000)
+    assert following.rate == pytest.approx(first.rate + 2000 * INCREASE_PER_BATCH)
+    assert make_pacer(FakeClock(), run_id="run-b").rate == 10_000  # another run starts afresh

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from mp_spark.config import MixpanelConfig
 from mp_spark.batching import batches_from_chunks, chunk_of_lines
 from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings, SendTally
 from mp_spark.transport import Response, TransportError
@@ -201,7 +202,8 @@ def test_a_failing_batch_fails_the_whole_partition() -> None:
     assert transport.calls < 100  # stopped early, not after sending everything
 
 
-def test_for_concurrent_tasks_splits_the_job_budgets() -> None:
-    settings = SETTINGS.for_concurrent_tasks(3, max_in_flight=16, max_events_per_second=30_000)
-    assert (settings.in_flight, settings.max_events_per_second) == (5, 10_000)
-    assert SETTINGS.for_concurrent_tasks(40, max_in_flight=16, max_events_per_second=None).in_flight == 1
+def test_for_run_splits_the_job_budgets_between_concurrent_tasks() -> None:
+    capped = SETTINGS.for_run("r1", 3, MixpanelConfig(max_events_per_second=15_000))
+    assert (capped.run_id, capped.in_flight, capped.max_events_per_second, capped.rate_share) == ("r1", 5, 5000, 5000)
+    many = SETTINGS.for_run("r1", 40, MixpanelConfig(rate_limit_events_per_second=60_000))
+    assert (many.in_flight, many.max_events_per_second, many.rate_share) == (1, None, 1500)
