@@ -236,8 +236,7 @@ def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url
             summary = run_backfill(spark, config, TOKEN, options)
         stats = requests.get(url).json()
         assert summary.balanced and summary.imported == args.events, summary
-        return measure(probe, args.events, requests=stats["requests"], throttled=stats["throttled"],
-                       peak_in_flight=stats["peak_in_flight"], retries=summary.retries)
+        return measure(probe, args.events, stats, retries=summary.retries)
 
     job("warm-up", dry_run=True)  # the JVM's JIT warms up here, so the first scenario is not penalised
     rows: dict[str, dict] = {}
@@ -265,17 +264,22 @@ def naive(spark: SparkSession, data: Path, url: str, receiver_pid: int, events: 
         source.repartition(partitions).foreachPartition(naive_partition_sender(url + "/import"))
     stats = requests.get(url).json()
     assert stats["events"] == events, stats
-    return measure(probe, events, requests=stats["requests"], throttled=0, peak_in_flight=stats["peak_in_flight"],
-                   retries=0)
+    return measure(probe, events, stats, retries=0)
 
 
-def measure(probe: Probe, events: int, **extra: int) -> dict:
+def measure(probe: Probe, events: int, receiver: dict, retries: int) -> dict:
+    """End-to-end figures from the probe; the receiver's from its first request to its last answer."""
+    sending_s = receiver["sending_s"]
     return {
         "events_per_second": round(events / probe.seconds),
+        "sending_events_per_second": round(receiver["events"] / sending_s) if sending_s else None,
         "cpu_s_per_million": round(probe.cpu / events * 1e6, 1),
         "peak_worker_rss_mb": round(probe.peak_rss / 2**20),
         "seconds": round(probe.seconds, 1),
-        **extra,
+        "requests": receiver["requests"],
+        "throttled": receiver["throttled"],
+        "peak_in_flight": receiver["peak_in_flight"],
+        "retries": retries,
     }
 
 
@@ -287,20 +291,26 @@ def report(rows: dict[str, dict], events: int, ceiling: float) -> None:
         "f": "f. job, 1M-record partitions",
     }
     lines = [f"{events:,} events, receiver ceiling {ceiling:,.0f} events/s", "",
-             "| scenario | events/s | CPU s / 1M events | peak worker RSS | requests | 429 share | peak in flight |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| scenario | events/s end to end | events/s while sending | CPU s / 1M events | peak worker RSS "
+             "| requests | 429 share | peak in flight |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for letter, r in rows.items():
         share = r["throttled"] / r["requests"] if r["requests"] else 0.0
-        lines.append(f"| {labels[letter]} | {r['events_per_second']:,} | {r['cpu_s_per_million']} | "
+        sending = f"{r['sending_events_per_second']:,}" if r["sending_events_per_second"] else "-"
+        lines.append(f"| {labels[letter]} | {r['events_per_second']:,} | {sending} | {r['cpu_s_per_million']} | "
                      f"{r['peak_worker_rss_mb']} MB | {r['requests']:,} | {share:.1%} | {r['peak_in_flight']} |")
     checks = []
     if {"a", "b"} <= rows.keys():
         checks.append(f"a/b = {rows['a']['events_per_second'] / rows['b']['events_per_second']:.2f} (target >= 0.8)")
     if {"a", "c"} <= rows.keys():
         checks.append(f"a/c = {rows['a']['events_per_second'] / rows['c']['events_per_second']:.1f} (target >= 3)")
+    if "d" in rows:
+        checks.append(f"d = {rows['d']['sending_events_per_second']:,} events/s while sending (target >= 100k, "
+                      "or >= 0.8 x a)")
     if "e" in rows:
-        checks.append(f"e = {rows['e']['events_per_second'] / 30_000:.2f} x 30k (target >= 0.9, 429s < 5%)")
-    text = "\n".join(lines + [""] + checks)
+        checks.append(f"e = {rows['e']['sending_events_per_second'] / 30_000:.2f} x 30k while sending "
+                      "(target >= 0.9, 429s < 5%)")
+    text = "\n".join([*lines, "", *checks])
     print(text)
     (OUT / "results.md").write_text(text + "\n")
 

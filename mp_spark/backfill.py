@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -117,6 +118,8 @@ def send_events(
     # product within the job-wide budget, and split any events/s cap the same way.
     concurrent_tasks = min(partition_count, spark.sparkContext.defaultParallelism)
     settings = settings.for_run(run_id, concurrent_tasks, config.mixpanel)
+    if dry_run:  # nothing to pace without a server
+        settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
     log.info("sending up to %d rows in %d partitions, %d at a time, %d requests in flight each",
              source_rows, partition_count, concurrent_tasks, settings.in_flight)
     line_or_null = F.when(F.col("invalid").isNull(), F.concat(F.col("line"), F.lit("\n")))

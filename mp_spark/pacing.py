@@ -1,16 +1,16 @@
 """Pacing for one task's sends: slow start, then additive increase, multiplicative decrease on 429.
 
 Mixpanel's rate limit is per project, shared by every task of the job. A task starts at its
-share of the documented limit (or of `mixpanel.max_events_per_second`) and doubles its rate
-about every round of requests until the first 429, so a receiver without that limit is not held
-back and a new task joins without a burst. The first 429 drops it just under its share; after
+share of the project's limit (or of `mixpanel.max_events_per_second`) and doubles its rate on
+every success until the first 429, so a project without that limit is hardly held back and a
+new task joins without a burst. The first 429 drops it just under its share; after
 that it creeps up on success and steps down on 429, so the tasks together hover just under the
 project's limit instead of retrying in lockstep. This is TCP's congestion control, applied to
 events per second. (A project granted a higher limit says so with max_events_per_second.)
 
-Spark reuses a Python worker for the next task, so a task leaves the rate it ended at to the
-next task of the same run on that worker, which then starts there rather than in slow start:
-later waves of tasks join without overshooting.
+Spark reuses a Python worker for the next task, so a task leaves its rate (and whether it is
+still in slow start) to the next task of the same run on that worker, which starts there: later
+waves of tasks neither overshoot nor ramp up again.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ DECREASE = 0.9  # share of the rate kept after a 429
 INCREASE_PER_BATCH = 0.02  # additive step after each success, as a share of the batch's events
 MIN_RATE = 50.0  # events/s: never stall completely
 
-_rates_left_by_runs: dict[str, float] = {}  # run id -> the rate this worker's last task of it ended at
+# run id -> (rate, still in slow start) as this worker's last task of that run left them
+_left_by_runs: dict[str, tuple[float, bool]] = {}
 
 
 class Pacer:
@@ -42,10 +43,11 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        learned = _rates_left_by_runs.get(run_id) if adaptive and run_id else None
-        self.rate = learned or ((max_rate or share) if adaptive else max_rate)
+        if adaptive:
+            self.rate, self._slow_start = _left_by_runs.get(run_id, (max_rate or share, True))
+        else:
+            self.rate, self._slow_start = max_rate, False
         self._share = share  # this task's share of the project's limit
-        self._slow_start = adaptive and learned is None
         self._run_id = run_id
         self._max_rate = max_rate
         self._adaptive = adaptive
@@ -71,13 +73,12 @@ class Pacer:
     def on_success(self, events: int) -> None:
         with self._lock:
             if self.rate is not None and self._adaptive:
-                # In slow start each success adds its own size: the rate doubles every round.
-                self._set_rate(self.rate + (events if self._slow_start else events * INCREASE_PER_BATCH))
+                self._set_rate(self.rate * 2 if self._slow_start else self.rate + events * INCREASE_PER_BATCH)
 
     def _set_rate(self, rate: float) -> None:
         self.rate = max(MIN_RATE, min(rate, self._max_rate or rate))
-        if self._run_id and not self._slow_start:
-            _rates_left_by_runs[self._run_id] = self.rate
+        if self._run_id:
+            _left_by_runs[self._run_id] = (self.rate, self._slow_start)
 
     def on_throttled(self, epoch: int) -> None:
         """A 429 for a request sent in `epoch`: slow down, unless the rate was already cut since.
@@ -90,7 +91,8 @@ class Pacer:
         with self._lock:
             if epoch != self._epoch:
                 return
-            self._set_rate((self._share if self._slow_start else self.rate) * DECREASE)
+            rate = (self._share if self._slow_start else self.rate) * DECREASE
             self._slow_start = False
+            self._set_rate(rate)
             self._epoch += 1
             log.info("429 from Mixpanel: pacing this task at %.0f events/s", self.rate)

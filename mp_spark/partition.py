@@ -21,7 +21,9 @@ from mp_spark.batching import Chunk, batches_from_chunks
 from mp_spark.sender import BatchSender, Rejection, SenderSettings
 from mp_spark.transport import DryRunTransport, RequestsTransport
 
-REJECTION_TYPE = T.StructType([T.StructField(name, T.StringType()) for name in ("field", "message", "insert_id", "event")])
+REJECTION_TYPE = T.StructType(
+    [T.StructField(name, T.StringType()) for name in ("field", "message", "insert_id", "event")]
+)
 COUNTERS = ("rows", "imported", "rejected", "invalid", "batches", "requests", "retries", "raw_bytes", "gzip_bytes")
 # What each task returns: one row shaped like `PartitionResult`.
 RESULT_SCHEMA = T.StructType([

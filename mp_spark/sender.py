@@ -6,13 +6,13 @@ without Spark, network or real waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-import dataclasses
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -143,7 +143,6 @@ class BatchSender:
         *,
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
-        pacer: Pacer | None = None,
     ) -> None:
         self._settings = settings
         self._transport = transport
@@ -151,8 +150,8 @@ class BatchSender:
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait  # by default a failing sibling cuts a backoff short
         self._rng = rng or random.Random()
-        self._pacer = pacer or Pacer(share=settings.rate_share, max_rate=settings.max_events_per_second,
-                                     adaptive=settings.pacing, run_id=settings.run_id, sleep=self._sleep)
+        self._pacer = Pacer(share=settings.rate_share, max_rate=settings.max_events_per_second,
+                            adaptive=settings.pacing, run_id=settings.run_id, sleep=self._sleep)
 
     def send_batches(self, batches: Iterable[Batch]) -> SendTally:
         """Send every batch, keeping up to `in_flight` requests going; returns the merged tally.

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from mp_spark.config import ConfigError, Credentials, credentials_from_env, parse_config
@@ -47,7 +49,7 @@ def test_parse_config_numeric_project_id_becomes_string() -> None:
     ],
 )
 def test_parse_config_names_the_bad_key(extra: str, named: str) -> None:
-    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(named)):
         parse_config(MINIMAL + extra)
 
 
@@ -70,7 +72,7 @@ def test_parse_config_rejects_invalid_sections(text: str, named: str) -> None:
 
 
 def test_parse_config_rejects_malformed_override() -> None:
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_config(MINIMAL, ["job.records_per_partition"])
 
 

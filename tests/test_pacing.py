@@ -22,19 +22,18 @@ def make_pacer(clock: FakeClock, **kwargs: object) -> Pacer:
     return Pacer(share=10_000.0, clock=clock, sleep=clock.sleep, **kwargs)
 
 
-def test_slow_start_begins_at_the_share_and_doubles_each_round() -> None:
-    clock = FakeClock()
-    pacer = make_pacer(clock)
+def test_slow_start_begins_at_the_share_and_doubles_on_each_success() -> None:
+    pacer = make_pacer(FakeClock())
     assert pacer.rate == 10_000
-    for _ in range(5):  # a round: a rate's worth of events
-        pacer.on_success(pacer.rate)
+    for _ in range(5):
+        pacer.on_success(2000)
     assert pacer.rate == pytest.approx(10_000 * 2**5)
 
 
 def test_first_429_ends_slow_start_just_under_the_share() -> None:
     pacer = make_pacer(FakeClock())
     for _ in range(3):
-        pacer.on_success(pacer.rate)  # 80,000 events/s
+        pacer.on_success(2000)  # 80,000 events/s
     pacer.on_throttled(pacer.wait_turn(2000))
     assert pacer.rate == pytest.approx(10_000 * DECREASE)
     pacer.on_success(2000)
@@ -91,3 +90,12 @@ def test_a_task_starts_where_the_previous_task_of_its_run_ended() -> None:
     following.on_success(2000)
     assert following.rate == pytest.approx(first.rate + 2000 * INCREASE_PER_BATCH)
     assert make_pacer(FakeClock(), run_id="run-b").rate == 10_000  # another run starts afresh
+
+
+def test_a_task_inherits_slow_start_too() -> None:
+    first = make_pacer(FakeClock(), run_id="run-c")
+    first.on_success(2000)
+    following = make_pacer(FakeClock(), run_id="run-c")
+    assert following.rate == 20_000
+    following.on_success(2000)
+    assert following.rate == 40_000

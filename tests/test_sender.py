@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from mp_spark.config import MixpanelConfig
 from mp_spark.batching import batches_from_chunks, chunk_of_lines
+from mp_spark.config import MixpanelConfig
 from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings, SendTally
 from mp_spark.transport import Response, TransportError
 
@@ -98,7 +98,7 @@ def test_send_batch_honours_retry_after() -> None:
 
 def test_send_batch_gives_up_after_max_attempts() -> None:
     transport, waits = ScriptedTransport(*[status(503)] * 10), []
-    with pytest.raises(RetriesExhaustedError, match="4 attempts.*HTTP 503"):
+    with pytest.raises(RetriesExhaustedError, match=r"4 attempts.*HTTP 503"):
         send(make_sender(transport, waits), 1)
     assert len(transport.bodies) == 4 and len(waits) == 3
 
@@ -142,7 +142,7 @@ def test_413_on_a_single_event_rejects_it() -> None:
 @pytest.mark.parametrize("code", [401, 403])
 def test_auth_failure_stops_at_once_and_names_the_causes(code: int) -> None:
     transport, waits = ScriptedTransport(status(code, {"error": "Invalid credentials"})), []
-    with pytest.raises(FatalSendError, match="project_id.*region") as raised:
+    with pytest.raises(FatalSendError, match=r"project_id.*region") as raised:
         send(make_sender(transport, waits), 5)
     assert len(transport.bodies) == 1 and waits == []
     assert "eDp5" not in str(raised.value)
@@ -150,7 +150,7 @@ def test_auth_failure_stops_at_once_and_names_the_causes(code: int) -> None:
 
 def test_unexpected_status_is_fatal() -> None:
     transport, waits = ScriptedTransport(status(404, {"error": "no such path"})), []
-    with pytest.raises(FatalSendError, match="HTTP 404.*no such path"):
+    with pytest.raises(FatalSendError, match=r"HTTP 404.*no such path"):
         send(make_sender(transport, waits), 1)
 
 
