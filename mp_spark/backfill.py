@@ -38,8 +38,8 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
     """Source rows to `insert_id`, `line` (the JSON /import receives) and `invalid` (null, or why not)."""
     return (
         source.transform(to_mixpanel_events(config.mapping))
-        .transform(with_invalid_reason(now_ms))
         .transform(to_json_lines)
+        .transform(with_invalid_reason(now_ms))
         .select("insert_id", "line", "invalid")
     )
 

@@ -23,6 +23,7 @@ REGION_HOSTS = {
 }
 SOURCE_FORMATS = ("parquet", "delta", "json")
 TIME_UNITS = ("s", "ms", "us")
+NULL_DISTINCT_ID = ("invalid", "empty")
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -57,7 +58,11 @@ class SourceConfig:
 class MappingConfig:
     event: str
     time: str
-    distinct_id: str
+    distinct_id: str | None = None
+    device_id: str | None = None  # Simplified ID Merge: sent as $device_id
+    user_id: str | None = None  # ... and $user_id
+    null_distinct_id: str = "invalid"  # a row with no identity at all: set aside, or sent with distinct_id ""
+    ip: str | None = None  # without it every event carries ip "0", so Mixpanel does not geolocate the cluster
     insert_id: str | None = None
     time_unit: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
@@ -65,6 +70,9 @@ class MappingConfig:
     exclude_columns: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not (self.distinct_id or self.device_id or self.user_id):
+            raise ConfigError("missing required key mapping.distinct_id (or mapping.user_id / mapping.device_id)")
+        _require_choice("mapping.null_distinct_id", self.null_distinct_id, NULL_DISTINCT_ID)
         if self.time_unit is not None:
             _require_choice("mapping.time_unit", self.time_unit, TIME_UNITS)
         if isinstance(self.include_columns, str) and self.include_columns != "*":

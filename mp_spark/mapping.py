@@ -1,8 +1,8 @@
 """Source rows to Mixpanel events, as DataFrame transforms: all the per-row work happens in the JVM.
 
 `to_mixpanel_events` gives one row per source row with the columns `event`, `time` (epoch ms),
-`distinct_id`, `insert_id` and `properties` (a struct of everything else). `to_json_lines` turns
-that into the exact JSON line /import receives.
+`distinct_id`, `device_id`, `user_id`, `ip`, `insert_id` and `properties` (a struct of everything
+else). `to_json_lines` turns that into the exact JSON line /import receives.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}$"  # Mixpanel's rule for $insert_id
 MIXPANEL_DATE_FORMAT = "yyyy-MM-dd'T'HH:mm:ss"  # Mixpanel's date type: ISO-8601, UTC, no zone
 
-# Set from the mapping's own keys; a property of the same name would silently replace them.
-CORE_PROPERTIES = ("time", "distinct_id", "$insert_id")
+# Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
+# name would silently replace them.
+CORE_PROPERTIES = ("time", "distinct_id", "$insert_id", "$device_id", "$user_id", "ip")
 # Mixpanel gives these names special meaning: `token` is the project token, `$ignore` drops the
 # event, `bucket`/`$bucket` hide other events (reference §3, "Reserved and special property names").
 SPECIAL_PROPERTIES = ("token", "bucket", "$bucket", "$ignore")
@@ -41,13 +42,24 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
 
     def apply(df: DataFrame) -> DataFrame:
         event = analysed_expr(df, mapping.event, "mapping.event").cast("string")
-        distinct_id = analysed_expr(df, mapping.distinct_id, "mapping.distinct_id").cast("string")
         time_ms = to_epoch_ms(df, mapping)
+        distinct_id, device_id, user_id = (
+            optional_string(df, getattr(mapping, key), f"mapping.{key}")
+            for key in ("distinct_id", "device_id", "user_id")
+        )
+        if mapping.null_distinct_id == "empty":  # Mixpanel keeps such events out of user analysis
+            distinct_id = F.when(distinct_id.isNull() & device_id.isNull() & user_id.isNull(), F.lit("")).otherwise(
+                distinct_id
+            )
+        ip = analysed_expr(df, mapping.ip, "mapping.ip").cast("string") if mapping.ip else F.lit("0")
         properties = property_struct(df, mapping)
         mapped = df.select(
             event.alias("event"),
             time_ms.alias("time"),
             distinct_id.alias("distinct_id"),
+            device_id.alias("device_id"),
+            user_id.alias("user_id"),
+            ip.alias("ip"),
             properties.alias("properties"),
             *([analysed_expr(df, mapping.insert_id, "mapping.insert_id").cast("string").alias("insert_id")]
               if mapping.insert_id else []),
@@ -63,10 +75,19 @@ def to_json_lines(mapped: DataFrame) -> DataFrame:
         F.col("time"),
         F.col("distinct_id"),
         F.col("insert_id").alias("$insert_id"),
+        F.col("device_id").alias("$device_id"),
+        F.col("user_id").alias("$user_id"),
+        F.col("ip"),
         F.col("properties.*"),
     )
     line = F.to_json(F.struct(F.col("event"), properties.alias("properties")), {"ignoreNullFields": "true"})
     return mapped.withColumn("line", line)
+
+
+def optional_string(df: DataFrame, expression: str | None, key: str) -> Column:
+    if expression is None:
+        return F.lit(None).cast("string")
+    return analysed_expr(df, expression, key).cast("string")
 
 
 def to_epoch_ms(df: DataFrame, mapping: MappingConfig) -> Column:
@@ -179,11 +200,11 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
     """A deterministic `$insert_id`, so a rerun sends the same ids and Mixpanel deduplicates them.
 
     Without `mapping.insert_id` it is the first 36 hex digits of a SHA-256 over the event, time,
-    distinct_id and properties. A mapped id that breaks Mixpanel's rule (at most 36 of
+    identity (distinct_id, device_id, user_id) and properties. A mapped id that breaks Mixpanel's rule (at most 36 of
     [0-9a-zA-Z-]) is replaced by a hash of itself, which keeps it stable and unique; a null one
     falls back to the content hash.
     """
-    content = F.to_json(F.struct("event", "time", "distinct_id", "properties"))
+    content = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id", "properties"))
     derived = F.substring(F.sha2(content, 256), 1, 36)
     if not mapped_id:
         return derived

@@ -107,7 +107,8 @@ def test_backfill_imports_every_row_exactly_once(
     partitions = spark.read.json(str(tmp_path / "results" / "partitions"))
     assert partitions.agg(F.sum("rows"), F.sum("imported")).first() == (ROWS, ROWS)
     some_event = next(iter(mixpanel.unique_events.values()))
-    assert set(some_event["properties"]) == {"time", "distinct_id", "$insert_id", "plan", "amount"}
+    assert set(some_event["properties"]) == {"time", "distinct_id", "$insert_id", "ip", "plan", "amount"}
+    assert some_event["properties"]["ip"] == "0"  # no geolocation from the cluster's address
 
 
 def test_backfill_loses_nothing_under_injected_faults(

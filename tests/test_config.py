@@ -19,6 +19,11 @@ def test_parse_config_fills_defaults() -> None:
     assert config.job.records_per_partition == 200_000
 
 
+def test_parse_config_distinct_id_is_optional_with_simplified_id_merge() -> None:
+    config = parse_config("source: {format: parquet, path: x}\nmapping: {event: e, time: t, user_id: u}")
+    assert (config.mapping.distinct_id, config.mapping.user_id) == (None, "u")
+
+
 def test_parse_config_accepts_json() -> None:
     config = parse_config('{"source": {"format": "json", "path": "x"},'
                           ' "mapping": {"event": "e", "time": "t", "distinct_id": "d"}}')
@@ -57,6 +62,8 @@ def test_parse_config_names_the_bad_key(extra: str, named: str) -> None:
     ("text", "named"),
     [
         ("source: {format: parquet, path: x}\nmapping: {event: e, time: t}", "mapping.distinct_id"),
+        ("source: {format: parquet, path: x}\nmapping: {event: e, time: t, distinct_id: d, null_distinct_id: skip}",
+         "mapping.null_distinct_id"),
         ("source: {format: csv, path: x}\nmapping: {event: e, time: t, distinct_id: d}", "source.format"),
         ("source: {format: parquet}\nmapping: {event: e, time: t, distinct_id: d}", "source.path"),
         ("source: {format: parquet, path: x, version: 3}\nmapping: {event: e, time: t, distinct_id: d}",

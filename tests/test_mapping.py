@@ -121,3 +121,29 @@ def test_mapping_errors_name_the_key(spark: SparkSession, mapping: MappingConfig
     df = spark.createDataFrame([("u1", "A", 1)], "user string, name string, ts long")
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         df.transform(to_mixpanel_events(mapping))
+
+
+def test_ip_is_zero_unless_mapped(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, "203.0.113.9")],
+                               "user string, name string, ts long, addr string")
+    assert sent_events(df)[0]["properties"]["ip"] == "0"
+    mapped = MappingConfig(event="name", time="ts", distinct_id="user", ip="addr")
+    assert sent_events(df, mapped)[0]["properties"]["ip"] == "203.0.113.9"
+
+
+def test_simplified_id_merge_sends_device_and_user_ids_without_distinct_id(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("d-1", "u-1", "A", 1_704_164_645)],
+                               "device string, user string, name string, ts long")
+    mapping = MappingConfig(event="name", time="ts", device_id="device", user_id="user")
+    props = sent_events(df, mapping)[0]["properties"]
+    assert (props["$device_id"], props["$user_id"]) == ("d-1", "u-1")
+    assert "distinct_id" not in props  # Mixpanel derives it from $user_id / $device_id
+
+
+@pytest.mark.parametrize("column", ["ip", "$device_id", "$user_id", "distinct_id"])
+def test_included_columns_named_like_identity_fields_are_not_sent(spark: SparkSession, column: str) -> None:
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, "x")],
+                               f"user string, name string, ts long, `{column}` string")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns="*")
+    props = sent_events(df, mapping)[0]["properties"]
+    assert props.get(column) != "x"
