@@ -27,6 +27,10 @@ class BackfillAbortedError(RuntimeError):
     """A task hit a failure that retrying cannot fix (bad credentials, wrong host); the message says which."""
 
 
+class BackfillFailedError(RuntimeError):
+    """A task kept failing (Mixpanel kept answering 429/5xx, or the network kept failing) after Spark's retries."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     run_id: str
@@ -54,12 +58,13 @@ def run_backfill(
     results = ResultsWriter(spark, options.results_path)
 
     # One pass sends the valid rows and counts the invalid ones; only if there are any does a
-    # second pass write them out with their reasons. The row count (cheap: Parquet and Delta
-    # keep it in metadata) only sizes the partitions.
+    # second pass write them out with their reasons. The source's own row count sizes the
+    # partitions and is checked against what the tasks saw.
+    rows_read = source.count()
     partitions = send_events(
         spark,
         events,
-        source_rows=source.count(),
+        source_rows=rows_read,
         settings=SenderSettings.from_config(config.mixpanel, credentials),
         config=config,
         run_id=options.run_id,
@@ -75,7 +80,7 @@ def run_backfill(
     summary = Summary(
         run_id=options.run_id,
         dry_run=options.dry_run,
-        rows_read=sum(p.rows + p.invalid for p in partitions),
+        rows_read=rows_read,
         imported=imported,
         rejected=sum(p.rejected for p in partitions),
         invalid=invalid,
@@ -91,8 +96,8 @@ def run_backfill(
     )
     results.write_summary(summary)
     if not summary.balanced:
-        log.error("accounting mismatch: %d rows read but %d imported + %d rejected + %d invalid",
-                  summary.rows_read, imported, summary.rejected, invalid)
+        log.error("accounting mismatch: the source has %d rows but %d were imported, %d rejected and %d invalid; "
+                  "did it change during the run?", rows_read, imported, summary.rejected, invalid)
     return summary
 
 
@@ -128,7 +133,11 @@ def send_events(
     try:
         return results_from_rows(sent.collect())
     except Exception as exc:
-        fatal = re.search(r"FatalSendError: (.+)", str(exc))
+        text = str(exc)
+        fatal = re.search(r"FatalSendError: (.+)", text)
         if fatal:
             raise BackfillAbortedError(fatal.group(1).strip()) from None
+        exhausted = re.search(r"RetriesExhaustedError: (.+)", text)
+        if exhausted:
+            raise BackfillFailedError(exhausted.group(1).strip()) from None
         raise

@@ -1,7 +1,8 @@
 """Command line: `mp-spark-backfill`, `python jobs/backfill.py` and `spark-submit jobs/backfill.py`.
 
 Exit codes: 0 every row imported; 1 some rows rejected or invalid (see the results); 2 a config
-or credential problem, found before or during sending.
+or credential problem, found before or during sending; 3 sending failed after every retry (Mixpanel
+kept answering 429/5xx, or the network kept failing): rerun, and the $insert_ids dedupe what was sent.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from mp_spark.backfill import BackfillAbortedError, RunOptions, run_backfill
+from mp_spark.backfill import BackfillAbortedError, BackfillFailedError, RunOptions, run_backfill
 from mp_spark.config import ConfigError, credentials_from_env, parse_config
 from mp_spark.results import Summary, default_results_path
 
-log = logging.getLogger("mp_spark")
-
-EXIT_OK, EXIT_SOME_NOT_IMPORTED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_SOME_NOT_IMPORTED, EXIT_CONFIG, EXIT_SEND_FAILED = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackfillAbortedError as exc:
         print(f"mp-spark: stopped: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BackfillFailedError as exc:
+        print(f"mp-spark: sending failed after every retry ({exc}); rerun the job: Mixpanel dedupes "
+              "what was already sent by $insert_id", file=sys.stderr)
+        return EXIT_SEND_FAILED
     print(format_summary(summary))
     all_imported = summary.balanced and summary.rejected == 0 and summary.invalid == 0
     return EXIT_OK if all_imported else EXIT_SOME_NOT_IMPORTED

@@ -119,7 +119,7 @@ def _number_to_ms(number: Column, unit: str | None) -> Column:
 
 def _string_to_ms(text: Column, unit: str | None) -> Column:
     """Epoch digits as numbers; ISO strings with a zone as instants; zone-less ISO strings as UTC."""
-    has_zone = text.rlike(r"(?i)(z|[+-]\d\d(:?\d\d)?)$")
+    has_zone = text.rlike(r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$")  # after a clock time
     return (
         F.when(text.rlike(r"^-?\d+(\.\d+)?$"), _number_to_ms(text, unit))
         .when(has_zone, F.unix_millis(text.try_cast("timestamp")))

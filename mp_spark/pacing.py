@@ -6,7 +6,7 @@ every success until the first 429, so a project without that limit is hardly hel
 new task joins without a burst. The first 429 drops it just under its share; after
 that it creeps up on success and steps down on 429, so the tasks together hover just under the
 project's limit instead of retrying in lockstep. This is TCP's congestion control, applied to
-events per second. (A project granted a higher limit says so with max_events_per_second.)
+events per second. (A project granted a higher limit says so with rate_limit_events_per_second.)
 
 Spark reuses a Python worker for the next task, so a task leaves its rate (and whether it is
 still in slow start) to the next task of the same run on that worker, which starts there: later
@@ -76,7 +76,7 @@ class Pacer:
                 self._set_rate(self.rate * 2 if self._slow_start else self.rate + events * INCREASE_PER_BATCH)
 
     def _set_rate(self, rate: float) -> None:
-        self.rate = max(MIN_RATE, min(rate, self._max_rate or rate))
+        self.rate = min(self._max_rate or float("inf"), max(MIN_RATE, rate))  # the cap wins over the floor
         if self._run_id:
             _left_by_runs[self._run_id] = (self.rate, self._slow_start)
 

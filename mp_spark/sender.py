@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,6 +26,7 @@ from mp_spark.transport import Response, Transport, TransportError
 log = logging.getLogger(__name__)
 
 AUTH_STATUSES = frozenset({401, 403})
+INSERT_ID_IN_LINE = re.compile(r'"\$insert_id"\s*:\s*"([0-9a-zA-Z-]*)"')
 
 
 class SendError(Exception):
@@ -119,7 +121,7 @@ class SendTally:
     rows: int = 0
     imported: int = 0
     rejected: int = 0
-    batches: int = 0  # batches answered 200 or 400 (the halves of a split batch count separately)
+    batches: int = 0  # batches delivered: answered 200 or 400, or refused whole (halves of a split count apart)
     requests: int = 0  # every HTTP attempt
     retries: int = 0
     raw_bytes: int = 0
@@ -195,9 +197,8 @@ class BatchSender:
             tally.add(self.send_batch(Batch.of_lines(lines[:middle])))
             tally.add(self.send_batch(Batch.of_lines(lines[middle:])))
         elif status == 413:
-            rejection = Rejection("event", "event alone exceeds Mixpanel's request size limit (413)",
-                                  None, batch.lines()[0].decode("utf-8"))
-            _count_delivered(tally, batch, compressed, rejections=[rejection])
+            too_large = rejection(batch.lines()[0], "event", "event alone exceeds Mixpanel's request size limit (413)")
+            _count_delivered(tally, batch, compressed, rejections=[too_large])
         elif status in AUTH_STATUSES:
             raise FatalSendError(auth_failure_hint(status, response.body))
         else:
@@ -208,9 +209,9 @@ class BatchSender:
     def _post_with_retries(self, body: bytes, events: int, tally: SendTally) -> Response:
         settings = self._settings
         for attempt in range(1, settings.max_attempts + 1):
-            if self._stop.is_set():
-                raise SendCancelledError("stopped: another batch of this task failed")
             epoch = self._pacer.wait_turn(events)
+            if self._stop.is_set():  # checked after the wait: a sibling may have failed meanwhile
+                raise SendCancelledError("stopped: another batch of this task failed")
             tally.requests += 1
             retry_after = None
             try:
@@ -228,7 +229,9 @@ class BatchSender:
                 retry_after = retry_after_s(response.headers)
             if attempt == settings.max_attempts:
                 raise RetriesExhaustedError(f"gave up after {attempt} attempts; last: {problem}")
-            wait_s = retry_after if retry_after is not None else self.backoff_s(attempt)
+            # Retry-After (never seen from Mixpanel so far) is honoured within our own backoff's bounds.
+            wait_s = (min(retry_after, settings.backoff_max_s) if retry_after is not None
+                      else self.backoff_s(attempt))
             log.warning("/import attempt %d failed (%s); retrying in %.1f s", attempt, problem, wait_s)
             tally.retries += 1
             self._sleep(wait_s)
@@ -271,23 +274,36 @@ def parse_failed_records(batch: list[bytes], body: bytes) -> list[Rejection]:
     """Map a strict-mode 400's `failed_records` back to the lines of the batch.
 
     The valid events of the batch were imported; only the listed ones were not. A 400 that lists
-    nothing means the request as a whole was refused, so every event in it is rejected.
+    nothing, or lists records that cannot be matched to lines, leaves no way to tell which events
+    were imported, so every event in it is counted as rejected: resending them is safe (their
+    `$insert_id`s dedupe), counting a refused event as imported would lose it silently.
     """
     payload = _json_object(body)
     failed = payload.get("failed_records") or []
-    if not failed:
-        reason = error_text(body) or "HTTP 400 without failed_records"
-        return [Rejection(None, reason, None, line.decode("utf-8")) for line in batch]
     by_index: dict[int, Rejection] = {}
     for record in failed:
-        index = record.get("index")
-        if not isinstance(index, int) or not 0 <= index < len(batch) or index in by_index:
-            log.warning("ignoring a failed_records entry with index %r", index)
-            continue
+        index = record.get("index") if isinstance(record, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(batch):
+            by_index.clear()
+            break
         insert_id = record.get("insert_id", record.get("$insert_id"))
-        by_index[index] = Rejection(record.get("field"), str(record.get("message", "")), insert_id,
-                                    batch[index].decode("utf-8"))
+        by_index.setdefault(index, rejection(batch[index], record.get("field"), str(record.get("message", "")),
+                                             insert_id))
+    if not by_index:
+        reason = error_text(body) or "HTTP 400 without failed_records"
+        if failed:
+            reason = f"{reason} (failed_records could not be matched to the batch's events)"
+        return [rejection(line, None, reason) for line in batch]
     return [by_index[i] for i in sorted(by_index)]
+
+
+def rejection(line: bytes, field: str | None, message: str, insert_id: str | None = None) -> Rejection:
+    """A Rejection for one line, taking its `$insert_id` from the line when Mixpanel did not say."""
+    event = line.decode("utf-8")
+    if insert_id is None:
+        found = INSERT_ID_IN_LINE.search(event)
+        insert_id = found.group(1) if found else None
+    return Rejection(field, message, insert_id, event)
 
 
 def auth_failure_hint(status: int, body: bytes) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Protocol
 
 import requests
@@ -48,12 +47,6 @@ class RequestsTransport:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> RequestsTransport:
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.close()
-
 
 class DryRunTransport:
     """Accepts every batch without sending it, so a dry run exercises everything but the network."""
@@ -63,9 +56,3 @@ class DryRunTransport:
 
     def close(self) -> None:
         pass
-
-    def __enter__(self) -> DryRunTransport:
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.close()

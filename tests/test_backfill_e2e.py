@@ -285,3 +285,16 @@ def test_backfill_pacing_cuts_429s_from_a_rate_limited_server(
 
     assert throttled[False] >= 10
     assert throttled[True] <= throttled[False] / 3
+
+
+def test_backfill_exits_3_when_mixpanel_keeps_failing(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+
+    exit_code = run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), "mixpanel.max_attempts=2")
+
+    assert exit_code == 3
+    assert mixpanel.raw_arrivals == 0
+    assert "rerun" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,9 @@ def test_credentials_from_env_names_the_missing_variable(environ: dict, named: s
 
 def test_credentials_never_show_in_repr() -> None:
     assert "s3cret" not in repr(Credentials("service_account", "sa", "s3cret"))
+
+
+@pytest.mark.parametrize("name", ["sample.yaml", "backfill.example.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "conf" / name
+    assert parse_config(path.read_text()).source.format in ("json", "delta")

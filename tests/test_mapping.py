@@ -41,8 +41,9 @@ def test_time_becomes_epoch_ms_in_utc_whatever_the_session_zone(
     assert event["properties"]["time"] == JAN_2_2024_MS
 
 
-def test_date_time_is_midnight_utc(spark: SparkSession) -> None:
-    df = spark.createDataFrame([("u1", "Signup", dt.date(2024, 1, 2))], "user string, name string, ts date")
+@pytest.mark.parametrize(("ddl", "value"), [("ts date", dt.date(2024, 1, 2)), ("ts string", "2024-01-02")])
+def test_a_date_is_midnight_utc(spark: SparkSession, ddl: str, value: object) -> None:
+    df = spark.createDataFrame([("u1", "Signup", value)], f"user string, name string, {ddl}")
     assert sent_events(df)[0]["properties"]["time"] == 1_704_153_600_000
 
 

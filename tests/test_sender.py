@@ -123,6 +123,17 @@ def test_400_without_failed_records_rejects_the_whole_batch() -> None:
     tally = send(make_sender(transport, waits), 2)
     assert (tally.imported, tally.rejected) == (0, 2)
     assert {r.message for r in tally.rejections} == {"invalid JSON"}
+    assert [r.insert_id for r in tally.rejections] == ["id-0", "id-1"]  # read from the lines
+
+
+def test_400_whose_failed_records_do_not_match_rejects_the_whole_batch() -> None:
+    failed = {"code": 400, "error": "some data points in the request failed validation",
+              "failed_records": [{"index": 0, "field": "f", "message": "m"},
+                                 {"index": 7, "field": "f", "message": "m"}]}
+    transport, waits = ScriptedTransport(status(400, failed)), []
+    tally = send(make_sender(transport, waits), 3)
+    assert (tally.imported, tally.rejected) == (0, 3)
+    assert "could not be matched" in tally.rejections[0].message
 
 
 def test_413_splits_the_batch_and_sends_the_halves() -> None:
