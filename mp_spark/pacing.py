@@ -1,16 +1,17 @@
-"""Pacing for one task's sends: slow start, then additive increase, multiplicative decrease on 429.
+"""Pacing for one task's sends: TCP's congestion control, applied to events per second.
 
 Mixpanel's rate limit is per project, shared by every task of the job. A task starts at its
 share of the project's limit (or of `mixpanel.max_events_per_second`) and doubles its rate on
 every success until the first 429, so a project without that limit is hardly held back and a
-new task joins without a burst. The first 429 drops it just under its share; after
-that it creeps up on success and steps down on 429, so the tasks together hover just under the
-project's limit instead of retrying in lockstep. This is TCP's congestion control, applied to
-events per second. (A project granted a higher limit says so with rate_limit_events_per_second.)
+new task joins without a burst. The first 429 drops it just under its share. After that, each
+429 keeps 93% of the rate; on success the rate climbs back quickly to near where the last 429
+came, then probes beyond it slowly (as TCP CUBIC does), so the tasks together spend most of their
+time just under the project's limit instead of retrying in lockstep. (A project granted a higher
+limit says so with rate_limit_events_per_second.)
 
-Spark reuses a Python worker for the next task, so a task leaves its rate (and whether it is
-still in slow start) to the next task of the same run on that worker, which starts there: later
-waves of tasks neither overshoot nor ramp up again.
+Spark reuses a Python worker for the next task, so a task leaves its pacing state to the next
+task of the same run on that worker, which starts there: later waves of tasks neither overshoot
+nor ramp up again.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-DECREASE = 0.9  # share of the rate kept after a 429
-INCREASE_PER_BATCH = 0.02  # additive step after each success, as a share of the batch's events
+DECREASE = 0.93  # share of the rate kept after a 429
+RECOVER_PER_BATCH = 0.05  # additive step per success while below the rate of the last 429 ...
+PROBE_PER_BATCH = 0.006  # ... and once back near it, where the next 429 is likely (as in TCP CUBIC)
+NEAR_LAST_CUT = 0.97
 MIN_RATE = 50.0  # events/s: never stall completely
 
-# run id -> (rate, still in slow start) as this worker's last task of that run left them
-_left_by_runs: dict[str, tuple[float, bool]] = {}
+# run id -> (rate, still in slow start, rate at the last 429) as this worker's last task of that run left them
+_left_by_runs: dict[str, tuple[float, bool, float]] = {}
 
 
 class Pacer:
@@ -44,9 +47,10 @@ class Pacer:
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if adaptive:
-            self.rate, self._slow_start = _left_by_runs.get(run_id, (max_rate or share, True))
+            fresh = (max_rate or share, True, 0.0)
+            self.rate, self._slow_start, self._rate_at_last_cut = _left_by_runs.get(run_id, fresh)
         else:
-            self.rate, self._slow_start = max_rate, False
+            self.rate, self._slow_start, self._rate_at_last_cut = max_rate, False, 0.0
         self._share = share  # this task's share of the project's limit
         self._run_id = run_id
         self._max_rate = max_rate
@@ -73,12 +77,16 @@ class Pacer:
     def on_success(self, events: int) -> None:
         with self._lock:
             if self.rate is not None and self._adaptive:
-                self._set_rate(self.rate * 2 if self._slow_start else self.rate + events * INCREASE_PER_BATCH)
+                if self._slow_start:
+                    self._set_rate(self.rate * 2)
+                else:
+                    recovering = self.rate < NEAR_LAST_CUT * self._rate_at_last_cut
+                    self._set_rate(self.rate + events * (RECOVER_PER_BATCH if recovering else PROBE_PER_BATCH))
 
     def _set_rate(self, rate: float) -> None:
         self.rate = min(self._max_rate or float("inf"), max(MIN_RATE, rate))  # the cap wins over the floor
         if self._run_id:
-            _left_by_runs[self._run_id] = (self.rate, self._slow_start)
+            _left_by_runs[self._run_id] = (self.rate, self._slow_start, self._rate_at_last_cut)
 
     def on_throttled(self, epoch: int) -> None:
         """A 429 for a request sent in `epoch`: slow down, unless the rate was already cut since.
@@ -91,8 +99,8 @@ class Pacer:
         with self._lock:
             if epoch != self._epoch:
                 return
-            rate = (self._share if self._slow_start else self.rate) * DECREASE
+            self._rate_at_last_cut = self._share if self._slow_start else self.rate
             self._slow_start = False
-            self._set_rate(rate)
+            self._set_rate(self._rate_at_last_cut * DECREASE)
             self._epoch += 1
             log.info("429 from Mixpanel: pacing this task at %.0f events/s", self.rate)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mp_spark.pacing import DECREASE, INCREASE_PER_BATCH, Pacer
+from mp_spark.pacing import DECREASE, PROBE_PER_BATCH, RECOVER_PER_BATCH, Pacer
 
 
 class FakeClock:
@@ -37,7 +37,7 @@ def test_first_429_ends_slow_start_just_under_the_share() -> None:
     pacer.on_throttled(pacer.wait_turn(2000))
     assert pacer.rate == pytest.approx(10_000 * DECREASE)
     pacer.on_success(2000)
-    assert pacer.rate == pytest.approx(10_000 * DECREASE + 2000 * INCREASE_PER_BATCH)  # additive now
+    assert pacer.rate == pytest.approx(10_000 * DECREASE + 2000 * RECOVER_PER_BATCH)  # additive now
 
 
 def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
@@ -52,17 +52,21 @@ def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
     assert pacer.rate == pytest.approx(10_000 * DECREASE**3)
 
 
-def test_after_slow_start_success_raises_the_rate_additively_up_to_the_cap() -> None:
+def test_after_a_cut_the_rate_recovers_fast_then_probes_slowly_up_to_the_cap() -> None:
     pacer = make_pacer(FakeClock(), max_rate=1000.0)
     assert pacer.rate == 1000.0  # a cap below the share: start at the cap
-    pacer.on_throttled(0)
-    pacer.on_throttled(1)
+    pacer.on_throttled(0)  # leaves slow start, still at the cap
+    pacer.on_throttled(1)  # a 429 at 1000 events/s
+    assert pacer.rate == pytest.approx(1000 * DECREASE)
+    pacer.on_success(100)
+    assert pacer.rate == pytest.approx(1000 * DECREASE + 100 * RECOVER_PER_BATCH)  # well below the last cut
+    while pacer.rate < 970:
+        pacer.on_success(100)
     before = pacer.rate
-    assert before == pytest.approx(1000 * DECREASE)
-    pacer.on_success(1000)
-    assert pacer.rate == pytest.approx(before + 1000 * INCREASE_PER_BATCH)
-    for _ in range(100):
-        pacer.on_success(1000)
+    pacer.on_success(100)
+    assert pacer.rate == pytest.approx(min(1000.0, before + 100 * PROBE_PER_BATCH))  # near it: probing
+    for _ in range(1000):
+        pacer.on_success(100)
     assert pacer.rate == 1000.0
 
 
@@ -88,7 +92,7 @@ def test_a_task_starts_where_the_previous_task_of_its_run_ended() -> None:
     following = make_pacer(FakeClock(), run_id="run-a")
     assert following.rate == first.rate  # no slow start: it would overshoot again
     following.on_success(2000)
-    assert following.rate == pytest.approx(first.rate + 2000 * INCREASE_PER_BATCH)
+    assert following.rate < first.rate * 2  # additive, not doubling
     assert make_pacer(FakeClock(), run_id="run-b").rate == 10_000  # another run starts afresh
 
 
