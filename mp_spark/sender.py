@@ -47,21 +47,23 @@ class SendCancelledError(SendError):
 
 @dataclass(frozen=True)
 class SenderSettings:
+    """What a task's sender needs, picklable; built on the driver by `from_config`, then `for_run`."""
+
     import_url: str
     authorization: str = field(repr=False)  # the Basic auth header value: never logged
-    max_batch_events: int = 2000
-    max_batch_bytes: int = 2 * 1024 * 1024
-    gzip_level: int = 6
-    timeout_s: float = 30.0
-    max_attempts: int = 8
-    backoff_initial_s: float = 2.0
-    backoff_max_s: float = 60.0
-    jitter_min_s: float = 1.0
-    jitter_max_s: float = 5.0
+    max_batch_events: int
+    max_batch_bytes: int
+    gzip_level: int
+    timeout_s: float
+    max_attempts: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    jitter_min_s: float
+    jitter_max_s: float
+    pacing: bool  # slow down on 429 instead of only backing off
+    rate_share: float  # this task's share of the project's events/s limit (pacing starts there)
     in_flight: int = 1  # requests this task keeps in flight: the job-wide budget / tasks running at once
-    pacing: bool = True  # slow down on 429 (AIMD) instead of only backing off
     max_events_per_second: float | None = None  # this task's share of the job-wide cap
-    rate_share: float = 30_000.0  # this task's share of the project's events/s limit (pacing starts there)
     run_id: str = ""  # lets the tasks of one run on one executor pass their pacing on
 
     @classmethod
@@ -82,6 +84,7 @@ class SenderSettings:
             jitter_min_s=mixpanel.jitter_min_s,
             jitter_max_s=mixpanel.jitter_max_s,
             pacing=mixpanel.pacing,
+            rate_share=mixpanel.rate_limit_events_per_second,
         )
 
     def for_run(self, run_id: str, tasks: int, mixpanel: MixpanelConfig) -> SenderSettings:

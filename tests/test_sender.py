@@ -15,8 +15,11 @@ from mp_spark.config import MixpanelConfig
 from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings, SendTally
 from mp_spark.transport import Response, TransportError
 
-SETTINGS = SenderSettings(import_url="https://mp.test/import?strict=1&project_id=7", authorization="Basic eDp5",
-                          max_batch_events=3, max_attempts=4, pacing=False)
+SETTINGS = dataclasses.replace(
+    SenderSettings.from_config(MixpanelConfig(max_batch_events=3, max_attempts=4, pacing=False), None),
+    import_url="https://mp.test/import?strict=1&project_id=7",
+    authorization="Basic eDp5",
+)
 
 
 class ScriptedTransport:
@@ -83,7 +86,7 @@ def test_send_batch_resends_identical_body_after_retryable_failure(answer: Respo
 
 
 def test_backoff_doubles_from_two_seconds_with_one_to_five_seconds_of_jitter() -> None:
-    sender = BatchSender(SenderSettings(import_url="u", authorization=""), ScriptedTransport(),
+    sender = BatchSender(SenderSettings.from_config(MixpanelConfig(), None), ScriptedTransport(),
                          rng=random.Random(3))
     for attempt, base in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (9, 60)]:
         wait = sender.backoff_s(attempt)
