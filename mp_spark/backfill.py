@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.config import Config, Credentials
+from mp_spark.config import Config, Credentials, JobConfig
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.partition import RESULT_SCHEMA, PartitionResult, partition_sender, results_from_rows
 from mp_spark.results import ResultsWriter, Summary
@@ -39,13 +39,37 @@ class RunOptions:
 
 
 def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
-    """Source rows to `insert_id`, `line` (the JSON /import receives) and `invalid` (null, or why not)."""
-    return (
+    """Source rows to `time`, `insert_id`, `line` (the JSON /import receives) and `invalid` (null, or why not).
+
+    Rows outside `job.time_from`/`job.time_to` are not part of the run; rows with no time stay,
+    to be set aside as invalid.
+    """
+    events = (
         source.transform(to_mixpanel_events(config.mapping))
         .transform(to_json_lines)
         .transform(with_invalid_reason(now_ms))
-        .select("insert_id", "line", "invalid")
+        .select("time", "insert_id", "line", "invalid")
     )
+    time_ms, job = F.col("time"), config.job
+    if job.time_from_ms is not None:
+        events = events.filter(time_ms.isNull() | (time_ms >= job.time_from_ms))
+    if job.time_to_ms is not None:
+        events = events.filter(time_ms.isNull() | (time_ms < job.time_to_ms))
+    return events
+
+
+def send_phases(events: DataFrame, job: JobConfig, rows: int, now_ms: int) -> list[tuple[DataFrame, int]]:
+    """What to send in order, with its row count: everything at once, or the recent window first.
+
+    Mixpanel advises importing the last weeks first: its autocomplete draws on the last 30 days.
+    """
+    if job.order != "recent_first":
+        return [(events, rows)]
+    cutoff_ms = now_ms - job.recent_days * 86_400_000
+    recent = events.filter(F.col("time") >= cutoff_ms)
+    older = events.filter(F.col("time").isNull() | (F.col("time") < cutoff_ms))
+    recent_rows = recent.count()
+    return [(recent, recent_rows), (older, rows - recent_rows)]
 
 
 def run_backfill(
@@ -58,18 +82,23 @@ def run_backfill(
     results = ResultsWriter(spark, options.results_path)
 
     # One pass sends the valid rows and counts the invalid ones; only if there are any does a
-    # second pass write them out with their reasons. The source's own row count sizes the
-    # partitions and is checked against what the tasks saw.
-    rows_read = source.count()
-    partitions = send_events(
-        spark,
-        events,
-        source_rows=rows_read,
-        settings=SenderSettings.from_config(config.mixpanel, credentials),
-        config=config,
-        run_id=options.run_id,
-        dry_run=options.dry_run,
-    )
+    # second pass write them out with their reasons. The row count (the source's own, unless a
+    # time window needs the mapped time) sizes the partitions and is checked against what the
+    # tasks saw.
+    windowed = config.job.time_from is not None or config.job.time_to is not None
+    rows_read = events.count() if windowed else source.count()
+    partitions: list[PartitionResult] = []
+    for phase, rows in send_phases(events, config.job, rows_read, now_ms):
+        sent = send_events(
+            spark,
+            phase,
+            source_rows=rows,
+            settings=SenderSettings.from_config(config.mixpanel, credentials),
+            config=config,
+            run_id=options.run_id,
+            dry_run=options.dry_run,
+        )
+        partitions += [dataclasses.replace(p, index=p.index + len(partitions)) for p in sent]
     invalid = sum(p.invalid for p in partitions)
     if invalid:
         results.write_invalid(events.filter(F.col("invalid").isNotNull()))

@@ -12,6 +12,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from typing import Any
 
 import yaml
@@ -24,6 +25,7 @@ REGION_HOSTS = {
 SOURCE_FORMATS = ("parquet", "delta", "json")
 TIME_UNITS = ("s", "ms", "us")
 NULL_DISTINCT_ID = ("invalid", "empty")
+JOB_ORDERS = ("any", "recent_first")
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -127,9 +129,26 @@ class MixpanelConfig:
 class JobConfig:
     records_per_partition: int = 200_000  # Mixpanel's advice for one unit of work (~200 MB of JSON)
     results_path: str | None = None
+    time_from: str | None = None  # ISO 8601 date or timestamp, UTC unless it names a zone: from here on ...
+    time_to: str | None = None  # ... and before this; on the mapped time
+    order: str = "any"  # "recent_first": the last `recent_days` first, as Mixpanel advises
+    recent_days: int = 30
 
     def __post_init__(self) -> None:
         _require_range("job.records_per_partition", self.records_per_partition, 1, 100_000_000)
+        _require_choice("job.order", self.order, JOB_ORDERS)
+        _require_range("job.recent_days", self.recent_days, 1, 36_500)
+        time_from_ms, time_to_ms = self.time_from_ms, self.time_to_ms  # parsed here to fail early
+        if time_from_ms is not None and time_to_ms is not None and time_from_ms >= time_to_ms:
+            raise ConfigError(f"job.time_from ({self.time_from}) must be before job.time_to ({self.time_to})")
+
+    @property
+    def time_from_ms(self) -> int | None:
+        return iso_to_epoch_ms("job.time_from", self.time_from) if self.time_from else None
+
+    @property
+    def time_to_ms(self) -> int | None:
+        return iso_to_epoch_ms("job.time_to", self.time_to) if self.time_to else None
 
 
 @dataclass(frozen=True)
@@ -185,6 +204,17 @@ def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig) -
         "no Mixpanel credentials: set MP_SERVICE_ACCOUNT_USER and MP_SERVICE_ACCOUNT_SECRET "
         "(with mixpanel.project_id), or MP_PROJECT_TOKEN"
     )
+
+
+def iso_to_epoch_ms(key: str, text: str) -> int:
+    """An ISO 8601 date or timestamp as epoch milliseconds; UTC when it names no zone."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{key} must be an ISO 8601 date or timestamp such as 2024-01-31, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
@@ -244,6 +274,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return float(value)
         if origin is str and isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)  # ids such as project_id are often written as numbers
+        if origin is str and isinstance(value, date):
+            return value.isoformat()  # YAML reads an unquoted 2024-01-31 as a date
         if origin is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
         if origin is dict and isinstance(value, dict):

@@ -298,3 +298,37 @@ def test_backfill_exits_3_when_mixpanel_keeps_failing(
     assert exit_code == 3
     assert mixpanel.raw_arrivals == 0
     assert "rerun" in capsys.readouterr().err
+
+
+def test_backfill_sends_only_the_time_window(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None,
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+
+    assert run_job(config, "job.time_from=2024-06-01T12:00:00Z", "job.time_to=2024-06-02") == 0
+
+    start_ms, end_ms = 1_717_243_200_000, 1_717_286_400_000
+    want = {key for key in expected_keys(events) if start_ms <= key[2] < end_ms}
+    assert 0 < len(want) < ROWS
+    assert received_keys(mixpanel) == want
+    assert summary_of(tmp_path)["rows_read"] == len(want)
+
+
+def test_backfill_recent_first_sends_the_recent_window_before_older_history(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None,
+    tmp_path: Path,
+) -> None:
+    middle_ms = sorted(key[2] for key in expected_keys(events))[ROWS // 2]
+    recent_days = int((time.time() * 1000 - middle_ms) // 86_400_000)  # a cutoff inside the data's two days
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+
+    assert run_job(config, "job.order=recent_first", f"job.recent_days={recent_days}") == 0
+
+    arrivals = [key[2] for key in mixpanel.unique_events]  # dicts keep first-arrival order
+    assert len(arrivals) == ROWS
+    # Some split: every event sent before it is newer than every event sent after it.
+    splits = [k for k in range(1, ROWS) if min(arrivals[:k]) > max(arrivals[k:])] if arrivals else []
+    assert any(ROWS // 10 < k < ROWS - ROWS // 10 for k in splits)
+    indexes = [row["index"] for row in spark.read.json(str(tmp_path / "results" / "partitions")).collect()]
+    assert sorted(indexes) == list(range(len(indexes)))  # the two phases' partitions numbered apart

@@ -25,6 +25,11 @@ def test_parse_config_distinct_id_is_optional_with_simplified_id_merge() -> None
     assert (config.mapping.distinct_id, config.mapping.user_id) == (None, "u")
 
 
+def test_parse_config_reads_the_time_window_as_utc() -> None:
+    job = parse_config(MINIMAL + "job: {time_from: 2024-01-01, time_to: '2024-02-01T00:00:00+01:00'}").job
+    assert (job.time_from_ms, job.time_to_ms) == (1_704_067_200_000, 1_706_742_000_000)
+
+
 def test_parse_config_accepts_json() -> None:
     config = parse_config('{"source": {"format": "json", "path": "x"},'
                           ' "mapping": {"event": "e", "time": "t", "distinct_id": "d"}}')
@@ -52,6 +57,9 @@ def test_parse_config_numeric_project_id_becomes_string() -> None:
         ("mixpanel: {api_host: api.mixpanel.com}", "mixpanel.api_host"),
         ("mixpanel: {timeout_s: soon}", "mixpanel.timeout_s"),
         ("mapping2: {}", "mapping2"),
+        ("job: {time_from: yesterday}", "job.time_from"),
+        ("job: {time_from: '2024-02-01', time_to: '2024-01-01'}", "job.time_from"),
+        ("job: {order: oldest_first}", "job.order"),
     ],
 )
 def test_parse_config_names_the_bad_key(extra: str, named: str) -> None:
