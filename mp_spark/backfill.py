@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from mp_spark.config import Config, Credentials, JobConfig
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.partition import RESULT_SCHEMA, PartitionResult, partition_sender, results_from_rows
+from mp_spark.preview import Preview, preview_events
 from mp_spark.results import ResultsWriter, Summary
 from mp_spark.sender import SenderSettings
 from mp_spark.sources import read_source
@@ -56,6 +57,13 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
     if job.time_to_ms is not None:
         events = events.filter(time_ms.isNull() | (time_ms < job.time_to_ms))
     return events
+
+
+def preview_backfill(spark: SparkSession, config: Config) -> Preview:
+    """For --dry-run: sample events as they would be sent, and a profile of their properties."""
+    source = read_source(spark, config.source)
+    sendable = prepare_events(source, config, int(time.time() * 1000)).filter(F.col("invalid").isNull())
+    return preview_events(source.transform(to_mixpanel_events(config.mapping)), sendable)
 
 
 def send_phases(events: DataFrame, job: JobConfig, rows: int, now_ms: int) -> list[tuple[DataFrame, int]]:

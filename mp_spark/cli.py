@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from mp_spark.backfill import BackfillAbortedError, BackfillFailedError, RunOptions, run_backfill
+from mp_spark.backfill import (
+    BackfillAbortedError,
+    BackfillFailedError,
+    RunOptions,
+    preview_backfill,
+    run_backfill,
+)
 from mp_spark.config import ConfigError, credentials_from_env, parse_config
 from mp_spark.results import Summary, default_results_path
 
@@ -28,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set job.records_per_partition=50000")
     parser.add_argument("--dry-run", action="store_true",
-                        help="validate, serialize, batch and gzip everything, but send nothing")
+                        help="show sample events and a property profile; validate, serialize, batch and gzip "
+                             "everything, but send nothing")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -55,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     spark = get_spark(with_delta=config.source.format == "delta")
     try:
+        if args.dry_run:
+            print(preview_backfill(spark, config).render())
         summary = run_backfill(spark, config, credentials, options)
     except ConfigError as exc:
         print(f"mp-spark: config error: {exc}", file=sys.stderr)

@@ -238,7 +238,8 @@ def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
     assert mixpanel.requests == 0
     summary = summary_of(tmp_path)
     assert summary["dry_run"] is True and summary["imported"] == ROWS and summary["gzip_bytes"] > 0
-    assert "dry run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dry run" in out and "events as they would be sent" in out and "plan" in out
 
 
 def test_quickstart_script_runs_the_bundled_sample(tmp_path: Path) -> None:

@@ -1,0 +1,103 @@
+"""Look before you send: sample events as /import would receive them, and a profile of their properties.
+
+Events are immutable once in Mixpanel, so `--dry-run` shows what would be sent and warns about
+what Mixpanel advises against. Everything is computed in Spark, in one aggregation pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mp_spark.mapping import CORE_PROPERTIES
+
+MAX_STRING_BYTES = 255  # Mixpanel cuts longer strings
+MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
+HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
+
+
+@dataclass(frozen=True)
+class PropertyProfile:
+    name: str
+    json_type: str
+    null_share: float
+    approx_distinct: int
+    longest_bytes: int | None  # strings only
+
+
+@dataclass(frozen=True)
+class Preview:
+    samples: list[dict]
+    rows: int
+    approx_event_names: int
+    properties: list[PropertyProfile]
+
+    def warnings(self) -> list[str]:
+        found = []
+        if self.approx_event_names > MAX_EVENT_NAMES:
+            found.append(f"about {self.approx_event_names:,} distinct event names: Mixpanel indexes "
+                         f"only {MAX_EVENT_NAMES:,}")
+        for p in self.properties:
+            if p.longest_bytes is not None and p.longest_bytes > MAX_STRING_BYTES:
+                found.append(f"property {p.name!r} has strings up to {p.longest_bytes:,} bytes: "
+                             f"Mixpanel cuts them at {MAX_STRING_BYTES}")
+            if self.rows >= 1000 and p.approx_distinct > HIGH_CARDINALITY * self.rows:
+                found.append(f"property {p.name!r} has about {p.approx_distinct:,} distinct values in "
+                             f"{self.rows:,} rows: an id? Mixpanel advises against high-cardinality properties")
+        return found
+
+    def render(self) -> str:
+        lines = [f"{len(self.samples)} events as they would be sent:"]
+        lines += [f"  {json.dumps(sample, ensure_ascii=False)}" for sample in self.samples]
+        lines.append(f"properties over {self.rows:,} rows:")
+        lines.append(f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'longest':>10}")
+        for p in self.properties:
+            longest = f"{p.longest_bytes:,}" if p.longest_bytes is not None else ""
+            lines.append(f"  {p.name[:27]:<28}{p.json_type:<9}{p.null_share:>7.0%}{p.approx_distinct:>12,}"
+                         f"{longest:>10}")
+        lines += [f"warning: {w}" for w in self.warnings()]
+        return "\n".join(lines)
+
+
+def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Preview:
+    """Profile the `properties` of `to_mixpanel_events` output; sample `line`s of `to_json_lines`."""
+    fields = mapped.schema["properties"].dataType.fields
+    aggregates = [F.count(F.lit(1)).alias("rows"), F.approx_count_distinct("event").alias("event_names")]
+    for i, f in enumerate(fields):
+        value = F.col("properties").getField(f.name)
+        aggregates += [F.count(value).alias(f"n{i}"), F.approx_count_distinct(value).alias(f"d{i}")]
+        if isinstance(f.dataType, T.StringType):
+            aggregates.append(F.max(F.octet_length(value)).alias(f"b{i}"))
+    totals = mapped.agg(*aggregates).first()
+    rows = totals["rows"]
+    profiles = [
+        PropertyProfile(
+            name=f.name,
+            json_type=json_type(f.dataType),
+            null_share=1 - totals[f"n{i}"] / rows if rows else 0.0,
+            approx_distinct=totals[f"d{i}"],
+            longest_bytes=totals[f"b{i}"] if isinstance(f.dataType, T.StringType) else None,
+        )
+        for i, f in enumerate(fields)
+        if f.name not in CORE_PROPERTIES
+    ]
+    sample_lines = [json.loads(row.line) for row in lines.select("line").limit(samples).collect()]
+    return Preview(sample_lines, rows, totals["event_names"], profiles)
+
+
+def json_type(dtype: T.DataType) -> str:
+    if isinstance(dtype, T.BooleanType):
+        return "boolean"
+    if isinstance(dtype, T.NumericType):
+        return "number"
+    if isinstance(dtype, (T.ArrayType,)):
+        return "list"
+    if isinstance(dtype, (T.MapType, T.StructType)):
+        return "object"
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        return "date"
+    return "string"
