@@ -18,6 +18,7 @@ from mp_spark.mapping import CORE_PROPERTIES
 MAX_STRING_BYTES = 255  # Mixpanel cuts longer strings
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
+HOT_SHARD_EVENTS_PER_DAY = 200_000  # more for one distinct_id in a day: Mixpanel renames them $hotshard_events
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Preview:
     rows: int
     approx_event_names: int
     properties: list[PropertyProfile]
+    busiest_user_day: int = 0  # the most events one distinct_id has in one UTC day
 
     def warnings(self) -> list[str]:
         found = []
@@ -48,6 +50,9 @@ class Preview:
             if self.rows >= 1000 and p.approx_distinct > HIGH_CARDINALITY * self.rows:
                 found.append(f"property {p.name!r} has about {p.approx_distinct:,} distinct values in "
                              f"{self.rows:,} rows: an id? Mixpanel advises against high-cardinality properties")
+        if self.busiest_user_day > HOT_SHARD_EVENTS_PER_DAY:
+            found.append(f"one distinct_id has {self.busiest_user_day:,} events in a day: Mixpanel renames events "
+                         f"beyond {HOT_SHARD_EVENTS_PER_DAY:,} a day to $hotshard_events")
         return found
 
     def render(self) -> str:
@@ -86,7 +91,11 @@ def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Pre
         if f.name not in CORE_PROPERTIES
     ]
     sample_lines = [json.loads(row.line) for row in lines.select("line").limit(samples).collect()]
-    return Preview(sample_lines, rows, totals["event_names"], profiles)
+    per_user_day = mapped.where(F.col("distinct_id").isNotNull()).groupBy(
+        "distinct_id", F.floor(F.col("time") / 86_400_000)
+    ).count()
+    busiest = per_user_day.agg(F.max("count")).first()[0] or 0
+    return Preview(sample_lines, rows, totals["event_names"], profiles, busiest)
 
 
 def json_type(dtype: T.DataType) -> str:
