@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from mp_spark.config import Config, Credentials, JobConfig
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
-from mp_spark.partition import RESULT_SCHEMA, PartitionResult, partition_sender, results_from_rows
+from mp_spark.partition import COUNTERS, RESULT_SCHEMA, PartitionResult, partition_sender, results_from_rows
 from mp_spark.preview import Preview, preview_events
 from mp_spark.results import ResultsWriter, Summary
 from mp_spark.sender import SenderSettings
@@ -95,38 +95,39 @@ def run_backfill(
     # tasks saw.
     windowed = config.job.time_from is not None or config.job.time_to is not None
     rows_read = events.count() if windowed else source.count()
+    settings = SenderSettings.from_config(config.mixpanel, credentials)
     partitions: list[PartitionResult] = []
     for phase, rows in send_phases(events, config.job, rows_read, now_ms):
         sent = send_events(
             spark,
             phase,
             source_rows=rows,
-            settings=SenderSettings.from_config(config.mixpanel, credentials),
+            settings=settings,
             config=config,
             run_id=options.run_id,
             dry_run=options.dry_run,
         )
         partitions += [dataclasses.replace(p, index=p.index + len(partitions)) for p in sent]
-    invalid = sum(p.invalid for p in partitions)
+    totals = {name: sum(getattr(p, name) for p in partitions) for name in COUNTERS}
+    invalid, imported = totals["invalid"], totals["imported"]
     if invalid:
         results.write_invalid(events.filter(F.col("invalid").isNotNull()))
     results.write_partitions(partitions)
 
     seconds = time.monotonic() - started
-    imported = sum(p.imported for p in partitions)
     summary = Summary(
         run_id=options.run_id,
         dry_run=options.dry_run,
         rows_read=rows_read,
         imported=imported,
-        rejected=sum(p.rejected for p in partitions),
+        rejected=totals["rejected"],
         invalid=invalid,
         partitions=len(partitions),
-        batches=sum(p.batches for p in partitions),
-        requests=sum(p.requests for p in partitions),
-        retries=sum(p.retries for p in partitions),
-        raw_bytes=sum(p.raw_bytes for p in partitions),
-        gzip_bytes=sum(p.gzip_bytes for p in partitions),
+        batches=totals["batches"],
+        requests=totals["requests"],
+        retries=totals["retries"],
+        raw_bytes=totals["raw_bytes"],
+        gzip_bytes=totals["gzip_bytes"],
         seconds=round(seconds, 3),
         events_per_second=round(imported / seconds, 1) if seconds else 0.0,
         results_path=results.path,

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mp_spark.partition import PartitionResult
+from mp_spark.partition import RESULT_SCHEMA, PartitionResult
 
 REJECTED_SCHEMA = T.StructType([
     T.StructField("stage", T.StringType()),  # "validation" (set aside by the job) or "mixpanel" (refused by /import)
@@ -26,7 +26,8 @@ REJECTED_SCHEMA = T.StructType([
     T.StructField("partition", T.IntegerType()),
     T.StructField("event", T.StringType()),  # the event's JSON line, as sent or as it would have been sent
 ])
-PARTITION_FIELDS = [f.name for f in dataclasses.fields(PartitionResult) if f.name != "rejections"]
+# partitions/ holds the tasks' result rows without the rejections, which go to rejected/.
+PARTITION_SCHEMA = T.StructType([f for f in RESULT_SCHEMA.fields if f.name != "rejections"])
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,8 @@ class ResultsWriter:
         self._rejected_written = True
 
     def write_partitions(self, partitions: list[PartitionResult]) -> None:
-        rows = [tuple(getattr(p, name) for name in PARTITION_FIELDS) for p in partitions]
-        schema = T.StructType([
-            T.StructField(name, T.DoubleType() if name == "seconds" else T.LongType()) for name in PARTITION_FIELDS
-        ])
-        frame = self._spark.createDataFrame(rows, schema).coalesce(1)
+        rows = [tuple(getattr(p, name) for name in PARTITION_SCHEMA.names) for p in partitions]
+        frame = self._spark.createDataFrame(rows, PARTITION_SCHEMA).coalesce(1)
         frame.write.mode("overwrite").json(self._child("partitions"))
         # Mixpanel's refusals come back with the tallies; they join the job's own in rejected/.
         rejected = [
