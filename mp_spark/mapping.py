@@ -1,14 +1,16 @@
 """Source rows to Mixpanel events, as DataFrame transforms: all the per-row work happens in the JVM.
 
 `to_mixpanel_events` gives one row per source row with the columns `event`, `time` (epoch ms),
-`distinct_id`, `device_id`, `user_id`, `ip`, `insert_id` and `properties` (a struct of everything
-else). `to_json_lines` turns that into the exact JSON line /import receives.
+`distinct_id`, `device_id`, `user_id`, `ip`, `insert_id`, `properties` (a struct of everything
+else) and `cut` (the names of properties whose value was cut to fit Mixpanel's limits).
+`to_json_lines` turns that into the exact JSON line /import receives.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -16,6 +18,7 @@ from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, MappingConfig
 from mp_spark.sources import analysed_expr
+from mp_spark.validation import PLACEHOLDER_IDS
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,12 @@ SECONDS_BELOW = 10**11  # an epoch number below this is seconds, above it millis
 MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}$"  # Mixpanel's rule for $insert_id
 MIXPANEL_DATE_FORMAT = "yyyy-MM-dd'T'HH:mm:ss"  # Mixpanel's date type: ISO-8601, UTC, no zone
+# Mixpanel's limits on property values (reference §3 "Properties", §7): strings are cut at 255
+# bytes; lists and objects hold fewer than 255 items, nest at most 3 levels, and stay within 8 KB.
+MAX_STRING_BYTES = 255
+MAX_ITEMS = 254
+MAX_DEPTH = 3
+MAX_CONTAINER_BYTES = 8192
 
 # Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
 # name would silently replace them.
@@ -52,7 +61,7 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
                 distinct_id
             )
         ip = analysed_expr(df, mapping.ip, "mapping.ip").cast("string") if mapping.ip else F.lit("0")
-        properties = property_struct(df, mapping)
+        properties, cut = property_struct(df, mapping)
         mapped = df.select(
             event.alias("event"),
             time_ms.alias("time"),
@@ -61,6 +70,7 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
             user_id.alias("user_id"),
             ip.alias("ip"),
             properties.alias("properties"),
+            cut.alias("cut"),
             *([analysed_expr(df, mapping.insert_id, "mapping.insert_id").cast("string").alias("insert_id")]
               if mapping.insert_id else []),
         )
@@ -127,8 +137,9 @@ def _string_to_ms(text: Column, unit: str | None) -> Column:
     )
 
 
-def property_struct(df: DataFrame, mapping: MappingConfig) -> Column:
-    """The event's own properties: `mapping.properties` plus the included source columns."""
+def property_struct(df: DataFrame, mapping: MappingConfig) -> tuple[Column, Column]:
+    """The event's own properties (`mapping.properties` plus the included source columns), fitted to
+    Mixpanel's types and limits, and the names of those whose value had to be cut in this row."""
     for name in mapping.properties:
         if name in RESERVED_PROPERTIES:
             raise ConfigError(f"mapping.properties.{name}: {name!r} is reserved by Mixpanel"
@@ -141,7 +152,25 @@ def property_struct(df: DataFrame, mapping: MappingConfig) -> Column:
         if name not in columns:
             columns[name] = F.col(f"`{name}`")
     typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema if columns else T.StructType()
-    return F.struct(*[to_property_value(columns[f.name], f.dataType).alias(f.name) for f in typed.fields])
+    left_out: list[str] = []
+    values, cut_names = [], []
+    for f in typed.fields:
+        fitted = fit_value(columns[f.name], f.dataType, f.name, left_out)
+        if fitted is None:
+            continue
+        value, cut = fitted.value, fitted.cut
+        if isinstance(f.dataType, (T.ArrayType, T.MapType, T.StructType)):
+            too_big = F.octet_length(F.to_json(value)) > MAX_CONTAINER_BYTES
+            value = F.when(~too_big, value)
+            cut = too_big if cut is None else (cut | too_big)
+        values.append(value.alias(f.name))
+        if cut is not None:
+            cut_names.append(F.when(cut, F.lit(f.name)))
+    if left_out:
+        log.warning("not sending values nested deeper than %d levels or beyond %d fields: %s",
+                    MAX_DEPTH, MAX_ITEMS, ", ".join(dict.fromkeys(left_out)))
+    cut = F.array_compact(F.array(*cut_names)) if cut_names else F.array().cast("array<string>")
+    return F.struct(*values), cut
 
 
 def included_columns(df: DataFrame, mapping: MappingConfig) -> list[str]:
@@ -160,40 +189,103 @@ def included_columns(df: DataFrame, mapping: MappingConfig) -> list[str]:
     return [n for n in kept if n not in RESERVED_PROPERTIES]
 
 
-def to_property_value(column: Column, dtype: T.DataType) -> Column:
-    """Spark value to the JSON Mixpanel understands (types the JSON writer gets wrong are rewritten)."""
-    if not needs_rewrite(dtype):
-        return column
+@dataclass(frozen=True)
+class Fitted:
+    value: Column  # the value as Mixpanel should receive it
+    cut: Column | None  # true where this row's value had to be cut; None for types that never are
+
+
+def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str], level: int = 1) -> Fitted | None:
+    """A Spark value rewritten into the JSON Mixpanel understands, within its limits.
+
+    Strings over 255 bytes are cut on a character boundary; lists and objects keep their first 254
+    items. What cannot be sent for any row (a list or object nested deeper than 3 levels, struct
+    fields beyond 254) is left out and its path added to `left_out`; None means all of it is.
+    """
+    if not can_send(dtype, level):
+        left_out.append(path)
+        return None
+    if isinstance(dtype, T.StringType):
+        too_long = F.octet_length(column) > MAX_STRING_BYTES
+        return Fitted(F.when(too_long, utf8_prefix(column, MAX_STRING_BYTES)).otherwise(column), too_long)
+    if isinstance(dtype, T.ArrayType):
+        item_type = dtype.elementType
+        kept = F.transform(F.slice(column, 1, MAX_ITEMS),
+                           lambda item: fit_value(item, item_type, f"{path}[]", left_out, level + 1).value)
+        return Fitted(kept, any_item_cut(column, F.size(column), item_type, level + 1))
+    if isinstance(dtype, T.MapType):
+        value_type = dtype.valueType
+        first_items = F.map_from_entries(F.slice(F.map_entries(column), 1, MAX_ITEMS))
+        kept = F.transform_values(
+            first_items, lambda _key, value: fit_value(value, value_type, f"{path}{{}}", left_out, level + 1).value
+        )
+        return Fitted(kept, any_item_cut(F.map_values(column), F.size(column), value_type, level + 1))
+    if isinstance(dtype, T.StructType):
+        left_out += [f"{path}.{f.name}" for f in dtype.fields[MAX_ITEMS:]]
+        fields, cuts = [], []
+        for f in dtype.fields[:MAX_ITEMS]:
+            fitted = fit_value(column[f.name], f.dataType, f"{path}.{f.name}", left_out, level + 1)
+            if fitted is not None:
+                fields.append(fitted.value.alias(f.name))
+                cuts += [] if fitted.cut is None else [F.coalesce(fitted.cut, F.lit(False))]
+        cut = F.greatest(*cuts) if len(cuts) > 1 else (cuts[0] if cuts else None)
+        return Fitted(F.when(column.isNotNull(), F.struct(*fields)), cut)
     if isinstance(dtype, T.TimestampType):
         utc_wall_clock = F.timestamp_add("MICROSECOND", F.unix_micros(column), epoch_ntz())
-        return F.date_format(utc_wall_clock, MIXPANEL_DATE_FORMAT)
+        return Fitted(F.date_format(utc_wall_clock, MIXPANEL_DATE_FORMAT), None)
     if isinstance(dtype, T.TimestampNTZType):
-        return F.date_format(column, MIXPANEL_DATE_FORMAT)
+        return Fitted(F.date_format(column, MIXPANEL_DATE_FORMAT), None)
     if isinstance(dtype, (T.FloatType, T.DoubleType)):
-        # NaN and Infinity are not JSON: leave the property out rather than send invalid JSON.
+        # NaN and Infinity are not JSON: leave the value out rather than send invalid JSON.
         finite = ~F.isnan(column) & (F.abs(column) != F.lit(float("inf")))
-        return F.when(finite, column)
+        return Fitted(F.when(finite, column), None)
     if isinstance(dtype, T.BinaryType):
-        return F.lit(None).cast("string")  # binary blobs are not sent
-    if isinstance(dtype, T.ArrayType):
-        return F.transform(column, lambda item: to_property_value(item, dtype.elementType))
-    if isinstance(dtype, T.MapType):
-        return F.transform_values(column, lambda _key, value: to_property_value(value, dtype.valueType))
-    assert isinstance(dtype, T.StructType)
-    fields = [to_property_value(column[f.name], f.dataType).alias(f.name) for f in dtype.fields]
-    return F.when(column.isNotNull(), F.struct(*fields))
+        return Fitted(F.lit(None).cast("string"), None)  # binary blobs are not sent
+    return Fitted(column, None)  # numbers, decimals, booleans, dates: to_json writes them as Mixpanel reads them
 
 
-def needs_rewrite(dtype: T.DataType) -> bool:
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.FloatType, T.DoubleType, T.BinaryType)):
-        return True
+def can_send(dtype: T.DataType, level: int) -> bool:
+    """Whether a value of this type at this nesting level can be sent (struct fields too deep are dropped alone)."""
     if isinstance(dtype, T.ArrayType):
-        return needs_rewrite(dtype.elementType)
+        return level <= MAX_DEPTH and can_send(dtype.elementType, level + 1)
     if isinstance(dtype, T.MapType):
-        return needs_rewrite(dtype.valueType)
+        return level <= MAX_DEPTH and can_send(dtype.valueType, level + 1)
     if isinstance(dtype, T.StructType):
-        return any(needs_rewrite(f.dataType) for f in dtype.fields)
-    return False
+        return level <= MAX_DEPTH
+    return True
+
+
+def any_item_cut(items: Column, size: Column, item_type: T.DataType, item_level: int) -> Column:
+    """True where a list or map has more than MAX_ITEMS items, or one of its items is cut."""
+    too_many = size > MAX_ITEMS
+
+    def item_cut(item: Column) -> Column | None:
+        return fit_value(item, item_type, "", [], item_level).cut
+
+    if item_cut(F.lit(None).cast(item_type)) is None:  # items of this type are never cut
+        return too_many
+    return too_many | F.exists(items, lambda item: F.coalesce(item_cut(item), F.lit(False)))
+
+
+def utf8_prefix(text: Column, max_bytes: int) -> Column:
+    """The longest prefix of `text` within `max_bytes` of UTF-8 that does not split a character.
+
+    Cut after byte `max_bytes`. If the first byte left out continues a character (10xxxxxx), that
+    character starts at the last byte before it that does not; a character is at most 4 bytes.
+    """
+    encoded = F.encode(text, "UTF-8")
+
+    def continues_a_character(position: int) -> Column:
+        byte = F.hex(F.substring(encoded, position, 1))
+        return (byte >= "80") & (byte <= "BF")
+
+    length = (
+        F.when(~continues_a_character(max_bytes + 1), max_bytes)
+        .when(~continues_a_character(max_bytes), max_bytes - 1)
+        .when(~continues_a_character(max_bytes - 1), max_bytes - 2)
+        .otherwise(max_bytes - 3)
+    )
+    return F.decode(F.substring(encoded, F.lit(1), length), "UTF-8")
 
 
 def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
@@ -201,8 +293,8 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
 
     Without `mapping.insert_id` it is the first 36 hex digits of a SHA-256 over the event, time,
     identity (distinct_id, device_id, user_id) and properties. A mapped id that breaks Mixpanel's rule (at most 36 of
-    [0-9a-zA-Z-]) is replaced by a hash of itself, which keeps it stable and unique; a null one
-    falls back to the content hash.
+    [0-9a-zA-Z-], not a placeholder such as "0" or "null") is replaced by a hash of itself, which
+    keeps it stable and unique; a null one falls back to the content hash.
     """
     content = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id", "properties"))
     derived = F.substring(F.sha2(content, 256), 1, 36)
@@ -211,6 +303,6 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
     given = F.col("insert_id")
     return (
         F.when(given.isNull(), derived)
-        .when(given.rlike(INSERT_ID_PATTERN), given)
+        .when(given.rlike(INSERT_ID_PATTERN) & ~F.lower(given).isin(*PLACEHOLDER_IDS), given)
         .otherwise(F.substring(F.sha2(given, 256), 1, 36))
     )

@@ -15,7 +15,6 @@ from pyspark.sql import types as T
 
 from mp_spark.mapping import CORE_PROPERTIES
 
-MAX_STRING_BYTES = 255  # Mixpanel cuts longer strings
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
 HOT_SHARD_EVENTS_PER_DAY = 200_000  # more for one distinct_id in a day: Mixpanel renames them $hotshard_events
@@ -27,7 +26,7 @@ class PropertyProfile:
     json_type: str
     null_share: float
     approx_distinct: int
-    longest_bytes: int | None  # strings only
+    cut: int = 0  # rows whose value was cut to fit Mixpanel's limits
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,11 @@ class Preview:
             found.append(f"about {self.approx_event_names:,} distinct event names: Mixpanel indexes "
                          f"only {MAX_EVENT_NAMES:,}")
         for p in self.properties:
-            if p.longest_bytes is not None and p.longest_bytes > MAX_STRING_BYTES:
-                found.append(f"property {p.name!r} has strings up to {p.longest_bytes:,} bytes: "
-                             f"Mixpanel cuts them at {MAX_STRING_BYTES}")
+            if p.cut:
+                limits = ("strings over 255 bytes are cut on a character boundary" if p.json_type == "string" else
+                          "lists and objects keep 254 items, and are left out over 8 KB")
+                found.append(f"property {p.name!r} is cut in {p.cut:,} of {self.rows:,} rows to fit Mixpanel's "
+                             f"limits ({limits})")
             if self.rows >= 1000 and p.approx_distinct > HIGH_CARDINALITY * self.rows:
                 found.append(f"property {p.name!r} has about {p.approx_distinct:,} distinct values in "
                              f"{self.rows:,} rows: an id? Mixpanel advises against high-cardinality properties")
@@ -59,11 +60,10 @@ class Preview:
         lines = [f"{len(self.samples)} events as they would be sent:"]
         lines += [f"  {json.dumps(sample, ensure_ascii=False)}" for sample in self.samples]
         lines.append(f"properties over {self.rows:,} rows:")
-        lines.append(f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'longest':>10}")
+        lines.append(f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}")
         for p in self.properties:
-            longest = f"{p.longest_bytes:,}" if p.longest_bytes is not None else ""
             lines.append(f"  {p.name[:27]:<28}{p.json_type:<9}{p.null_share:>7.0%}{p.approx_distinct:>12,}"
-                         f"{longest:>10}")
+                         f"{p.cut:>10,}")
         lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 
@@ -74,9 +74,8 @@ def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Pre
     aggregates = [F.count(F.lit(1)).alias("rows"), F.approx_count_distinct("event").alias("event_names")]
     for i, f in enumerate(fields):
         value = F.col("properties").getField(f.name)
-        aggregates += [F.count(value).alias(f"n{i}"), F.approx_count_distinct(value).alias(f"d{i}")]
-        if isinstance(f.dataType, T.StringType):
-            aggregates.append(F.max(F.octet_length(value)).alias(f"b{i}"))
+        aggregates += [F.count(value).alias(f"n{i}"), F.approx_count_distinct(value).alias(f"d{i}"),
+                       F.count_if(F.array_contains("cut", f.name)).alias(f"c{i}")]
     totals = mapped.agg(*aggregates).first()
     rows = totals["rows"]
     profiles = [
@@ -85,7 +84,7 @@ def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Pre
             json_type=json_type(f.dataType),
             null_share=1 - totals[f"n{i}"] / rows if rows else 0.0,
             approx_distinct=totals[f"d{i}"],
-            longest_bytes=totals[f"b{i}"] if isinstance(f.dataType, T.StringType) else None,
+            cut=totals[f"c{i}"],
         )
         for i, f in enumerate(fields)
         if f.name not in CORE_PROPERTIES

@@ -68,13 +68,15 @@ def test_derived_insert_id_is_deterministic_and_mixpanel_shaped(spark: SparkSess
 
 
 def test_mapped_insert_id_is_kept_when_valid_and_rehashed_when_not(spark: SparkSession) -> None:
-    rows = [("u1", "A", 1, "order-17"), ("u1", "A", 1, "order_17/with:bad chars"), ("u1", "A", 1, None)]
+    rows = [("u1", "A", 1, "order-17"), ("u1", "A", 1, "order_17/with:bad chars"), ("u1", "A", 1, None),
+            ("u1", "A", 1, "Null")]
     df = spark.createDataFrame(rows, "user string, name string, ts long, oid string")
     mapping = MappingConfig(event="name", time="ts", distinct_id="user", insert_id="oid")
     ids = [e["properties"]["$insert_id"] for e in sent_events(df, mapping)]
     assert ids[0] == "order-17"
     assert len(ids[1]) == 36 and ids[1].isalnum()
     assert len(ids[2]) == 36 and ids[2] != ids[1]
+    assert len(ids[3]) == 36 and ids[3].isalnum()  # a placeholder Mixpanel refuses
 
 
 def test_properties_and_included_columns_are_sent_with_their_types(spark: SparkSession) -> None:
@@ -148,3 +150,46 @@ def test_included_columns_named_like_identity_fields_are_not_sent(spark: SparkSe
     mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns="*")
     props = sent_events(df, mapping)[0]["properties"]
     assert props.get(column) != "x"
+
+
+def fitted(spark: SparkSession, ddl: str, *values: object) -> tuple[dict, list[str]]:
+    """The properties sent for one row with the given extra columns, and the names the job cut."""
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, *values)], f"user string, name string, ts long, {ddl}")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns="*",
+                            exclude_columns=["user", "name", "ts"])
+    row = df.transform(to_mixpanel_events(mapping)).transform(to_json_lines).select("line", "cut").first()
+    return json.loads(row.line)["properties"], sorted(row.cut)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("a" * 255, "a" * 255),  # at the limit: untouched
+        ("a" * 254 + "é", "a" * 254),  # é is 2 bytes, the 255th and 256th: left out whole
+        ("a" * 253 + "😀" + "b", "a" * 253),  # a 4-byte emoji across the limit
+        ("€" * 100, "€" * 85),  # 3-byte characters: 85 fit exactly
+        ("a" * 252 + "😀" + "b", "a" * 252),  # the emoji is the 253rd-256th byte
+        ("שלום " * 60, ("שלום " * 60).encode()[:255].decode("utf-8", "ignore")),  # right-to-left text
+    ],
+)
+def test_strings_are_cut_at_255_bytes_on_a_character_boundary(spark: SparkSession, text: str, kept: str) -> None:
+    props, cut = fitted(spark, "s string, items array<string>", text, [text])
+    assert props["s"] == kept and props["items"] == [kept]
+    assert len(kept.encode()) <= 255
+    assert cut == ([] if kept == text else ["items", "s"])
+
+
+def test_lists_and_maps_keep_254_items_and_big_or_deep_values_are_left_out(spark: SparkSession) -> None:
+    many = list(range(300))
+    big = ["x" * 200] * 50  # 10 KB of JSON: over the 8 KB a list property may hold
+    deep = {"a": {"b": {"c": 1}}}  # three levels of objects: allowed
+    props, cut = fitted(
+        spark,
+        "many array<int>, keys map<string,int>, big array<string>, deep struct<a: struct<b: struct<c: int>>>, "
+        "too_deep array<array<array<array<int>>>>, fine array<int>",
+        many, {f"k{i}": i for i in range(300)}, big, deep, [[[[1]]]], [1, 2],
+    )
+    assert props["many"] == many[:254] and len(props["keys"]) == 254
+    assert "big" not in props and "too_deep" not in props
+    assert props["deep"] == deep and props["fine"] == [1, 2]
+    assert cut == ["big", "keys", "many"]  # a structural drop (too_deep) applies to every row: logged, not counted
