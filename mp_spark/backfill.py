@@ -7,15 +7,19 @@ import logging
 import math
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.config import Config, Credentials, JobConfig
+from mp_spark.config import Config, ConfigError, Credentials, JobConfig
+from mp_spark.ledger import Ledger, Manifest
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
-from mp_spark.partition import COUNTERS, RESULT_SCHEMA, PartitionResult, partition_sender, results_from_rows
+from mp_spark.partition import COUNTERS, NO_OUTPUT, TallyList, partition_sender
 from mp_spark.preview import Preview, preview_events
+from mp_spark.progress import Progress
 from mp_spark.results import ResultsWriter, Summary
 from mp_spark.sender import SenderSettings
 from mp_spark.sources import read_source
@@ -37,10 +41,12 @@ class RunOptions:
     run_id: str
     results_path: str
     dry_run: bool = False
+    resume: bool = False  # send only the partitions the run's ledger does not record as finished
 
 
 def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
-    """Source rows to `time`, `insert_id`, `line` (the JSON /import receives) and `invalid` (null, or why not).
+    """Source rows to `time`, `insert_id`, `line` (the JSON /import receives), `invalid` (null, or why
+    not) and `trimmed` (whether a property value was cut to fit Mixpanel's limits).
 
     Rows outside `job.time_from`/`job.time_to` are not part of the run; rows with no time stay,
     to be set aside as invalid.
@@ -49,7 +55,7 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
         source.transform(to_mixpanel_events(config.mapping))
         .transform(to_json_lines)
         .transform(with_invalid_reason(now_ms))
-        .select("time", "insert_id", "line", "invalid")
+        .select("time", "insert_id", "line", "invalid", (F.size("cut") > 0).alias("trimmed"))
     )
     time_ms, job = F.col("time"), config.job
     if job.time_from_ms is not None:
@@ -83,8 +89,12 @@ def send_phases(events: DataFrame, job: JobConfig, rows: int, now_ms: int) -> li
 def run_backfill(
     spark: SparkSession, config: Config, credentials: Credentials | None, options: RunOptions
 ) -> Summary:
+    """Send every row of the source (or, resuming, every partition not recorded as finished) and
+    write the results of the whole backfill."""
     started = time.monotonic()
-    now_ms = int(time.time() * 1000)
+    ledger = Ledger(spark, options.results_path)
+    resumed = ledger.read_manifest() if options.resume else None
+    now_ms = resumed.now_ms if resumed else int(time.time() * 1000)  # a resumed run judges rows as before
     source = read_source(spark, config.source)
     events = prepare_events(source, config, now_ms)
     results = ResultsWriter(spark, options.results_path)
@@ -95,19 +105,43 @@ def run_backfill(
     # tasks saw.
     windowed = config.job.time_from is not None or config.job.time_to is not None
     rows_read = events.count() if windowed else source.count()
+    phases = send_phases(events, config.job, rows_read, now_ms)
+    phase_rows = [rows for _, rows in phases]
+    if resumed and resumed.phase_rows != phase_rows:
+        raise ConfigError(f"--resume: the source changed since run {options.run_id} started ({resumed.phase_rows} "
+                          f"rows to send then, {phase_rows} now), so its partitions no longer match; start a new "
+                          "run instead (Mixpanel dedupes what was already sent by $insert_id)")
+    if not resumed:
+        ledger.write_manifest(Manifest(options.run_id, dataclasses.asdict(config), now_ms, phase_rows))
+    finished_before = ledger.finished() if resumed else {}
+    if finished_before:
+        log.info("resuming run %s: %d partitions finished before are not sent again", options.run_id,
+                 len(finished_before))
+
     settings = SenderSettings.from_config(config.mixpanel, credentials)
-    partitions: list[PartitionResult] = []
-    for phase, rows in send_phases(events, config.job, rows_read, now_ms):
-        sent = send_events(
-            spark,
-            phase,
-            source_rows=rows,
-            settings=settings,
-            config=config,
-            run_id=options.run_id,
-            dry_run=options.dry_run,
-        )
-        partitions += [dataclasses.replace(p, index=p.index + len(partitions)) for p in sent]
+    tallies = spark.sparkContext.accumulator([], TallyList())
+    progress = Progress(
+        sc=spark.sparkContext, tallies=tallies, ledger=ledger, total_rows=rows_read, finished_before=finished_before,
+        partitions=sum(partition_count(rows, config.job) for rows in phase_rows),
+        interval_s=config.job.progress_interval_s,
+    )
+    with progress.running():
+        first_index = 0
+        for phase, rows in phases:
+            send_events(
+                spark,
+                phase,
+                source_rows=rows,
+                first_index=first_index,
+                skip=finished_before.keys(),
+                settings=settings,
+                tallies=tallies,
+                config=config,
+                run_id=options.run_id,
+                dry_run=options.dry_run,
+            )
+            first_index += partition_count(rows, config.job)
+    partitions = sorted(progress.finished.values(), key=lambda p: p.index)
     totals = {name: sum(getattr(p, name) for p in partitions) for name in COUNTERS}
     invalid, imported = totals["invalid"], totals["imported"]
     if invalid:
@@ -115,6 +149,7 @@ def run_backfill(
     results.write_partitions(partitions)
 
     seconds = time.monotonic() - started
+    imported_now = imported - sum(p.imported for p in finished_before.values())
     summary = Summary(
         run_id=options.run_id,
         dry_run=options.dry_run,
@@ -122,14 +157,16 @@ def run_backfill(
         imported=imported,
         rejected=totals["rejected"],
         invalid=invalid,
+        trimmed=totals["trimmed"],
         partitions=len(partitions),
+        resumed_partitions=len(finished_before),
         batches=totals["batches"],
         requests=totals["requests"],
         retries=totals["retries"],
         raw_bytes=totals["raw_bytes"],
         gzip_bytes=totals["gzip_bytes"],
         seconds=round(seconds, 3),
-        events_per_second=round(imported / seconds, 1) if seconds else 0.0,
+        events_per_second=round(imported_now / seconds, 1) if seconds else 0.0,
         results_path=results.path,
     )
     results.write_summary(summary)
@@ -139,37 +176,51 @@ def run_backfill(
     return summary
 
 
+def partition_count(rows: int, job: JobConfig) -> int:
+    return math.ceil(rows / job.records_per_partition)
+
+
 def send_events(
     spark: SparkSession,
     events: DataFrame,
     *,
     source_rows: int,
+    first_index: int,
+    skip: Collection[int],
     settings: SenderSettings,
+    tallies: Accumulator,
     config: Config,
     run_id: str,
     dry_run: bool,
-) -> list[PartitionResult]:
+) -> None:
     """Repartition by `$insert_id` (the same event always lands in the same partition) and send each.
 
-    Each task's result is its only output row; `collect` takes exactly one successful attempt per
-    partition, so Spark's task retries never double-count.
+    Partition i of this phase is the run's partition `first_index + i`; those in `skip` finished in
+    an earlier attempt of the run, and their rows are dropped before the shuffle. Each task adds its
+    tally to `tallies`.
     """
     if source_rows == 0:
-        return []
-    partition_count = math.ceil(source_rows / config.job.records_per_partition)
+        return
+    partitions = partition_count(source_rows, config.job)
     # Requests in flight across the cluster = tasks running at once x requests per task: keep the
     # product within the job-wide budget, and split any events/s cap the same way.
-    concurrent_tasks = min(partition_count, spark.sparkContext.defaultParallelism)
+    concurrent_tasks = min(partitions, spark.sparkContext.defaultParallelism)
     settings = settings.for_run(run_id, concurrent_tasks, config.mixpanel)
     if dry_run:  # nothing to pace without a server
         settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
     log.info("sending up to %d rows in %d partitions, %d at a time, %d requests in flight each",
-             source_rows, partition_count, concurrent_tasks, settings.in_flight)
-    line_or_null = F.when(F.col("invalid").isNull(), F.concat(F.col("line"), F.lit("\n")))
-    lines = events.select("insert_id", line_or_null.alias("line")).repartition(partition_count, "insert_id")
-    sent = lines.select("line").mapInArrow(partition_sender(settings, dry_run=dry_run), RESULT_SCHEMA)
+             source_rows, partitions, concurrent_tasks, settings.in_flight)
+    valid = F.col("invalid").isNull()
+    line_or_null = F.when(valid, F.concat(F.col("line"), F.lit("\n")))
+    trimmed = F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte")
+    lines = events.select("insert_id", line_or_null.alias("line"), trimmed.alias("trimmed"))
+    finished = [index - first_index for index in skip if first_index <= index < first_index + partitions]
+    if finished:  # the partition a row lands in, exactly as repartition(partitions, "insert_id") computes it
+        lines = lines.filter(~F.pmod(F.hash("insert_id"), F.lit(partitions)).isin(finished))
+    partitioned = lines.repartition(partitions, "insert_id").select("line", "trimmed")
+    sender = partition_sender(settings, tallies, first_index=first_index, dry_run=dry_run)
     try:
-        return results_from_rows(sent.collect())
+        partitioned.mapInArrow(sender, NO_OUTPUT).collect()
     except Exception as exc:
         text = str(exc)
         fatal = re.search(r"FatalSendError: (.+)", text)

@@ -10,7 +10,7 @@ import base64
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
@@ -102,6 +102,11 @@ class MixpanelConfig:
     pacing: bool = True  # slow down on 429 rather than only back off
     rate_limit_events_per_second: float = 30_000  # the project's limit: Mixpanel's default, unless raised
     max_events_per_second: float | None = None  # optional hard cap for the whole job
+    # Databricks: read the credentials from this secret scope (on the driver) instead of the environment
+    secret_scope: str | None = None
+    service_account_user_key: str = "service-account-user"
+    service_account_secret_key: str = "service-account-secret"
+    project_token_key: str = "project-token"
 
     def __post_init__(self) -> None:
         _require_choice("mixpanel.region", self.region, tuple(REGION_HOSTS))
@@ -133,9 +138,11 @@ class JobConfig:
     time_to: str | None = None  # ... and before this; on the mapped time
     order: str = "any"  # "recent_first": the last `recent_days` first, as Mixpanel advises
     recent_days: int = 30
+    progress_interval_s: float = 10.0  # how often the driver logs progress and records finished partitions
 
     def __post_init__(self) -> None:
         _require_range("job.records_per_partition", self.records_per_partition, 1, 100_000_000)
+        _require_range("job.progress_interval_s", self.progress_interval_s, 0.1, 3600)
         _require_choice("job.order", self.order, JOB_ORDERS)
         _require_range("job.recent_days", self.recent_days, 1, 36_500)
         time_from_ms, time_to_ms = self.time_from_ms, self.time_to_ms  # parsed here to fail early
@@ -187,22 +194,34 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
 
 def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig) -> Credentials:
     """Pick the /import credentials from the environment, or say exactly which variable is missing."""
-    user = environ.get("MP_SERVICE_ACCOUNT_USER", "")
-    secret = environ.get("MP_SERVICE_ACCOUNT_SECRET", "")
-    token = environ.get("MP_PROJECT_TOKEN", "")
+    names = ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN")
+    return _pick_credentials(*(environ.get(name, "") for name in names), names=names, mixpanel=mixpanel)
+
+
+def credentials_from_secret_scope(get_secret: Callable[[str, str], str], mixpanel: MixpanelConfig) -> Credentials:
+    """The same credentials from `mixpanel.secret_scope`; `get_secret(scope, key)` returns "" for a missing key."""
+    scope = mixpanel.secret_scope or ""
+    keys = (mixpanel.service_account_user_key, mixpanel.service_account_secret_key, mixpanel.project_token_key)
+    names = tuple(f"key {key!r} of secret scope {scope!r}" for key in keys)
+    return _pick_credentials(*(get_secret(scope, key) for key in keys), names=names, mixpanel=mixpanel)
+
+
+def _pick_credentials(user: str, secret: str, token: str, *, names: Sequence[str], mixpanel: MixpanelConfig
+                      ) -> Credentials:
+    """A service account (user and secret) if either is given, else a project token; errors use `names`."""
+    user_name, secret_name, token_name = names
     if user or secret:
         if not user:
-            raise ConfigError("MP_SERVICE_ACCOUNT_SECRET is set but MP_SERVICE_ACCOUNT_USER is not")
+            raise ConfigError(f"{secret_name} is set but {user_name} is not")
         if not secret:
-            raise ConfigError("MP_SERVICE_ACCOUNT_USER is set but MP_SERVICE_ACCOUNT_SECRET is not")
+            raise ConfigError(f"{user_name} is set but {secret_name} is not")
         if not mixpanel.project_id:
-            raise ConfigError("mixpanel.project_id is required with a service account (MP_SERVICE_ACCOUNT_USER)")
+            raise ConfigError(f"mixpanel.project_id is required with a service account ({user_name})")
         return Credentials("service_account", user, secret)
     if token:
         return Credentials("project_token", token, "")
     raise ConfigError(
-        "no Mixpanel credentials: set MP_SERVICE_ACCOUNT_USER and MP_SERVICE_ACCOUNT_SECRET "
-        "(with mixpanel.project_id), or MP_PROJECT_TOKEN"
+        f"no Mixpanel credentials: set {user_name} and {secret_name} (with mixpanel.project_id), or {token_name}"
     )
 
 

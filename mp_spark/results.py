@@ -10,13 +10,13 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mp_spark.partition import RESULT_SCHEMA, PartitionResult
+from mp_spark.partition import PARTITION_SCHEMA, PartitionResult
+from mp_spark.storage import write_text
 
 REJECTED_SCHEMA = T.StructType([
     T.StructField("stage", T.StringType()),  # "validation" (set aside by the job) or "mixpanel" (refused by /import)
@@ -26,8 +26,6 @@ REJECTED_SCHEMA = T.StructType([
     T.StructField("partition", T.IntegerType()),
     T.StructField("event", T.StringType()),  # the event's JSON line, as sent or as it would have been sent
 ])
-# partitions/ holds the tasks' result rows without the rejections, which go to rejected/.
-PARTITION_SCHEMA = T.StructType([f for f in RESULT_SCHEMA.fields if f.name != "rejections"])
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,9 @@ class Summary:
     imported: int
     rejected: int
     invalid: int
+    trimmed: int  # of the events sent, those with a property value cut to fit Mixpanel's limits
     partitions: int
+    resumed_partitions: int  # of those, the ones an earlier, interrupted attempt of the run finished
     batches: int
     requests: int
     retries: int
@@ -96,15 +96,3 @@ class ResultsWriter:
     def _child(self, name: str) -> str:
         return f"{self.path}/{name}"
 
-
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write one small file through Hadoop's FileSystem, which knows every scheme Spark is set up for."""
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path if urlparse(path).scheme else os.path.abspath(path))
-    filesystem = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    filesystem.setWriteChecksum(False)  # no .crc beside the file on local disks
-    stream = filesystem.create(hadoop_path, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()

@@ -4,6 +4,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from mp_spark.session import local_builder
+from tests.fake_mixpanel import FakeMixpanel
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,17 @@ def spark() -> Iterator[SparkSession]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture
+def mixpanel() -> Iterator[FakeMixpanel]:
+    """A Mixpanel-compatible /import server on 127.0.0.1, with strict validation and fault injection."""
+    with FakeMixpanel() as server:
+        yield server
+
+
+@pytest.fixture
+def service_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MP_PROJECT_TOKEN", raising=False)
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_USER", "sa-user")
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "sa-secret")

@@ -74,6 +74,8 @@ class Faults:
     rate_drop: float = 0.0  # connection closed without any response, after the body was read
     latency_s: float = 0.0  # added to every /import response
     retry_after_s: float | None = None  # when set, every 429 carries `Retry-After: <value>`
+    refuse_event: str | None = None  # events of this name go to failed_records (a rule the job cannot know)
+    revoke_after_requests: int | None = None  # then every request gets 401, as if the credentials were revoked
     seed: int = 0
 
 
@@ -364,6 +366,7 @@ class FakeMixpanel:
         with self._lock:
             self._faults = faults
             self._rng = random.Random(faults.seed)
+            self._requests_since_faults = 0
 
     @property
     def faults(self) -> Faults:
@@ -513,6 +516,12 @@ class FakeMixpanel:
             return project_id in (None, self.project_id)
         return False
 
+    def _revoked(self) -> bool:
+        with self._lock:
+            self._requests_since_faults += 1
+            limit = self._faults.revoke_after_requests
+            return limit is not None and self._requests_since_faults > limit
+
     def _admit(self, n: int) -> bool:
         with self._lock:
             self._stats.max_events_per_request = max(self._stats.max_events_per_request, n)
@@ -522,6 +531,12 @@ class FakeMixpanel:
         """Validate and store; returns (num_records_imported, failed_records)."""
         now_ms = int(time.time() * 1000)
         problems = [validate_event(ev, now_ms) for ev in events]  # outside the lock: it can be slow
+        refuse = self.faults.refuse_event
+        problems = [
+            ("event", f"'event' is refused by this server: {refuse!r}")
+            if problem is None and refuse is not None and ev.get("event") == refuse else problem
+            for ev, problem in zip(events, problems, strict=True)
+        ]
         failed: list[dict[str, Any]] = []
         imported = 0
         with self._lock:
@@ -628,7 +643,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         query = parse_qs(urlsplit(self.path).query)
         project_id = query.get("project_id", [None])[0]
-        if not fake._authorized(self.headers.get("Authorization"), project_id):
+        if fake._revoked() or not fake._authorized(self.headers.get("Authorization"), project_id):
             return _Reply(401, UNAUTHORIZED)
         if query.get("strict", [None])[0] != "1":
             return _bad_request("strict=1 is required: this server only supports strict mode")

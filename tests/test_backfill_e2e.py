@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import types
 from pathlib import Path
 
 import pytest
@@ -20,19 +20,6 @@ FAST_RETRIES = [
     "mixpanel.backoff_initial_s=0.01", "mixpanel.backoff_max_s=0.05",
     "mixpanel.jitter_min_s=0", "mixpanel.jitter_max_s=0.01", "mixpanel.max_attempts=10",
 ]
-
-
-@pytest.fixture
-def mixpanel() -> Iterator[FakeMixpanel]:
-    with FakeMixpanel() as server:
-        yield server
-
-
-@pytest.fixture
-def service_account(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MP_PROJECT_TOKEN", raising=False)
-    monkeypatch.setenv("MP_SERVICE_ACCOUNT_USER", "sa-user")
-    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "sa-secret")
 
 
 @pytest.fixture(scope="module")
@@ -132,26 +119,25 @@ def test_backfill_sets_aside_invalid_rows_and_records_mixpanel_rejections(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
     rows = [
-        ("u1", "Page View", 1_717_200_000, None),
-        ("u2", "Page View", 1_717_200_001, None),
-        (None, "Page View", 1_717_200_002, None),  # invalid: no distinct_id
-        ("u3", "Page View", 1_000, None),  # invalid: before 1971
-        ("anonymous", "Sign Up", 1_717_200_003, None),  # invalid: placeholder id
-        ("u4", "Page View", 1_717_200_004, '{"a":{"b":{"c":{"d":1}}}}'),  # Mixpanel refuses: nested too deep
+        ("u1", "Page View", 1_717_200_000),
+        ("u2", "Page View", 1_717_200_001),
+        (None, "Page View", 1_717_200_002),  # invalid: no distinct_id
+        ("u3", "Page View", 1_000),  # invalid: before 1971
+        ("anonymous", "Sign Up", 1_717_200_003),  # invalid: placeholder id
+        ("u4", "Refused", 1_717_200_004),  # valid, but Mixpanel refuses it (a rule the job does not know)
     ]
     source = tmp_path / "mixed"
-    (spark.createDataFrame(rows, "user_id string, event_name string, ts long, nested string")
-     .withColumn("nested", F.from_json("nested", "a struct<b: struct<c: struct<d: int>>>"))
-     .write.parquet(str(source)))
+    spark.createDataFrame(rows, "user_id string, event_name string, ts long").write.parquet(str(source))
     config = write_config(tmp_path, "parquet", str(source), mixpanel)
+    mixpanel.set_faults(Faults(refuse_event="Refused"))
 
-    assert run_job(config, "mapping.include_columns=[nested]") == 1
+    assert run_job(config, "mapping.include_columns=[]") == 1
 
     summary = summary_of(tmp_path)
     assert (summary["rows_read"], summary["imported"], summary["rejected"], summary["invalid"]) == (6, 2, 1, 3)
     rejected = spark.read.json(str(tmp_path / "results" / "rejected")).collect()
     assert sorted((r.stage, r.field) for r in rejected) == [
-        ("mixpanel", "properties.nested"), ("validation", "distinct_id"), ("validation", "distinct_id"),
+        ("mixpanel", "event"), ("validation", "distinct_id"), ("validation", "distinct_id"),
         ("validation", "time"),
     ]
     assert all(r.message and r.event for r in rejected)
@@ -298,7 +284,7 @@ def test_backfill_exits_3_when_mixpanel_keeps_failing(
 
     assert exit_code == 3
     assert mixpanel.raw_arrivals == 0
-    assert "rerun" in capsys.readouterr().err
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_backfill_sends_only_the_time_window(
@@ -333,3 +319,81 @@ def test_backfill_recent_first_sends_the_recent_window_before_older_history(
     assert any(ROWS // 10 < k < ROWS - ROWS // 10 for k in splits)
     indexes = [row["index"] for row in spark.read.json(str(tmp_path / "results" / "partitions")).collect()]
     assert sorted(indexes) == list(range(len(indexes)))  # the two phases' partitions numbered apart
+
+
+def test_an_interrupted_run_resumes_without_resending_finished_partitions(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
+    service_account: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    one_request_per_partition = ["mixpanel.max_batch_events=2000", "mixpanel.max_in_flight=2"]  # ~1000 rows each
+    mixpanel.set_faults(Faults(revoke_after_requests=3))  # 3 of the 5 partitions finish, then 401s stop the run
+
+    assert run_job(config, *one_request_per_partition) == 2
+    assert "--resume" in capsys.readouterr().err
+    done_first = {json.loads(line)["index"]: json.loads(line)["rows"]
+                  for f in (tmp_path / "results" / "done").iterdir() for line in f.read_text().splitlines()}
+    assert len(done_first) == 3 and sum(done_first.values()) == mixpanel.raw_arrivals
+    arrived_first = mixpanel.raw_arrivals
+    mixpanel.set_faults(Faults())  # the credentials work again
+
+    assert main(["--resume", str(tmp_path / "results"), *[arg for s in FAST_RETRIES for arg in ("--set", s)]]) == 0
+
+    assert received_keys(mixpanel) == expected_keys(events)
+    assert mixpanel.raw_arrivals - arrived_first == ROWS - sum(done_first.values())  # finished ones not resent
+    summary = summary_of(tmp_path)
+    assert (summary["rows_read"], summary["imported"], summary["partitions"], summary["resumed_partitions"]) == (
+        ROWS, ROWS, 5, 3)
+    partitions = spark.read.json(str(tmp_path / "results" / "partitions"))
+    assert partitions.count() == 5 and partitions.agg(F.sum("imported")).first()[0] == ROWS
+
+
+def test_progress_is_logged_while_the_run_goes(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mixpanel.set_faults(Faults(latency_s=0.2))  # slow enough for several ticks
+    with caplog.at_level("INFO", logger="mp_spark.progress"):
+        assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel),
+                       "job.progress_interval_s=0.5") == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert len(lines) >= 3
+    assert lines[-1].startswith(f"progress: 100% ({ROWS:,} of {ROWS:,} rows): {ROWS:,} imported")
+    assert "5 of 5 partitions done" in lines[-1]
+    assert any("left" in line for line in lines[:-1])
+
+
+def test_config_is_read_through_spark_when_it_is_a_url(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    assert run_job(Path(config).as_uri()) == 0  # file:///...: Hadoop's FileSystem, as for s3:// or dbfs:/
+    assert summary_of(tmp_path)["imported"] == ROWS
+    assert run_job("file:///nowhere/backfill.yaml") == 2
+
+
+def test_credentials_come_from_a_databricks_secret_scope(
+    monkeypatch: pytest.MonkeyPatch, sources: dict[str, str], mixpanel: FakeMixpanel, tmp_path: Path,
+) -> None:
+    """dbutils exists only on Databricks: a stand-in with the same shape is put where the job imports it."""
+    for name in ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    scopes = {"mixpanel": {"sa-user-key": "sa-user", "service-account-secret": "sa-secret"}}
+
+    class Secrets:
+        def get(self, scope: str, key: str) -> str:
+            if key not in scopes.get(scope, {}):
+                raise ValueError(f"Secret does not exist with scope: {scope} and key: {key}")
+            return scopes[scope][key]
+
+    class DBUtils:
+        def __init__(self, spark: SparkSession) -> None:
+            self.secrets = Secrets()
+
+    monkeypatch.setitem(sys.modules, "pyspark.dbutils", types.SimpleNamespace(DBUtils=DBUtils))
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    scope = ["mixpanel.secret_scope=mixpanel", "mixpanel.service_account_user_key=sa-user-key"]
+
+    assert run_job(config, *scope) == 0
+    assert summary_of(tmp_path)["imported"] == ROWS
+    assert run_job(config, "mixpanel.secret_scope=elsewhere") == 2  # no such scope: named in the error
