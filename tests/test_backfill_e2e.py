@@ -397,3 +397,16 @@ def test_credentials_come_from_a_databricks_secret_scope(
     assert run_job(config, *scope) == 0
     assert summary_of(tmp_path)["imported"] == ROWS
     assert run_job(config, "mixpanel.secret_scope=elsewhere") == 2  # no such scope: named in the error
+
+
+def test_backfill_reads_a_catalog_table(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
+    service_account: None, tmp_path: Path,
+) -> None:
+    """source.table, as on Databricks with Unity Catalog (here the session's own catalog)."""
+    spark.sql(f"CREATE TABLE IF NOT EXISTS backfill_events USING delta LOCATION '{sources['delta']}'")
+    config = write_config(tmp_path, "delta", sources["delta"], mixpanel)
+
+    assert run_job(config, "source.path=null", "source.table=backfill_events") == 0
+    assert received_keys(mixpanel) == expected_keys(events)
+    assert run_job(config, "source.path=null", "source.table=no_such_table") == 2
