@@ -1,11 +1,12 @@
 # Two commands for a new machine (Python 3.10+, Java 17+):
 #   make sample   set up, then run the backfill on the bundled sample (local Spark, --dry-run)
 #   make test     set up, then run the test suite
+#   make dist     build the wheel and the zip for clusters (README: "Running on a cluster")
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sample test
+.PHONY: setup sample test dist
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,3 +20,12 @@ sample: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# dist/mp_spark-<version>-py3-none-any.whl for Databricks (or pip) and dist/mp_spark.zip for
+# spark-submit --py-files, which takes .zip but not .whl: the zip is the wheel's mp_spark/, nothing else.
+# build/ goes first because setuptools would otherwise put modules deleted since the last build in the wheel.
+dist:
+	rm -rf build dist
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(PYTHON) -m zipfile -e dist/mp_spark-*.whl build/wheel
+	$(PYTHON) -m zipfile -c dist/mp_spark.zip build/wheel/mp_spark

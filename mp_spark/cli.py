@@ -108,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK if all_imported else EXIT_SOME_NOT_IMPORTED
 
 
+def run() -> None:
+    """The console script (and Databricks' wheel task): the exit code must reach the caller, so raise it."""
+    raise SystemExit(main())
+
+
 def config_error(exc: Exception) -> int:
     print(f"mp-spark: config error: {exc}", file=sys.stderr)
     return EXIT_CONFIG

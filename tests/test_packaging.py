@@ -1,0 +1,89 @@
+"""The packaged job as a cluster runs it: `make dist`, then spark-submit with mp_spark only in the zip.
+
+The end-to-end test takes about a minute and a half: it creates a fresh virtual environment with the
+runtime dependencies only (pip's cache makes the pyspark download a one-time cost) and runs the bundled
+sample through that environment's spark-submit.
+"""
+
+import email
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DIST = REPO / "dist"
+
+
+@pytest.fixture(scope="module")
+def wheel() -> Path:
+    """Build dist/ with the README's command; the wheel's path."""
+    build = subprocess.run(["make", "dist", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (path,) = DIST.glob("mp_spark-*-py3-none-any.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runtime_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh virtual environment holding what a cluster provides, and not mp_spark."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
+    python = root / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *runtime_requirements(wheel)],
+                             capture_output=True, text=True, timeout=1800)
+    assert install.returncode == 0, install.stderr[-3000:]
+    return python
+
+
+def runtime_requirements(wheel: Path) -> list[str]:
+    """The wheel's own dependencies, plus the pyspark that the `local` extra pins (the cluster's Spark)."""
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requirements = email.message_from_bytes(archive.read(name)).get_all("Requires-Dist")
+    # Unconditional ones have no marker; extras look like `pyspark==4.2.0; extra == "local"`.
+    unconditional = [r for r in requirements if ";" not in r]
+    pyspark = [r.split(";")[0].strip() for r in requirements if r.startswith("pyspark")]
+    return unconditional + pyspark
+
+
+def test_dist_zip_holds_exactly_the_wheels_package(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as whl, zipfile.ZipFile(DIST / "mp_spark.zip") as zipped:
+        wheel_modules = {n for n in whl.namelist() if n.startswith("mp_spark/")}
+        zip_files = {n for n in zipped.namelist() if not n.endswith("/")}
+        (entry_points,) = [whl.read(n).decode() for n in whl.namelist() if n.endswith(".dist-info/entry_points.txt")]
+
+    source_modules = {p.relative_to(REPO).as_posix() for p in (REPO / "mp_spark").glob("*.py")}
+    assert zip_files == wheel_modules == source_modules
+    assert "mp-spark-backfill = mp_spark.cli:run" in entry_points  # the Databricks python_wheel_task entry point
+
+
+def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python: Path, tmp_path: Path) -> None:
+    # Nothing may point Spark or Python back at this repository or its .venv.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "SPARK_HOME") and not k.startswith("PYSPARK_")}
+    env["PYSPARK_PYTHON"] = str(runtime_python)  # the driver's and the workers' interpreter
+    # The premise: run from tmp_path, this interpreter cannot import mp_spark. Local Spark starts its
+    # Python workers in the driver's working directory, so they too can only find mp_spark in the zip.
+    assert subprocess.run([str(runtime_python), "-c", "import mp_spark"], cwd=tmp_path, env=env,
+                          capture_output=True).returncode != 0
+
+    result = subprocess.run(
+        [str(runtime_python.parent / "spark-submit"), "--master", "local[2]", "--py-files", str(DIST / "mp_spark.zip"),
+         str(REPO / "jobs" / "backfill.py"), "--config", str(REPO / "conf" / "sample.yaml"), "--dry-run",
+         "--set", f"source.path={REPO / 'data' / 'sample_events.json.gz'}",
+         "--set", f"job.results_path={tmp_path / 'results'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"rows read +3,000\n", out) and re.search(r"would import +3,000\n", out)
+    assert re.search(r"invalid +0 ", out) and re.search(r"rejected +0 ", out)
+    # Tallies from the executors' mp_spark.partition code, unpickled in the workers from the zip.
+    assert "3 partitions, 3 batches, 3 requests, 0 retries" in out
