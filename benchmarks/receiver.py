@@ -35,6 +35,7 @@ class State:
             self.refilled = time.monotonic()
             self.events = self.requests = self.throttled = self.in_flight = self.peak_in_flight = 0
             self.first_at = self.last_at = 0.0  # first request in, last answer out: the sending phase
+            self.timeline = []  # (seconds since the first request, events admitted, or -1 for a 429)
 
     def admit_batch(self, events: int) -> bool:
         with self.lock:
@@ -51,7 +52,8 @@ class State:
     def stats(self) -> dict:
         with self.lock:
             return {"events": self.events, "requests": self.requests, "throttled": self.throttled,
-                    "peak_in_flight": self.peak_in_flight, "sending_s": self.last_at - self.first_at}
+                    "peak_in_flight": self.peak_in_flight, "sending_s": self.last_at - self.first_at,
+                    "timeline": list(self.timeline)}
 
 
 STATE = State()
@@ -86,15 +88,17 @@ class Handler(BaseHTTPRequestHandler):
             STATE.peak_in_flight = max(STATE.peak_in_flight, STATE.in_flight)
         try:
             raw = zlib.decompress(body, 31) if self.headers.get("Content-Encoding") == "gzip" else body
-            events = raw.count(b"\n") + 1
+            events = raw.count(b"\n") + (not raw.endswith(b"\n"))  # ndjson may or may not end with one
             if STATE.latency_s:
                 time.sleep(STATE.latency_s)
             if not STATE.admit_batch(events):
                 with STATE.lock:
                     STATE.throttled += 1
+                    STATE.timeline.append((round(time.monotonic() - STATE.first_at, 2), -1))
                 return self._answer(429, RATE_LIMITED)
             with STATE.lock:
                 STATE.events += events
+                STATE.timeline.append((round(time.monotonic() - STATE.first_at, 2), events))
             self._answer(200, OK_BODY.format(events).encode())
         finally:
             with STATE.lock:

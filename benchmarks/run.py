@@ -226,7 +226,11 @@ def main() -> None:
 
 def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url: str, receiver_pid: int
                   ) -> dict[str, dict]:
+    receiver_settings: dict = {}
+
     def configure(**settings: object) -> None:
+        receiver_settings.clear()
+        receiver_settings.update(settings)
         requests.post(url + "/configure", json=settings).raise_for_status()
 
     def job(name: str, dry_run: bool = False, **mixpanel: object) -> dict:
@@ -235,6 +239,9 @@ def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url
         with Probe(receiver_pid) as probe:
             summary = run_backfill(spark, config, TOKEN, options)
         stats = requests.get(url).json()
+        if "admit_events_per_second" in receiver_settings:
+            print(f"{name}: thousands of events admitted in each second of sending, ! for each 429:")
+            print(timeline_text(stats["timeline"]))
         assert summary.balanced and summary.imported == args.events, summary
         return measure(probe, args.events, stats, retries=summary.retries)
 
@@ -265,6 +272,19 @@ def naive(spark: SparkSession, data: Path, url: str, receiver_pid: int, events: 
     stats = requests.get(url).json()
     assert stats["events"] == events, stats
     return measure(probe, events, stats, retries=0)
+
+
+def timeline_text(timeline: list[list[float]]) -> str:
+    """The receiver's (seconds since its first request, events admitted or -1 for a 429) as one line."""
+    admitted: dict[int, int] = {}
+    throttled: dict[int, int] = {}
+    for at, events in timeline:
+        if events < 0:
+            throttled[int(at)] = throttled.get(int(at), 0) + 1
+        else:
+            admitted[int(at)] = admitted.get(int(at), 0) + int(events)
+    seconds = range(max([*admitted, *throttled], default=0) + 1)
+    return " ".join(f"{admitted.get(i, 0) // 1000}" + "!" * throttled.get(i, 0) for i in seconds)
 
 
 def measure(probe: Probe, events: int, receiver: dict, retries: int) -> dict:

@@ -211,6 +211,7 @@ class BatchSender:
 
     def _post_with_retries(self, body: bytes, events: int, tally: SendTally) -> Response:
         settings = self._settings
+        paced_retry_left = settings.pacing
         for attempt in range(1, settings.max_attempts + 1):
             epoch = self._pacer.wait_turn(events)
             if self._stop.is_set():  # checked after the wait: a sibling may have failed meanwhile
@@ -232,9 +233,15 @@ class BatchSender:
                 retry_after = retry_after_s(response.headers)
             if attempt == settings.max_attempts:
                 raise RetriesExhaustedError(f"gave up after {attempt} attempts; last: {problem}")
-            # Retry-After (never seen from Mixpanel so far) is honoured within our own backoff's bounds.
-            wait_s = (min(retry_after, settings.backoff_max_s) if retry_after is not None
-                      else self.backoff_s(attempt))
+            if retry_after is not None:  # never seen from Mixpanel so far; honoured within our backoff's bounds
+                wait_s = min(retry_after, settings.backoff_max_s)
+            elif problem == "HTTP 429" and paced_retry_left:
+                # The pacer has just slowed down and spaces the retry itself: a batch's first 429 waits only
+                # for it. Sleeping seconds more would hold a request slot idle, and at the end of a partition
+                # the whole task. A second 429 for the same batch backs off as Mixpanel advises.
+                wait_s, paced_retry_left = 0.0, False
+            else:
+                wait_s = self.backoff_s(attempt)
             log.warning("/import attempt %d failed (%s); retrying in %.1f s", attempt, problem, wait_s)
             tally.retries += 1
             self._sleep(wait_s)

@@ -221,3 +221,14 @@ def test_for_run_splits_the_job_budgets_between_concurrent_tasks() -> None:
     assert (capped.run_id, capped.in_flight, capped.max_events_per_second, capped.rate_share) == ("r1", 5, 5000, 5000)
     many = SETTINGS.for_run("r1", 40, MixpanelConfig(rate_limit_events_per_second=60_000))
     assert (many.in_flight, many.max_events_per_second, many.rate_share) == (1, None, 1500)
+
+
+def test_with_pacing_a_batch_s_first_429_waits_only_for_the_pacer_and_a_second_backs_off() -> None:
+    transport, waits = ScriptedTransport(status(429), status(429), ok()), []
+    paced = dataclasses.replace(SETTINGS, pacing=True, rate_share=1e9)  # too fast for the pacer itself to wait
+    sender = BatchSender(paced, transport, sleep=waits.append,
+                         rng=random.Random(1))
+    tally = send(sender, 1)
+    assert tally.imported == 1 and tally.retries == 2
+    assert waits[0] == 0.0  # the pacer, cut by the 429, spaces the retry
+    assert waits[1] >= 4 + 1  # attempt 2: 4 s doubling backoff plus at least 1 s of jitter
