@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -62,6 +63,14 @@ RATE_LIMITED = {
     "status": "Too Many Requests",
 }
 _5XX_STATUS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_STATUS_TEXT = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Request Entity Too Large",
+    429: "Too Many Requests",
+    **_5XX_STATUS,
+}
 
 
 @dataclass
@@ -185,24 +194,32 @@ def _reject_constant(name: str) -> Any:
 
 
 def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _text(body: bytes) -> str:
+    # surrogateescape turns bad UTF-8 bytes into lone surrogates: validation then fails that item only
+    return body.decode("utf-8", errors="surrogateescape")
+
+
+def _json_array(text: str, items: str) -> list[Any]:
+    value = _loads(text)
+    if not isinstance(value, list):
+        raise ValueError(f"application/json body must be a JSON array of {items}")
+    return value
 
 
 def _parse_events(body: bytes, content_type: str) -> list[Any]:
     """Parse an /import body into a list of events; raises ValueError when it is not parseable."""
-    # surrogateescape turns bad UTF-8 bytes into lone surrogates: validation then fails that event only
-    text = body.decode("utf-8", errors="surrogateescape")
-    try:
-        if content_type == "application/x-ndjson":
-            # split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings
-            return [_loads(line) for line in text.split("\n") if line.strip()]
-        if content_type == "application/json":
-            events = _loads(text)
-            if not isinstance(events, list):
-                raise ValueError("application/json body must be a JSON array of events")
-            return events
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    text = _text(body)
+    if content_type == "application/x-ndjson":
+        # split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings
+        return [_loads(line) for line in text.split("\n") if line.strip()]
+    if content_type == "application/json":
+        return _json_array(text, "events")
     raise ValueError(
         f"unsupported Content-Type {content_type!r}; use application/json or application/x-ndjson"
     )
@@ -214,22 +231,39 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
+def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding (gzip or none), inflating at most limit + 1 bytes; ValueError if impossible."""
+    if encoding == "gzip":
+        try:
+            return _gunzip(body, limit)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; truncation: EOFError
+            raise ValueError("unable to decompress body: invalid gzip data") from exc
+    if encoding in ("", "identity"):
+        return body
+    raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _error_body(status: int, error: str) -> dict[str, Any]:
+    """The {code, error, status} shape Mixpanel uses for /import and /lookup-tables errors."""
+    return {"code": status, "error": error, "status": _STATUS_TEXT[status]}
+
+
+def _too_large(limit: int) -> _Reply:
+    return _Reply(413, _error_body(413, f"request exceeds max limit of {limit} bytes"))
+
+
 def _bad_request(error: str) -> _Reply:
-    body = {
-        "code": 400,
-        "error": error,
-        "status": "Bad Request",
-        "num_records_imported": 0,
-        "failed_records": [],
-    }
-    return _Reply(400, body)
+    return _Reply(400, {**_error_body(400, error), "num_records_imported": 0, "failed_records": []})
 
 
 @dataclass
 class _Reply:
     status: int
     body: dict[str, Any]
-    validated: bool = False  # True once events were validated and stored (a 503-after-import may follow)
+    applied: bool = False  # True once the request's data was stored (a 503-after-import may follow)
+
+
+_Route = tuple[str, Callable[[bytes], _Reply]]  # (the HTTP method a path takes, the function that answers it)
 
 
 @dataclass
@@ -467,14 +501,16 @@ class FakeMixpanel:
         with self._lock:
             self._stats.statuses[status] += 1
 
-    def _enter_import(self, gzipped: bool) -> None:
+    def _enter(self, import_gzipped: bool | None) -> None:
+        """A data request starts; import_gzipped is None for endpoints other than /import."""
         with self._lock:
             stats = self._stats
             stats.in_flight += 1
             stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
-            stats.all_gzip = stats.all_gzip and gzipped
+            if import_gzipped is not None:
+                stats.all_gzip = stats.all_gzip and import_gzipped
 
-    def _exit_import(self) -> None:
+    def _exit(self) -> None:
         with self._lock:
             self._stats.in_flight -= 1
 
@@ -571,7 +607,6 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so a requests.Session reuses connections
     disable_nagle_algorithm = True  # headers and body go out as two writes: avoid delayed-ACK stalls
-    disable_nagle_algorithm = True  # headers and body are separate writes; Nagle would add ~40 ms each
     server: _Server
 
     def setup(self) -> None:
@@ -587,30 +622,37 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output quiet
 
-    def do_POST(self) -> None:
-        if urlsplit(self.path).path == "/import":
-            self._handle_import()
-        else:
-            self._handle_other()
+    def _dispatch(self) -> None:
+        path = urlsplit(self.path).path
+        route = self._route(path)
+        if route is None or route[0] != self.command:
+            self._handle_other(route)
+            return
+        gzipped = self._content_encoding() == "gzip"
+        self._handle(route[1], import_gzipped=gzipped if path == "/import" else None)
 
-    def do_GET(self) -> None:
-        self._handle_other()
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
-    do_PUT = do_DELETE = do_PATCH = do_GET
+    def _route(self, path: str) -> _Route | None:
+        """The route for `path`, or None when the path is unknown."""
+        if path == "/import":
+            return "POST", self._process_import
+        return None
 
-    def _handle_other(self) -> None:
+    def _handle_other(self, route: _Route | None) -> None:
         self.server.fake._count_request()
         if self._read_body() is None:
             return
-        if urlsplit(self.path).path == "/import":
-            self._send(405, {"code": 405, "error": "use POST", "status": "Method Not Allowed"})
+        if route is None:
+            self._send(404, _error_body(404, f"no route for {self.path}"))
         else:
-            self._send(404, {"code": 404, "error": f"no route for {self.path}", "status": "Not Found"})
+            self._send(405, _error_body(405, f"use {route[0]}"))
 
-    def _handle_import(self) -> None:
+    def _handle(self, process: Callable[[bytes], _Reply], import_gzipped: bool | None) -> None:
+        """Count, read, inject faults, then answer with process(body): shared by every data endpoint."""
         fake = self.server.fake
         fake._count_request()
-        fake._enter_import(self._content_encoding() == "gzip")
+        fake._enter(import_gzipped)
         try:
             body = self._read_body()  # always read it all, so an early answer keeps the connection usable
             if body is None:
@@ -627,18 +669,18 @@ class _Handler(BaseHTTPRequestHandler):
             if decision.kind == "5xx":
                 self._send_5xx(decision.status)
                 return
-            reply = self._process(body)
+            reply = process(body)
             if reply.status == 429:
                 self._send(429, reply.body, self._retry_after(decision))
-            elif reply.validated and decision.after_import:
+            elif reply.applied and decision.after_import:
                 fake._note_injected("5xx_after_import")
                 self._send_5xx(503)
             else:
                 self._send(reply.status, reply.body)
         finally:
-            fake._exit_import()
+            fake._exit()
 
-    def _process(self, body: bytes) -> _Reply:
+    def _process_import(self, body: bytes) -> _Reply:
         """Auth, strict, decode, size, parse, admission, then validate and store, in that order."""
         fake = self.server.fake
         query = parse_qs(urlsplit(self.path).query)
@@ -648,17 +690,12 @@ class _Handler(BaseHTTPRequestHandler):
         if query.get("strict", [None])[0] != "1":
             return _bad_request("strict=1 is required: this server only supports strict mode")
 
-        encoding = self._content_encoding()
-        if encoding == "gzip":
-            try:
-                body = _gunzip(body, fake.max_body_bytes)
-            except (OSError, EOFError, zlib.error):  # BadGzipFile is an OSError; truncation: EOFError
-                return _bad_request("unable to decompress body: invalid gzip data")
-        elif encoding not in ("", "identity"):
-            return _bad_request(f"unsupported Content-Encoding {encoding!r}")
+        try:
+            body = _decode(body, self._content_encoding(), fake.max_body_bytes)
+        except ValueError as exc:
+            return _bad_request(str(exc))
         if len(body) > fake.max_body_bytes:
-            error = f"request exceeds max limit of {fake.max_body_bytes} bytes"
-            return _Reply(413, {"code": 413, "error": error, "status": "Request Entity Too Large"})
+            return _too_large(fake.max_body_bytes)
 
         try:
             events = _parse_events(body, self.headers.get_content_type())
@@ -674,9 +711,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         imported, failed = fake._import(events)
         if not failed:
-            return _Reply(
-                200, {"code": 200, "num_records_imported": imported, "status": "OK"}, validated=True
-            )
+            return _Reply(200, {"code": 200, "num_records_imported": imported, "status": "OK"}, applied=True)
         body_400 = {
             "code": 400,
             "error": "some data points in the request failed validation",
@@ -684,7 +719,7 @@ class _Handler(BaseHTTPRequestHandler):
             "num_records_imported": imported,
             "failed_records": failed,
         }
-        return _Reply(400, body_400, validated=True)
+        return _Reply(400, body_400, applied=True)
 
     # ---- wire helpers ------------------------------------------------------------------------------------
 
@@ -732,8 +767,7 @@ class _Handler(BaseHTTPRequestHandler):
         return {"Retry-After": f"{decision.retry_after_s:g}"}
 
     def _send_5xx(self, status: int) -> None:
-        error = "the server encountered an error, please retry"
-        self._send(status, {"code": status, "error": error, "status": _5XX_STATUS[status]})
+        self._send(status, _error_body(status, "the server encountered an error, please retry"))
 
     def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self.server.fake._count_status(status)
