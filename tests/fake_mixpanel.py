@@ -1,13 +1,28 @@
-"""A loopback HTTP server that answers POST /import the way Mixpanel does, for end-to-end tests.
+"""A loopback HTTP server that answers Mixpanel's ingestion API the way Mixpanel does, for end-to-end tests.
 
-Rules follow /work/shared/reference/mixpanel-import-api.md (sections 1-5). Faults (drops, 429, 5xx,
-latency) can be injected at run time. Standard library only.
+POST /import follows /work/shared/reference/mixpanel-import-api.md (sections 1-5). Faults (drops, 429, 5xx,
+latency) can be injected at run time, into every endpoint below. Standard library only.
+
+POST /engage and POST /groups (user and group profile batch updates):
+- verbose=1 is required (else 400); the body is a plain JSON array of 1-2000 updates, each at most 1 MB.
+  Content-Encoding: gzip gets 400: Mixpanel documents that profile-set takes no gzip, and this fake treats
+  the batch endpoints the same. Whole-request errors answer 400 {"error": ..., "status": 0}.
+- One invalid update fails the whole batch: 200 {"error": "update <index>: <problem>", "status": 0}, and
+  nothing from it is applied. Mixpanel only documents that it answers 200 even when data fails validation;
+  all-or-nothing is this fake's assumption.
+- A missing or empty $token makes the update invalid, with Mixpanel's measured message "$token, missing or
+  empty". Another project's token is accepted (200, status 1) but never applied here: Mixpanel matches
+  tokens to projects after answering, and documents that its 200 "does not signify a valid project token".
+  `foreign_token_updates` counts such updates.
+- Valid batches are applied in arrival order to `profiles` / `group_profiles` (apply_profile_operation).
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import copy
+import functools
 import gzip
 import io
 import json
@@ -56,6 +71,14 @@ PLACEHOLDER_IDS = frozenset(
 )
 _SURROGATE = re.compile("[\ud800-\udfff]")  # invalid UTF-8 bytes decode to lone surrogates
 
+MAX_UPDATES = 2000  # /engage and /groups: updates per request
+MAX_UPDATE_BYTES = 1_000_000  # /engage and /groups: one update's compact JSON may be at most 1 MB
+ENGAGE_OPERATIONS = frozenset({"$set", "$set_once", "$add", "$union", "$append", "$remove", "$unset", "$delete"})
+GROUP_OPERATIONS = ENGAGE_OPERATIONS - {"$append"}
+_ENGAGE_KEYS = frozenset({"$token", "$distinct_id", "$ip", "$ignore_time", "$ignore_alias"})
+_GROUP_KEYS = frozenset({"$token", "$group_key", "$group_id"})
+_CREATING_OPERATIONS = frozenset({"$set", "$set_once", "$add", "$union", "$append"})  # on a missing profile
+
 UNAUTHORIZED = {"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}
 RATE_LIMITED = {
     "code": 429,
@@ -75,13 +98,13 @@ _STATUS_TEXT = {
 
 @dataclass
 class Faults:
-    """Fault-injection knobs; probabilities are per /import request."""
+    """Fault-injection knobs; probabilities are per request to /import, /engage, /groups or /lookup-tables."""
 
-    rate_429: float = 0.0  # answered 429 before anything is imported
-    rate_5xx: float = 0.0  # answered 500/502/503 (random) before anything is imported
-    rate_5xx_after_import: float = 0.0  # batch IS imported, then answered 503 (client must resend)
+    rate_429: float = 0.0  # answered 429 before anything is stored
+    rate_5xx: float = 0.0  # answered 500/502/503 (random) before anything is stored
+    rate_5xx_after_import: float = 0.0  # the request's data IS stored, then answered 503 (client must resend)
     rate_drop: float = 0.0  # connection closed without any response, after the body was read
-    latency_s: float = 0.0  # added to every /import response
+    latency_s: float = 0.0  # added to every response from those endpoints
     retry_after_s: float | None = None  # when set, every 429 carries `Retry-After: <value>`
     refuse_event: str | None = None  # events of this name go to failed_records (a rule the job cannot know)
     revoke_after_requests: int | None = None  # then every request gets 401, as if the credentials were revoked
@@ -169,6 +192,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _has_surrogate(value: Any) -> bool:
     if isinstance(value, str):
         return bool(_SURROGATE.search(value))
@@ -187,6 +214,133 @@ def _too_deep(value: Any, levels_left: int = MAX_DEPTH) -> bool:
     else:
         return False
     return levels_left == 0 or any(_too_deep(c, levels_left - 1) for c in children)
+
+
+def validate_profile_update(update: Any, *, group: bool = False) -> str | None:
+    """Return what is wrong with one /engage update (a /groups update if `group`), or None if it is valid."""
+    if not isinstance(update, dict):
+        return "update must be a JSON object"
+    token = update.get("$token")
+    if not isinstance(token, str) or not token:
+        return "$token, missing or empty"  # Mixpanel's own wording, see the module docstring
+    problem = _check_group(update) if group else _check_distinct_id(update)
+    if problem:
+        return problem
+    operations = GROUP_OPERATIONS if group else ENGAGE_OPERATIONS
+    allowed = operations | (_GROUP_KEYS if group else _ENGAGE_KEYS)
+    unknown = [key for key in update if key not in allowed]
+    if unknown:
+        return f"unknown key {unknown[0]!r}"
+    ops = [key for key in update if key in operations]
+    if len(ops) != 1:
+        return f"exactly one operation is required ({', '.join(sorted(operations))}); found {len(ops)}"
+    problem = _check_operation(ops[0], update[ops[0]]) or _check_flags(update)
+    if problem:
+        return problem
+    if _has_surrogate(update):
+        return "update is invalid: string should be valid utf8"
+    size = len(json.dumps(update, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_UPDATE_BYTES:
+        return f"update is {size} bytes; must be at most {MAX_UPDATE_BYTES} bytes"
+    return None
+
+
+def _check_distinct_id(update: dict[str, Any]) -> str | None:
+    distinct = update.get("$distinct_id")
+    if distinct is None or distinct == "":
+        return "$distinct_id, missing or empty"
+    if isinstance(distinct, bool) or not isinstance(distinct, (str, int, float)):
+        return "'$distinct_id' is invalid: must be a string or number"
+    if str(distinct).lower() in PLACEHOLDER_IDS:
+        return f"'$distinct_id' is invalid: {distinct!r} is a placeholder"
+    return None
+
+
+def _check_group(update: dict[str, Any]) -> str | None:
+    group_key, group_id = update.get("$group_key"), update.get("$group_id")
+    if group_key is None or group_key == "":
+        return "$group_key, missing or empty"
+    if not isinstance(group_key, str):
+        return "'$group_key' is invalid: must be a string"
+    if group_id is None or group_id == "":
+        return "$group_id, missing or empty"
+    if isinstance(group_id, bool) or not isinstance(group_id, (str, int, float)):
+        return "'$group_id' is invalid: must be a string or number"
+    return None
+
+
+def _check_operation(op: str, value: Any) -> str | None:
+    if op == "$delete":
+        return None  # its value is ignored
+    if op == "$unset":
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return None
+        return "'$unset' is invalid: must be a list of property names"
+    if not isinstance(value, dict):
+        return f"'{op}' is invalid: must be an object"
+    if op == "$add" and not all(_is_number(v) for v in value.values()):
+        return "'$add' is invalid: every value must be a number"
+    if op == "$union" and not all(isinstance(v, list) for v in value.values()):
+        return "'$union' is invalid: every value must be a list"
+    return None
+
+
+def _check_flags(update: dict[str, Any]) -> str | None:
+    if "$ip" in update and not isinstance(update["$ip"], str):
+        return "'$ip' is invalid: must be a string"
+    for flag in ("$ignore_time", "$ignore_alias"):
+        if flag in update and not isinstance(update[flag], bool):
+            return f"'{flag}' is invalid: must be true or false"
+    return None
+
+
+def profile_key(update: dict[str, Any], *, group: bool = False) -> str | tuple[str, str]:
+    """distinct_id of a valid /engage update, or (group_key, group_id) of a /groups one, as strings."""
+    if group:
+        return update["$group_key"], str(update["$group_id"])
+    return str(update["$distinct_id"])
+
+
+def apply_profile_operation(profiles: dict[Any, dict[str, Any]], key: Any, op: str, value: Any) -> None:
+    """Apply one valid operation to profiles[key] the way Mixpanel does.
+
+    $set, $set_once, $add, $union and $append create a missing profile; $remove and $unset leave a missing
+    profile missing. $add, $union, $append and $remove skip a property whose current value has the wrong type
+    (Mixpanel does not document that case).
+    """
+    if op == "$delete":
+        profiles.pop(key, None)
+        return
+    if key not in profiles and op not in _CREATING_OPERATIONS:
+        return
+    props = profiles.setdefault(key, {})
+    if op == "$unset":
+        for name in value:
+            props.pop(name, None)
+        return
+    for name, item in value.items():
+        current = props.get(name)
+        if op == "$set":
+            props[name] = item
+        elif op == "$set_once":
+            props.setdefault(name, item)
+        elif op == "$add" and (current is None or _is_number(current)):
+            props[name] = (0 if current is None else current) + item
+        elif op == "$union" and (current is None or isinstance(current, list)):
+            merged = list(current or [])
+            for element in item:
+                if not any(_same(element, m) for m in merged):
+                    merged.append(element)
+            props[name] = merged
+        elif op == "$append" and (current is None or isinstance(current, list)):
+            props[name] = [*(current or []), item]
+        elif op == "$remove" and isinstance(current, list):
+            props[name] = [element for element in current if not _same(element, item)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    # JSON equality: Python's == says True == 1 and 1 == 1.0
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _reject_constant(name: str) -> Any:
@@ -252,6 +406,11 @@ def _too_large(limit: int) -> _Reply:
     return _Reply(413, _error_body(413, f"request exceeds max limit of {limit} bytes"))
 
 
+def _profile_error(error: str) -> _Reply:
+    """A whole /engage or /groups request refused, in the {error, status} shape those endpoints use."""
+    return _Reply(400, {"error": error, "status": 0})
+
+
 def _bad_request(error: str) -> _Reply:
     return _Reply(400, {**_error_body(400, error), "num_records_imported": 0, "failed_records": []})
 
@@ -291,6 +450,11 @@ class _Stats:
     max_concurrent: int = 0
     admission_429s: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    group_profiles: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    engage_updates: int = 0
+    group_updates: int = 0
+    foreign_token_updates: int = 0
 
 
 class _TokenBucket:
@@ -312,7 +476,7 @@ class _TokenBucket:
 
 
 class FakeMixpanel:
-    """Mixpanel-compatible /import server on 127.0.0.1 (ephemeral port), run in a background thread.
+    """Mixpanel-compatible ingestion server on 127.0.0.1 (ephemeral port), run in a background thread.
 
     Use as a context manager or call start()/stop(). Every statistic attribute returns a thread-safe snapshot.
     """
@@ -408,7 +572,7 @@ class FakeMixpanel:
             return self._faults
 
     def reset(self) -> None:
-        """Clear stored events and statistics, and refill the admission bucket."""
+        """Clear stored events, profiles and statistics, and refill the admission bucket."""
         with self._lock:
             in_flight = self._stats.in_flight  # requests still running will decrement it
             self._stats = _Stats(in_flight=in_flight)
@@ -467,7 +631,7 @@ class FakeMixpanel:
 
     @property
     def max_concurrent(self) -> int:
-        """Most /import requests being handled at the same moment."""
+        """Most requests to /import, /engage, /groups and /lookup-tables being handled at the same moment."""
         with self._lock:
             return self._stats.max_concurrent
 
@@ -482,6 +646,36 @@ class FakeMixpanel:
         """Every failed_records entry returned, each with the offending event added under "event"."""
         with self._lock:
             return list(self._stats.rejected)
+
+    @property
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        """distinct_id -> properties, after every /engage batch accepted so far (a deep copy)."""
+        with self._lock:
+            return copy.deepcopy(self._stats.profiles)
+
+    @property
+    def group_profiles(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(group_key, str(group_id)) -> properties, after every /groups batch accepted so far (a deep copy)."""
+        with self._lock:
+            return copy.deepcopy(self._stats.group_profiles)
+
+    @property
+    def engage_updates(self) -> int:
+        """/engage updates applied to this project's profiles, counting repeats."""
+        with self._lock:
+            return self._stats.engage_updates
+
+    @property
+    def group_updates(self) -> int:
+        """/groups updates applied to this project's group profiles, counting repeats."""
+        with self._lock:
+            return self._stats.group_updates
+
+    @property
+    def foreign_token_updates(self) -> int:
+        """/engage and /groups updates accepted with another project's $token, so not applied here."""
+        with self._lock:
+            return self._stats.foreign_token_updates
 
     # ---- used by the handler -----------------------------------------------------------------------------
 
@@ -590,6 +784,24 @@ class FakeMixpanel:
         return imported, failed
 
 
+    def _update_profiles(self, updates: list[dict[str, Any]], *, group: bool) -> None:
+        """Apply a valid batch in order; the lock keeps concurrent batches from interleaving."""
+        operations = GROUP_OPERATIONS if group else ENGAGE_OPERATIONS
+        with self._lock:
+            stats = self._stats
+            store: dict[Any, dict[str, Any]] = stats.group_profiles if group else stats.profiles
+            for update in updates:
+                if update["$token"] != self.project_token:
+                    stats.foreign_token_updates += 1  # another project's data: accepted, never seen here
+                    continue
+                op = next(key for key in update if key in operations)
+                apply_profile_operation(store, profile_key(update, group=group), op, update[op])
+                if group:
+                    stats.group_updates += 1
+                else:
+                    stats.engage_updates += 1
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive handlers must not block interpreter exit
     request_queue_size = 128  # many executors connecting at once must not get ECONNREFUSED
@@ -637,6 +849,8 @@ class _Handler(BaseHTTPRequestHandler):
         """The route for `path`, or None when the path is unknown."""
         if path == "/import":
             return "POST", self._process_import
+        if path in ("/engage", "/groups"):
+            return "POST", functools.partial(self._process_profiles, group=path == "/groups")
         return None
 
     def _handle_other(self, route: _Route | None) -> None:
@@ -720,6 +934,33 @@ class _Handler(BaseHTTPRequestHandler):
             "failed_records": failed,
         }
         return _Reply(400, body_400, applied=True)
+
+    def _process_profiles(self, body: bytes, *, group: bool) -> _Reply:
+        """/engage or /groups: verbose, encoding, parse, count, then validate all and apply all or nothing."""
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query)
+        if query.get("verbose", [None])[0] != "1":
+            return _profile_error(f"verbose=1 is required: this server only answers {path} verbosely")
+        encoding = self._content_encoding()
+        if encoding not in ("", "identity"):
+            return _profile_error(f"Content-Encoding {encoding!r} is not supported by {path}: send plain JSON")
+        content_type = self.headers.get_content_type()
+        if content_type != "application/json":
+            return _profile_error(f"unsupported Content-Type {content_type!r}; use application/json")
+        try:
+            updates = _json_array(_text(body), "updates")
+        except ValueError as exc:
+            return _profile_error(f"unable to parse request body: {exc}")
+        if not updates:
+            return _profile_error("request contains no updates")
+        if len(updates) > MAX_UPDATES:
+            return _profile_error(f"request exceeds max limit of {MAX_UPDATES} updates ({len(updates)} sent)")
+        for index, update in enumerate(updates):
+            problem = validate_profile_update(update, group=group)
+            if problem:
+                return _Reply(200, {"error": f"update {index}: {problem}", "status": 0})
+        self.server.fake._update_profiles(updates, group=group)
+        return _Reply(200, {"error": None, "status": 1}, applied=True)
 
     # ---- wire helpers ------------------------------------------------------------------------------------
 
