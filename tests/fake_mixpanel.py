@@ -15,6 +15,15 @@ POST /engage and POST /groups (user and group profile batch updates):
   tokens to projects after answering, and documents that its 200 "does not signify a valid project token".
   `foreign_token_updates` counts such updates.
 - Valid batches are applied in arrival order to `profiles` / `group_profiles` (apply_profile_operation).
+
+PUT /lookup-tables/{id}?project_id=... (replace a lookup table):
+- Only a service account of this project is accepted; a project token gets the /import 401.
+- The body is text/csv, gzip allowed: over max_lookup_table_bytes uncompressed is 413. The CSV needs a
+  header of unique non-empty names, at least one data row and the same field count on every row (Python's
+  csv module, strict quoting; blank lines skipped); else 400 listing at most 10 bad rows.
+- 200 replaces the whole table; values stay raw strings (Mixpanel's typing of numbers, dates and lists is not
+  modelled). Authenticated PUTs beyond lookup_put_limit get 429: Mixpanel allows 100 per rolling 24 h, the
+  fake counts them since start() or reset(), whatever their answer.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import base64
 import collections
 import copy
+import csv
 import functools
 import gzip
 import io
@@ -37,7 +47,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 MIN_TIME_MS = 31_536_000_000  # 1971-01-01T00:00:00Z: /import rejects anything earlier
 MAX_FUTURE_MS = 3_600_000  # more than 1 hour ahead of the server clock is rejected
@@ -78,6 +88,8 @@ GROUP_OPERATIONS = ENGAGE_OPERATIONS - {"$append"}
 _ENGAGE_KEYS = frozenset({"$token", "$distinct_id", "$ip", "$ignore_time", "$ignore_alias"})
 _GROUP_KEYS = frozenset({"$token", "$group_key", "$group_id"})
 _CREATING_OPERATIONS = frozenset({"$set", "$set_once", "$add", "$union", "$append"})  # on a missing profile
+_LOOKUP_PATH = re.compile(r"/lookup-tables/([^/]+)")
+MAX_BAD_ROWS_LISTED = 10  # a lookup-table 400 lists at most the first 10 bad rows
 
 UNAUTHORIZED = {"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}
 RATE_LIMITED = {
@@ -343,6 +355,38 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def parse_lookup_csv(data: bytes) -> tuple[list[str], list[list[str]]]:
+    """The header and data rows of a lookup-table CSV; ValueError says what is wrong with it.
+
+    Blank lines are skipped (as csv.DictReader does); quoting errors fail the parse (csv strict mode).
+    """
+    try:
+        text = data.decode("utf-8-sig")  # a leading BOM (spreadsheet exports) is not part of the first name
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"CSV is not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records = [(reader.line_num, row) for row in reader if row]
+    except csv.Error as exc:
+        raise ValueError(f"unable to parse CSV at line {reader.line_num}: {exc}") from exc
+    if not records:
+        raise ValueError("CSV is empty: a header row is required")
+    (_, header), rows = records[0], records[1:]
+    if not all(name.strip() for name in header):
+        raise ValueError(f"header has an empty column name: {header!r}")
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"header has duplicate column names: {', '.join(map(repr, duplicates))}")
+    if not rows:
+        raise ValueError("CSV has a header but no data rows")
+    bad = [f"line {line} has {len(row)}" for line, row in rows if len(row) != len(header)]
+    if bad:
+        more = len(bad) - MAX_BAD_ROWS_LISTED
+        listed = "; ".join(bad[:MAX_BAD_ROWS_LISTED]) + (f"; and {more} more" if more > 0 else "")
+        raise ValueError(f"{len(bad)} rows do not have {len(header)} fields like the header: {listed}")
+    return header, [row for _, row in rows]
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")  # Python's json accepts NaN/Infinity; Mixpanel does not
 
@@ -411,6 +455,10 @@ def _profile_error(error: str) -> _Reply:
     return _Reply(400, {"error": error, "status": 0})
 
 
+def _lookup_error(error: str) -> _Reply:
+    return _Reply(400, _error_body(400, error))
+
+
 def _bad_request(error: str) -> _Reply:
     return _Reply(400, {**_error_body(400, error), "num_records_imported": 0, "failed_records": []})
 
@@ -455,6 +503,10 @@ class _Stats:
     engage_updates: int = 0
     group_updates: int = 0
     foreign_token_updates: int = 0
+    lookup_tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    lookup_table_headers: dict[str, list[str]] = field(default_factory=dict)
+    lookup_puts: int = 0
+    lookup_calls: int = 0  # authenticated PUTs, counted against lookup_put_limit
 
 
 class _TokenBucket:
@@ -492,6 +544,8 @@ class FakeMixpanel:
         max_events: int = 2000,
         insert_id_key: str = "insert_id",
         admit_events_per_second: float | None = None,
+        max_lookup_table_bytes: int = 100 * 1024 * 1024,
+        lookup_put_limit: int = 100,
     ) -> None:
         self.project_id = project_id
         self.service_account = service_account
@@ -501,6 +555,9 @@ class FakeMixpanel:
         # failed_records spell it "insert_id" or "$insert_id": both exist in the wild, clients must parse both
         self.insert_id_key = insert_id_key
         self.admit_events_per_second = admit_events_per_second
+        self.max_lookup_table_bytes = max_lookup_table_bytes  # uncompressed CSV; Mixpanel: 100 MB
+        # Mixpanel allows 100 replacements per rolling 24 h; the fake counts since start() or reset()
+        self.lookup_put_limit = lookup_put_limit
         self._lock = threading.Lock()
         self._faults = Faults()
         self._rng = random.Random(0)
@@ -677,6 +734,24 @@ class FakeMixpanel:
         with self._lock:
             return self._stats.foreign_token_updates
 
+    @property
+    def lookup_tables(self) -> dict[str, list[dict[str, str]]]:
+        """Lookup table id -> its rows as {column: raw CSV string}, as last replaced (a deep copy)."""
+        with self._lock:
+            return copy.deepcopy(self._stats.lookup_tables)
+
+    @property
+    def lookup_table_headers(self) -> dict[str, list[str]]:
+        """Lookup table id -> its column names in CSV order."""
+        with self._lock:
+            return copy.deepcopy(self._stats.lookup_table_headers)
+
+    @property
+    def lookup_puts(self) -> int:
+        """Lookup tables replaced (PUTs answered 200, or 503 by a 5xx-after-import fault)."""
+        with self._lock:
+            return self._stats.lookup_puts
+
     # ---- used by the handler -----------------------------------------------------------------------------
 
     def _track_connection(self, conn: socket.socket, opened: bool) -> None:
@@ -729,7 +804,8 @@ class FakeMixpanel:
             if kind == "admission_429":
                 self._stats.admission_429s += 1
 
-    def _authorized(self, header: str | None, project_id: str | None) -> bool:
+    def _authorized(self, header: str | None, project_id: str | None, *, token_ok: bool = True) -> bool:
+        """A service account with this ?project_id=, or (when token_ok) the project token as the user."""
         scheme, _, encoded = (header or "").partition(" ")
         if scheme.lower() != "basic":
             return False
@@ -742,7 +818,7 @@ class FakeMixpanel:
             return False
         if (user, secret) == self.service_account:
             return project_id == self.project_id  # a service account needs ?project_id=
-        if user == self.project_token and secret == "":
+        if token_ok and user == self.project_token and secret == "":
             return project_id in (None, self.project_id)
         return False
 
@@ -802,6 +878,22 @@ class FakeMixpanel:
                     stats.engage_updates += 1
 
 
+    def _take_lookup_call(self) -> bool:
+        """Count an authenticated lookup-table PUT; False once lookup_put_limit of them have been counted."""
+        with self._lock:
+            if self._stats.lookup_calls >= self.lookup_put_limit:
+                return False
+            self._stats.lookup_calls += 1
+            return True
+
+    def _replace_lookup_table(self, table_id: str, header: list[str], rows: list[list[str]]) -> None:
+        table = [dict(zip(header, row, strict=True)) for row in rows]
+        with self._lock:
+            self._stats.lookup_tables[table_id] = table
+            self._stats.lookup_table_headers[table_id] = header
+            self._stats.lookup_puts += 1
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive handlers must not block interpreter exit
     request_queue_size = 128  # many executors connecting at once must not get ECONNREFUSED
@@ -851,6 +943,9 @@ class _Handler(BaseHTTPRequestHandler):
             return "POST", self._process_import
         if path in ("/engage", "/groups"):
             return "POST", functools.partial(self._process_profiles, group=path == "/groups")
+        lookup = _LOOKUP_PATH.fullmatch(path)
+        if lookup:
+            return "PUT", functools.partial(self._process_lookup, table_id=unquote(lookup[1]))
         return None
 
     def _handle_other(self, route: _Route | None) -> None:
@@ -961,6 +1056,32 @@ class _Handler(BaseHTTPRequestHandler):
                 return _Reply(200, {"error": f"update {index}: {problem}", "status": 0})
         self.server.fake._update_profiles(updates, group=group)
         return _Reply(200, {"error": None, "status": 1}, applied=True)
+
+    def _process_lookup(self, body: bytes, *, table_id: str) -> _Reply:
+        """Service-account auth, the PUT limit, type, decode, size, then parse the CSV and replace the table."""
+        fake = self.server.fake
+        project_id = parse_qs(urlsplit(self.path).query).get("project_id", [None])[0]
+        authorization = self.headers.get("Authorization")
+        if fake._revoked() or not fake._authorized(authorization, project_id, token_ok=False):
+            return _Reply(401, UNAUTHORIZED)
+        if not fake._take_lookup_call():
+            error = f"lookup tables may be replaced at most {fake.lookup_put_limit} times per 24 hours"
+            return _Reply(429, _error_body(429, error))
+        content_type = self.headers.get_content_type()
+        if content_type != "text/csv":
+            return _lookup_error(f"unsupported Content-Type {content_type!r}; use text/csv")
+        try:
+            body = _decode(body, self._content_encoding(), fake.max_lookup_table_bytes)
+        except ValueError as exc:
+            return _lookup_error(str(exc))
+        if len(body) > fake.max_lookup_table_bytes:
+            return _too_large(fake.max_lookup_table_bytes)
+        try:
+            header, rows = parse_lookup_csv(body)
+        except ValueError as exc:
+            return _lookup_error(str(exc))
+        fake._replace_lookup_table(table_id, header, rows)
+        return _Reply(200, {"code": 200, "status": "OK"}, applied=True)
 
     # ---- wire helpers ------------------------------------------------------------------------------------
 

@@ -640,3 +640,154 @@ def test_groups_require_verbose_and_cap_batch_at_2000(fake: FakeMixpanel) -> Non
 def test_profile_endpoints_answer_405_to_other_methods(fake: FakeMixpanel, path: str) -> None:
     resp = requests.get(f"{fake.url}{path}?verbose=1", timeout=5)
     assert resp.status_code == 405 and resp.json()["error"] == "use POST"
+
+
+# ---- PUT /lookup-tables/{id} ---------------------------------------------------------------------------
+
+LOOKUP_OK = {"code": 200, "status": "OK"}
+
+
+def put_table(
+    fake: FakeMixpanel,
+    table_id: str,
+    data: str | bytes,
+    *,
+    auth: tuple[str, str] = SA,
+    params: dict[str, str] | None = None,
+    gzipped: bool = False,
+    content_type: str = "text/csv",
+    session: requests.Session | None = None,
+) -> requests.Response:
+    raw = data.encode() if isinstance(data, str) else data
+    headers = {"Content-Type": content_type}
+    if gzipped:
+        raw, headers["Content-Encoding"] = gzip.compress(raw), "gzip"
+    return (session or requests).put(
+        f"{fake.url}/lookup-tables/{table_id}",
+        params={"project_id": "12345"} if params is None else params,
+        data=raw,
+        headers=headers,
+        auth=auth,
+        timeout=5,
+    )
+
+
+def test_lookup_put_stores_rows_as_raw_strings_in_header_order(fake: FakeMixpanel) -> None:
+    resp = put_table(fake, "t1", 'sku,name,price\nA1,"Mug, large",9.50\nB2,,true\n')
+    assert (resp.status_code, resp.json()) == (200, LOOKUP_OK)
+    assert fake.lookup_tables == {
+        "t1": [{"sku": "A1", "name": "Mug, large", "price": "9.50"}, {"sku": "B2", "name": "", "price": "true"}]
+    }
+    assert fake.lookup_table_headers == {"t1": ["sku", "name", "price"]}
+    assert fake.lookup_puts == 1
+
+
+def test_lookup_put_replaces_the_whole_table_and_only_that_table(fake: FakeMixpanel) -> None:
+    put_table(fake, "t1", "id,a,b\n1,x,y\n2,x,y\n")
+    put_table(fake, "t2", "id\n9\n")
+    assert put_table(fake, "t1", "b,id\nz,3\n").json() == LOOKUP_OK
+    assert fake.lookup_tables == {"t1": [{"b": "z", "id": "3"}], "t2": [{"id": "9"}]}
+    assert fake.lookup_table_headers == {"t1": ["b", "id"], "t2": ["id"]}
+    assert fake.lookup_puts == 3
+
+
+def test_lookup_put_accepts_gzip_crlf_bom_blank_lines_and_quoted_newlines(fake: FakeMixpanel) -> None:
+    data = '\ufeffid,note\r\n1,"two\nlines"\r\n\r\n2,ok\r\n'
+    assert put_table(fake, "t%201", data, gzipped=True).json() == LOOKUP_OK
+    assert fake.lookup_tables == {"t 1": [{"id": "1", "note": "two\nlines"}, {"id": "2", "note": "ok"}]}
+
+
+@pytest.mark.parametrize(
+    ("auth", "params"),
+    [
+        (("tok-123", ""), {"project_id": "12345"}),  # a project token is not enough for lookup tables
+        (("tok-123", ""), {}),
+        (("sa-user", "wrong"), {"project_id": "12345"}),
+        (SA, {}),
+        (SA, {"project_id": "999"}),
+    ],
+)
+def test_lookup_put_needs_a_service_account_for_this_project(
+    fake: FakeMixpanel, auth: tuple[str, str], params: dict[str, str]
+) -> None:
+    resp = put_table(fake, "t1", "id\n1\n", auth=auth, params=params)
+    assert resp.status_code == 401
+    assert resp.json() == {"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}
+    assert fake.lookup_tables == {} and fake.lookup_puts == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "message"),
+    [
+        (b"", {}, "CSV is empty: a header row is required"),
+        (b"id,name\n", {}, "CSV has a header but no data rows"),
+        (b"id,,name\n1,2,3\n", {}, "header has an empty column name"),
+        (b"id, \n1,2\n", {}, "header has an empty column name"),
+        (b"id,name,id\n1,2,3\n", {}, "header has duplicate column names: 'id'"),
+        (b"id,name\n1\n2,b\n3,c,d\n", {}, "2 rows do not have 2 fields like the header: line 2 has 1; line 4 has 3"),
+        (b'id,name\n1,"open\n', {}, "unable to parse CSV at line 2: unexpected end of data"),
+        (b'id,name\n1,"a"b\n', {}, "unable to parse CSV at line 2"),
+        (b"id,name\n\xff,1\n", {}, "CSV is not valid UTF-8"),
+        (b"id\n1\n", {"content_type": "application/json"}, "unsupported Content-Type 'application/json'"),
+    ],
+)
+def test_lookup_put_invalid_csv_returns_400_and_keeps_old_table(
+    fake: FakeMixpanel, data: bytes, kwargs: dict[str, Any], message: str
+) -> None:
+    put_table(fake, "t1", "id\nold\n")
+    resp = put_table(fake, "t1", data, **kwargs)
+    body = resp.json()
+    assert resp.status_code == 400
+    assert (set(body), body["code"], body["status"]) == ({"code", "error", "status"}, 400, "Bad Request")
+    assert message in body["error"]
+    assert fake.lookup_tables == {"t1": [{"id": "old"}]} and fake.lookup_puts == 1
+
+
+def test_lookup_put_invalid_gzip_returns_400(fake: FakeMixpanel) -> None:
+    resp = requests.put(
+        f"{fake.url}/lookup-tables/t1?project_id=12345",
+        data=b"not gzip",
+        headers={"Content-Type": "text/csv", "Content-Encoding": "gzip"},
+        auth=SA,
+        timeout=5,
+    )
+    assert resp.status_code == 400 and "invalid gzip data" in resp.json()["error"]
+
+
+def test_lookup_put_lists_at_most_10_bad_rows(fake: FakeMixpanel) -> None:
+    error = put_table(fake, "t1", "id,name\n" + "1\n" * 15).json()["error"]
+    assert error.startswith("15 rows do not have 2 fields")
+    assert "line 11 has 1; and 5 more" in error and "line 12" not in error
+
+
+def test_lookup_put_over_size_limit_returns_413_even_when_gzip_makes_it_small() -> None:
+    with FakeMixpanel(max_lookup_table_bytes=1_000) as fake:
+        at_limit = "id\n" + "x" * 996 + "\n"  # 1000 bytes
+        assert put_table(fake, "t1", at_limit, gzipped=True).json() == LOOKUP_OK
+        resp = put_table(fake, "t1", at_limit + "y\n", gzipped=True)
+        assert resp.status_code == 413
+        assert resp.json() == {
+            "code": 413,
+            "error": "request exceeds max limit of 1000 bytes",
+            "status": "Request Entity Too Large",
+        }
+        assert fake.lookup_tables["t1"] == [{"id": "x" * 996}]
+
+
+def test_lookup_put_limit_counts_authenticated_puts_and_then_answers_429() -> None:
+    with FakeMixpanel(lookup_put_limit=2, faults=Faults(retry_after_s=5)) as fake:
+        assert put_table(fake, "t1", "id\n1\n", auth=("tok-123", "")).status_code == 401  # not counted
+        assert put_table(fake, "t1", "id\n1\n").status_code == 200
+        assert put_table(fake, "t1", "id\n").status_code == 400  # counted: Mixpanel limits calls
+        resp = put_table(fake, "t1", "id\n2\n")
+        assert resp.status_code == 429 and resp.headers["Retry-After"] == "5"
+        assert resp.json()["status"] == "Too Many Requests" and "at most 2 times" in resp.json()["error"]
+        assert (fake.lookup_tables, fake.lookup_puts) == ({"t1": [{"id": "1"}]}, 1)
+        fake.reset()  # a fresh server: the count starts again
+        assert put_table(fake, "t1", "id\n3\n").status_code == 200
+
+
+def test_lookup_paths_other_than_put_keep_404_and_405(fake: FakeMixpanel) -> None:
+    assert requests.post(f"{fake.url}/lookup-tables/t1", data=b"id\n1\n", auth=SA, timeout=5).status_code == 405
+    assert requests.put(f"{fake.url}/lookup-tables", data=b"id\n1\n", auth=SA, timeout=5).status_code == 404
+    assert requests.put(f"{fake.url}/lookup-tables/t1/x", data=b"id\n1\n", auth=SA, timeout=5).status_code == 404
