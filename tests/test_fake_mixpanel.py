@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fake_mixpanel import MAX_EVENT_BYTES, MAX_UPDATE_BYTES, FakeMixpanel, Faults
+from tests.fake_mixpanel import MAX_EVENT_BYTES, MAX_UPDATE_BYTES, RATE_LIMITED, FakeMixpanel, Faults
 
 SA = ("sa-user", "sa-secret")
 NOW_S = int(time.time())
@@ -791,3 +791,92 @@ def test_lookup_paths_other_than_put_keep_404_and_405(fake: FakeMixpanel) -> Non
     assert requests.post(f"{fake.url}/lookup-tables/t1", data=b"id\n1\n", auth=SA, timeout=5).status_code == 405
     assert requests.put(f"{fake.url}/lookup-tables", data=b"id\n1\n", auth=SA, timeout=5).status_code == 404
     assert requests.put(f"{fake.url}/lookup-tables/t1/x", data=b"id\n1\n", auth=SA, timeout=5).status_code == 404
+
+
+# ---- faults and stats on every endpoint ----------------------------------------------------------------
+
+ENDPOINTS = ["import", "engage", "groups", "lookup"]
+
+
+def send_one(kind: str, fake: FakeMixpanel, session: requests.Session | None = None) -> requests.Response:
+    """One valid request to the endpoint `kind`, which stores one item."""
+    if kind == "import":
+        return post(fake, [make_event(1)], session=session)
+    if kind == "engage":
+        return send_profiles(fake, [user_update("$add", {"n": 1})], session=session)
+    if kind == "groups":
+        return send_profiles(fake, [group_update("$add", {"n": 1})], path="/groups", session=session)
+    return put_table(fake, "t1", "id\n1\n", session=session)
+
+
+def stored(fake: FakeMixpanel, kind: str) -> int:
+    counts = {
+        "import": fake.raw_arrivals,
+        "engage": fake.engage_updates,
+        "groups": fake.group_updates,
+        "lookup": fake.lookup_puts,
+    }
+    return counts[kind]
+
+
+@pytest.mark.parametrize("kind", ENDPOINTS)
+def test_injected_429_and_5xx_store_nothing_on_every_endpoint(fake: FakeMixpanel, kind: str) -> None:
+    fake.set_faults(Faults(rate_429=1.0, retry_after_s=3))
+    resp = send_one(kind, fake)
+    assert (resp.status_code, resp.headers["Retry-After"], resp.json()) == (429, "3", RATE_LIMITED)
+    fake.set_faults(Faults(rate_5xx=1.0))
+    assert send_one(kind, fake).status_code in (500, 502, 503)
+    assert stored(fake, kind) == 0
+    assert (fake.injected["429"], fake.injected["5xx"]) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", ENDPOINTS)
+def test_injected_5xx_after_import_stores_then_answers_503_on_every_endpoint(fake: FakeMixpanel, kind: str) -> None:
+    fake.set_faults(Faults(rate_5xx_after_import=1.0))
+    assert send_one(kind, fake).status_code == 503
+    assert stored(fake, kind) == 1 and fake.injected["5xx_after_import"] == 1
+
+
+@pytest.mark.parametrize("kind", ENDPOINTS)
+def test_injected_drop_closes_connection_on_every_endpoint(
+    fake: FakeMixpanel, session: requests.Session, kind: str
+) -> None:
+    fake.set_faults(Faults(rate_drop=1.0))
+    with pytest.raises(requests.ConnectionError):
+        send_one(kind, fake, session=session)
+    assert stored(fake, kind) == 0
+    fake.set_faults(Faults())
+    assert send_one(kind, fake, session=session).status_code == 200  # the session recovers
+    assert fake.statuses["drop"] == 1 and stored(fake, kind) == 1
+
+
+def test_latency_and_concurrency_span_all_endpoints(fake: FakeMixpanel) -> None:
+    fake.set_faults(Faults(latency_s=0.3))
+    codes: dict[str, int] = {}
+
+    def send(kind: str) -> None:
+        codes[kind] = send_one(kind, fake).status_code
+
+    threads = [threading.Thread(target=send, args=(kind,)) for kind in ENDPOINTS]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == dict.fromkeys(ENDPOINTS, 200)
+    assert fake.max_concurrent >= 2
+    assert time.monotonic() - started < 1.2  # handled in parallel, not one after another
+
+
+def test_every_endpoint_shares_request_and_keep_alive_stats(fake: FakeMixpanel, session: requests.Session) -> None:
+    for kind in ENDPOINTS:
+        assert send_one(kind, fake, session=session).status_code == 200
+    assert (fake.requests, fake.connections, fake.statuses[200]) == (4, 1, 4)
+    assert fake.all_gzip  # only /import requests count towards all_gzip
+
+
+def test_revoked_credentials_apply_to_lookup_tables(fake: FakeMixpanel) -> None:
+    fake.set_faults(Faults(revoke_after_requests=1))
+    assert put_table(fake, "t1", "id\n1\n").status_code == 200
+    assert put_table(fake, "t1", "id\n2\n").status_code == 401
+    assert fake.lookup_tables == {"t1": [{"id": "1"}]}
