@@ -22,8 +22,8 @@ PUT /lookup-tables/{id}?project_id=... (replace a lookup table):
   header of unique non-empty names, at least one data row and the same field count on every row (Python's
   csv module, strict quoting; blank lines skipped); else 400 listing at most 10 bad rows.
 - 200 replaces the whole table; values stay raw strings (Mixpanel's typing of numbers, dates and lists is not
-  modelled). Authenticated PUTs beyond lookup_put_limit get 429: Mixpanel allows 100 per rolling 24 h, the
-  fake counts them since start() or reset(), whatever their answer.
+  modelled). Past lookup_put_limit authenticated PUTs (whatever their answer, counted from construction or
+  reset()) the fake answers 429; Mixpanel allows 100 calls per rolling 24 h.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ MAX_EVENT_BYTES = 1_000_000  # one event must be under 1 MB of compact JSON
 MAX_PROPERTIES = 255  # an event must have fewer than this many properties
 MAX_DEPTH = 3  # objects/arrays may nest at most 3 levels
 INSERT_ID_RE = re.compile(r"[0-9a-zA-Z-]{1,36}")
-# Rejected as distinct_id (and as $insert_id), compared case-insensitively. `""` is NOT on the list.
+# Rejected as distinct_id, $distinct_id and $insert_id, compared case-insensitively. `""` is NOT on the list.
 PLACEHOLDER_IDS = frozenset(
     {
         "00000000-0000-0000-0000-000000000000",
@@ -119,7 +119,8 @@ class Faults:
     latency_s: float = 0.0  # added to every response from those endpoints
     retry_after_s: float | None = None  # when set, every 429 carries `Retry-After: <value>`
     refuse_event: str | None = None  # events of this name go to failed_records (a rule the job cannot know)
-    revoke_after_requests: int | None = None  # then every request gets 401, as if the credentials were revoked
+    # after this many requests that carry credentials (/import, /lookup-tables), each gets 401 as if revoked
+    revoke_after_requests: int | None = None
     seed: int = 0
 
 
@@ -556,7 +557,7 @@ class FakeMixpanel:
         self.insert_id_key = insert_id_key
         self.admit_events_per_second = admit_events_per_second
         self.max_lookup_table_bytes = max_lookup_table_bytes  # uncompressed CSV; Mixpanel: 100 MB
-        # Mixpanel allows 100 replacements per rolling 24 h; the fake counts since start() or reset()
+        # Mixpanel allows 100 calls per rolling 24 h; the fake counts them from construction or reset()
         self.lookup_put_limit = lookup_put_limit
         self._lock = threading.Lock()
         self._faults = Faults()
@@ -859,7 +860,6 @@ class FakeMixpanel:
                 self._stats.rejected.append({**record, "event": ev})
         return imported, failed
 
-
     def _update_profiles(self, updates: list[dict[str, Any]], *, group: bool) -> None:
         """Apply a valid batch in order; the lock keeps concurrent batches from interleaving."""
         operations = GROUP_OPERATIONS if group else ENGAGE_OPERATIONS
@@ -876,7 +876,6 @@ class FakeMixpanel:
                     stats.group_updates += 1
                 else:
                     stats.engage_updates += 1
-
 
     def _take_lookup_call(self) -> bool:
         """Count an authenticated lookup-table PUT; False once lookup_put_limit of them have been counted."""
