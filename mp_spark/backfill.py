@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -19,6 +20,7 @@ from mp_spark.ledger import Ledger, Manifest
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.partition import COUNTERS, NO_OUTPUT, TallyList, partition_sender
 from mp_spark.preview import Preview, preview_events
+from mp_spark.profiles import to_profile_updates
 from mp_spark.progress import Progress
 from mp_spark.results import ResultsWriter, Summary
 from mp_spark.sender import SenderSettings
@@ -45,8 +47,8 @@ class RunOptions:
 
 
 def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
-    """Source rows to `time`, `insert_id`, `line` (the JSON /import receives), `invalid` (null, or why
-    not) and `trimmed` (whether a property value was cut to fit Mixpanel's limits).
+    """Source rows to `time`, `key` (the `$insert_id`), `line` (the JSON /import receives), `invalid`
+    (null, or why not) and `trimmed` (whether a property value was cut to fit Mixpanel's limits).
 
     Rows outside `job.time_from`/`job.time_to` are not part of the run; rows with no time stay,
     to be set aside as invalid.
@@ -55,7 +57,7 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
         source.transform(to_mixpanel_events(config.mapping))
         .transform(to_json_lines)
         .transform(with_invalid_reason(now_ms))
-        .select("time", "insert_id", "line", "invalid", (F.size("cut") > 0).alias("trimmed"))
+        .select("time", F.col("insert_id").alias("key"), "line", "invalid", (F.size("cut") > 0).alias("trimmed"))
     )
     time_ms, job = F.col("time"), config.job
     if job.time_from_ms is not None:
@@ -65,10 +67,21 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
     return events
 
 
+def prepare_records(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
+    """What the run sends, one row per record (an event, or a profile update): `key`, `line`, `invalid`,
+    `trimmed`, and for events `time`."""
+    if config.profiles:
+        return source.transform(to_profile_updates(config.mapping))
+    return prepare_events(source, config, now_ms)
+
+
 def preview_backfill(spark: SparkSession, config: Config) -> Preview:
-    """For --dry-run: sample events as they would be sent, and a profile of their properties."""
+    """For --dry-run: sample records as they would be sent, and for events a profile of their properties."""
     source = read_source(spark, config.source)
-    sendable = prepare_events(source, config, int(time.time() * 1000)).filter(F.col("invalid").isNull())
+    sendable = prepare_records(source, config, int(time.time() * 1000)).filter(F.col("invalid").isNull())
+    if config.profiles:
+        samples = [json.loads(row.line) for row in sendable.select("line").limit(5).collect()]
+        return Preview(samples, rows=0, approx_event_names=0, properties=[])
     return preview_events(source.transform(to_mixpanel_events(config.mapping)), sendable)
 
 
@@ -96,15 +109,15 @@ def run_backfill(
     resumed = ledger.read_manifest() if options.resume else None
     now_ms = resumed.now_ms if resumed else int(time.time() * 1000)  # a resumed run judges rows as before
     source = read_source(spark, config.source)
-    events = prepare_events(source, config, now_ms)
+    events = prepare_records(source, config, now_ms)
     results = ResultsWriter(spark, options.results_path)
 
     # One pass sends the valid rows and counts the invalid ones; only if there are any does a
     # second pass write them out with their reasons. The row count (the source's own, unless a
-    # time window needs the mapped time) sizes the partitions and is checked against what the
-    # tasks saw.
+    # time window needs the mapped time, or a row makes several profile updates) sizes the
+    # partitions and is checked against what the tasks saw.
     windowed = config.job.time_from is not None or config.job.time_to is not None
-    rows_read = events.count() if windowed else source.count()
+    rows_read = events.count() if windowed or config.profiles else source.count()
     phases = send_phases(events, config.job, rows_read, now_ms)
     phase_rows = [rows for _, rows in phases]
     if resumed and resumed.phase_rows != phase_rows:
@@ -118,7 +131,8 @@ def run_backfill(
         log.info("resuming run %s: %d partitions finished before are not sent again", options.run_id,
                  len(finished_before))
 
-    settings = SenderSettings.from_config(config.mixpanel, credentials)
+    settings = SenderSettings.from_config(config.mixpanel, credentials, config.job.kind,
+                                          ip_mapped=config.profiles and config.mapping.ip is not None)
     tallies = spark.sparkContext.accumulator([], TallyList())
     progress = Progress(
         sc=spark.sparkContext, tallies=tallies, ledger=ledger, total_rows=rows_read, finished_before=finished_before,
@@ -193,7 +207,8 @@ def send_events(
     run_id: str,
     dry_run: bool,
 ) -> None:
-    """Repartition by `$insert_id` (the same event always lands in the same partition) and send each.
+    """Repartition by `key` (`$insert_id`, or the profile: the same record always lands in the same
+    partition, and a profile's updates stay in order) and send each.
 
     Partition i of this phase is the run's partition `first_index + i`; those in `skip` finished in
     an earlier attempt of the run, and their rows are dropped before the shuffle. Each task adds its
@@ -213,11 +228,11 @@ def send_events(
     valid = F.col("invalid").isNull()
     line_or_null = F.when(valid, F.concat(F.col("line"), F.lit("\n")))
     trimmed = F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte")
-    lines = events.select("insert_id", line_or_null.alias("line"), trimmed.alias("trimmed"))
+    lines = events.select("key", line_or_null.alias("line"), trimmed.alias("trimmed"))
     finished = [index - first_index for index in skip if first_index <= index < first_index + partitions]
-    if finished:  # the partition a row lands in, exactly as repartition(partitions, "insert_id") computes it
-        lines = lines.filter(~F.pmod(F.hash("insert_id"), F.lit(partitions)).isin(finished))
-    partitioned = lines.repartition(partitions, "insert_id").select("line", "trimmed")
+    if finished:  # the partition a row lands in, exactly as repartition(partitions, "key") computes it
+        lines = lines.filter(~F.pmod(F.hash("key"), F.lit(partitions)).isin(finished))
+    partitioned = lines.repartition(partitions, "key").select("line", "trimmed")
     sender = partition_sender(settings, tallies, first_index=first_index, dry_run=dry_run)
     try:
         partitioned.mapInArrow(sender, NO_OUTPUT).collect()

@@ -123,10 +123,10 @@ def credentials_from(config: Config, spark: SparkSession | None, dry_run: bool) 
     if dry_run:
         return None
     if config.mixpanel.secret_scope is None:
-        return credentials_from_env(os.environ, config.mixpanel)
+        return credentials_from_env(os.environ, config.mixpanel, config.job.kind)
     if spark is None:
         return None  # checked once Spark is up
-    return credentials_from_secret_scope(databricks_secret_getter(spark), config.mixpanel)
+    return credentials_from_secret_scope(databricks_secret_getter(spark), config.mixpanel, config.job.kind)
 
 
 def databricks_secret_getter(spark: SparkSession) -> Callable[[str, str], str]:

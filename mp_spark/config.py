@@ -26,6 +26,7 @@ SOURCE_FORMATS = ("parquet", "delta", "json")
 TIME_UNITS = ("s", "ms", "us")
 NULL_DISTINCT_ID = ("invalid", "empty")
 JOB_ORDERS = ("any", "recent_first")
+JOB_KINDS = ("events", "people", "groups")
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -85,6 +86,49 @@ class MappingConfig:
 
 
 @dataclass(frozen=True)
+class ProfileMappingConfig:
+    """job.kind people (profiles by distinct_id) or groups (by group_key and group_id).
+
+    Each source row becomes one update per operation given: $set, $set_once and $union take
+    property name -> Spark SQL expression ($union's must yield a list); $unset takes names.
+    """
+
+    kind: str = "people"  # set from job.kind
+    distinct_id: str | None = None
+    group_key: str | None = None  # a constant such as "company_id": the group key set up in Mixpanel
+    group_id: str | None = None
+    set: dict[str, str] = field(default_factory=dict)
+    set_once: dict[str, str] = field(default_factory=dict)
+    union: dict[str, str] = field(default_factory=dict)
+    unset: list[str] = field(default_factory=list)
+    ip: str | None = None  # people only: without it, updates carry no $ip and are sent with ip=0
+    ignore_time: bool = True  # people: a backfill must not move $last_seen
+
+    def __post_init__(self) -> None:
+        if self.kind == "people":
+            if not self.distinct_id:
+                raise ConfigError("missing required key mapping.distinct_id (job.kind: people)")
+            if self.group_key or self.group_id:
+                raise ConfigError("mapping.group_key and mapping.group_id are for job.kind: groups")
+        else:
+            if not (self.group_key and self.group_id):
+                raise ConfigError("job.kind: groups needs mapping.group_key (a constant) and mapping.group_id")
+            if self.distinct_id or self.ip:
+                raise ConfigError("mapping.distinct_id and mapping.ip are for job.kind: people")
+        if not (self.set or self.set_once or self.union or self.unset):
+            raise ConfigError("give at least one of mapping.set, mapping.set_once, mapping.union, mapping.unset")
+        for operation in ("set", "set_once", "union"):
+            for name, expression in getattr(self, operation).items():
+                if not name or not isinstance(expression, str) or not expression.strip():
+                    raise ConfigError(f"mapping.{operation}.{name}: needs a non-empty Spark SQL expression")
+
+    @property
+    def operations(self) -> list[str]:
+        """The operations this mapping sends, in the order each row's updates are sent."""
+        return [name for name in ("set", "set_once", "union", "unset") if getattr(self, name)]
+
+
+@dataclass(frozen=True)
 class MixpanelConfig:
     project_id: str | None = None
     region: str = "us"
@@ -136,6 +180,7 @@ class JobConfig:
     results_path: str | None = None
     time_from: str | None = None  # ISO 8601 date or timestamp, UTC unless it names a zone: from here on ...
     time_to: str | None = None  # ... and before this; on the mapped time
+    kind: str = "events"  # or "people" / "groups": user or group profile updates
     order: str = "any"  # "recent_first": the last `recent_days` first, as Mixpanel advises
     recent_days: int = 30
     progress_interval_s: float = 10.0  # how often the driver logs progress and records finished partitions
@@ -144,6 +189,10 @@ class JobConfig:
         _require_range("job.records_per_partition", self.records_per_partition, 1, 100_000_000)
         _require_range("job.progress_interval_s", self.progress_interval_s, 0.1, 3600)
         _require_choice("job.order", self.order, JOB_ORDERS)
+        _require_choice("job.kind", self.kind, JOB_KINDS)
+        if self.kind != "events" and (self.order != "any" or self.time_from or self.time_to):
+            raise ConfigError("job.order, job.time_from and job.time_to are for job.kind: events "
+                              "(profile updates have no time)")
         _require_range("job.recent_days", self.recent_days, 1, 36_500)
         time_from_ms, time_to_ms = self.time_from_ms, self.time_to_ms  # parsed here to fail early
         if time_from_ms is not None and time_to_ms is not None and time_from_ms >= time_to_ms:
@@ -161,9 +210,13 @@ class JobConfig:
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig
-    mapping: MappingConfig
+    mapping: MappingConfig | ProfileMappingConfig  # by job.kind
     mixpanel: MixpanelConfig = field(default_factory=MixpanelConfig)
     job: JobConfig = field(default_factory=JobConfig)
+
+    @property
+    def profiles(self) -> bool:
+        return self.job.kind != "events"
 
 
 @dataclass(frozen=True)
@@ -189,27 +242,41 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError("config must be a mapping with the sections source, mapping, mixpanel, job")
     for override in overrides:
         _apply_override(data, override)
-    return _build(Config, data, prefix="")
+    job = _build(JobConfig, data.get("job", {}), prefix="job.")
+    mapping = data.get("mapping")
+    if job.kind != "events" and isinstance(mapping, dict):
+        mapping = {**mapping, "kind": job.kind}
+    mapping_type = MappingConfig if job.kind == "events" else ProfileMappingConfig
+    return _build(Config, {**data, "mapping": mapping}, prefix="", field_types={"mapping": mapping_type})
 
 
-def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig) -> Credentials:
-    """Pick the /import credentials from the environment, or say exactly which variable is missing."""
+def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig, kind: str = "events"
+                         ) -> Credentials:
+    """Pick the credentials for `job.kind` from the environment, or say exactly which variable is missing."""
     names = ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN")
-    return _pick_credentials(*(environ.get(name, "") for name in names), names=names, mixpanel=mixpanel)
+    return _pick_credentials(*(environ.get(name, "") for name in names), names=names, mixpanel=mixpanel, kind=kind)
 
 
-def credentials_from_secret_scope(get_secret: Callable[[str, str], str], mixpanel: MixpanelConfig) -> Credentials:
+def credentials_from_secret_scope(get_secret: Callable[[str, str], str], mixpanel: MixpanelConfig,
+                                  kind: str = "events") -> Credentials:
     """The same credentials from `mixpanel.secret_scope`; `get_secret(scope, key)` returns "" for a missing key."""
     scope = mixpanel.secret_scope or ""
     keys = (mixpanel.service_account_user_key, mixpanel.service_account_secret_key, mixpanel.project_token_key)
     names = tuple(f"key {key!r} of secret scope {scope!r}" for key in keys)
-    return _pick_credentials(*(get_secret(scope, key) for key in keys), names=names, mixpanel=mixpanel)
+    return _pick_credentials(*(get_secret(scope, key) for key in keys), names=names, mixpanel=mixpanel, kind=kind)
 
 
-def _pick_credentials(user: str, secret: str, token: str, *, names: Sequence[str], mixpanel: MixpanelConfig
-                      ) -> Credentials:
-    """A service account (user and secret) if either is given, else a project token; errors use `names`."""
+def _pick_credentials(user: str, secret: str, token: str, *, names: Sequence[str], mixpanel: MixpanelConfig,
+                      kind: str) -> Credentials:
+    """A service account (user and secret) if either is given, else a project token; errors use `names`.
+
+    Profile updates (job.kind people or groups) carry the project token inside each update: only it will do.
+    """
     user_name, secret_name, token_name = names
+    if kind != "events":
+        if not token:
+            raise ConfigError(f"job.kind: {kind} sends the project token inside each update: set {token_name}")
+        return Credentials("project_token", token, "")
     if user or secret:
         if not user:
             raise ConfigError(f"{secret_name} is set but {user_name} is not")
@@ -252,11 +319,11 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node[leaf] = raw_value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, field_types: Mapping[str, type] | None = None) -> Any:
     """Build dataclass `cls` from a dict, naming the dotted key of anything unknown, missing or mistyped."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping")
-    hints = typing.get_type_hints(cls)
+    hints = {**typing.get_type_hints(cls), **(field_types or {})}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -151,6 +151,11 @@ def property_struct(df: DataFrame, mapping: MappingConfig) -> tuple[Column, Colu
     for name in included_columns(df, mapping):
         if name not in columns:
             columns[name] = F.col(f"`{name}`")
+    return fitted_struct(df, columns)
+
+
+def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Column]:
+    """A struct of the named values fitted to Mixpanel's types and limits, and the names cut in each row."""
     typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema if columns else T.StructType()
     left_out: list[str] = []
     values, cut_names = [], []

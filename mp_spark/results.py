@@ -22,7 +22,7 @@ REJECTED_SCHEMA = T.StructType([
     T.StructField("stage", T.StringType()),  # "validation" (set aside by the job) or "mixpanel" (refused by /import)
     T.StructField("field", T.StringType()),
     T.StructField("message", T.StringType()),
-    T.StructField("insert_id", T.StringType()),
+    T.StructField("insert_id", T.StringType()),  # for profile updates: the distinct_id or group id
     T.StructField("partition", T.IntegerType()),
     T.StructField("event", T.StringType()),  # the event's JSON line, as sent or as it would have been sent
 ])
@@ -65,12 +65,12 @@ class ResultsWriter:
         self._rejected_written = False
 
     def write_invalid(self, invalid_events: DataFrame) -> None:
-        """Rows the job judged invalid; expects the columns `invalid`, `insert_id` and `line`."""
+        """Rows the job judged invalid; expects the columns `invalid`, `key` and `line`."""
         invalid_events.select(
             F.lit("validation").alias("stage"),
             F.col("invalid.field").alias("field"),
             F.col("invalid.message").alias("message"),
-            F.col("insert_id"),
+            F.col("key").alias("insert_id"),
             F.lit(None).cast("int").alias("partition"),
             F.col("line").alias("event"),
         ).write.mode("overwrite").json(self._child("rejected"))

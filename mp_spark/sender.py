@@ -26,6 +26,7 @@ from mp_spark.transport import Response, Transport, TransportError
 log = logging.getLogger(__name__)
 
 AUTH_STATUSES = frozenset({401, 403})
+ENDPOINTS = {"events": "import", "people": "engage", "groups": "groups"}  # by job.kind
 INSERT_ID_IN_LINE = re.compile(r'"\$insert_id"\s*:\s*"([0-9a-zA-Z-]*)"')
 
 
@@ -49,7 +50,7 @@ class SendCancelledError(SendError):
 class SenderSettings:
     """What a task's sender needs, picklable; built on the driver by `from_config`, then `for_run`."""
 
-    import_url: str
+    url: str
     authorization: str = field(repr=False)  # the Basic auth header value: never logged
     max_batch_events: int
     max_batch_bytes: int
@@ -66,14 +67,20 @@ class SenderSettings:
     max_events_per_second: float | None = None  # this task's share of the job-wide cap
     run_id: str = ""  # lets the tasks of one run on one executor pass their pacing on
 
+    endpoint: str = "import"  # or "engage" / "groups": profile updates
+    token: str = field(default="", repr=False)  # the project token that profile updates carry inside
+
     @classmethod
-    def from_config(cls, mixpanel: MixpanelConfig, credentials: Credentials | None) -> SenderSettings:
-        params = {"strict": "1"}
-        if mixpanel.project_id:
-            params["project_id"] = mixpanel.project_id
+    def from_config(cls, mixpanel: MixpanelConfig, credentials: Credentials | None, kind: str = "events", *,
+                    ip_mapped: bool = False) -> SenderSettings:
+        endpoint = ENDPOINTS[kind]
+        if endpoint == "import":
+            params = {"strict": "1", **({"project_id": mixpanel.project_id} if mixpanel.project_id else {})}
+        else:  # verbose=1: /engage and /groups answer 200 either way, and only then say what they refused
+            params = {"verbose": "1", **({"ip": "0"} if endpoint == "engage" and not ip_mapped else {})}
         return cls(
-            import_url=f"{mixpanel.base_url}/import?{urlencode(params)}",
-            authorization=credentials.authorization_header() if credentials else "",
+            url=f"{mixpanel.base_url}/{endpoint}?{urlencode(params)}",
+            authorization=credentials.authorization_header() if credentials and endpoint == "import" else "",
             max_batch_events=mixpanel.max_batch_events,
             max_batch_bytes=mixpanel.max_batch_bytes,
             gzip_level=mixpanel.gzip_level,
@@ -85,6 +92,8 @@ class SenderSettings:
             jitter_max_s=mixpanel.jitter_max_s,
             pacing=mixpanel.pacing,
             rate_share=mixpanel.rate_limit_events_per_second,
+            endpoint=endpoint,
+            token=credentials.username if credentials and endpoint != "import" else "",
         )
 
     def for_run(self, run_id: str, tasks: int, mixpanel: MixpanelConfig) -> SenderSettings:
@@ -99,6 +108,8 @@ class SenderSettings:
         )
 
     def headers(self) -> dict[str, str]:
+        if self.endpoint != "import":  # a JSON array, not gzip: Mixpanel documents no gzip for profile updates
+            return {"Content-Type": "application/json", "User-Agent": f"mp-spark/{__version__}"}
         headers = {
             "Content-Type": "application/x-ndjson",
             "Content-Encoding": "gzip",
@@ -184,6 +195,8 @@ class BatchSender:
 
     def send_batch(self, batch: Batch) -> SendTally:
         """Deliver one batch (splitting it on 413); the tally says what happened to each event."""
+        if self._settings.endpoint != "import":
+            return self.send_updates(batch)
         tally = SendTally()
         compressed = gzip_body(batch.body, self._settings.gzip_level)
         response = self._post_with_retries(compressed, batch.count, tally)
@@ -205,8 +218,35 @@ class BatchSender:
         elif status in AUTH_STATUSES:
             raise FatalSendError(auth_failure_hint(status, response.body))
         else:
-            raise FatalSendError(f"unexpected HTTP {status} from {self._settings.import_url}: "
+            raise FatalSendError(f"unexpected HTTP {status} from {self._settings.url}: "
                                  f"{error_text(response.body)}")
+        return tally
+
+    def send_updates(self, batch: Batch) -> SendTally:
+        """Deliver one batch of profile updates to /engage or /groups.
+
+        They answer 200 even when they refuse data, and then name only the first problem, not the
+        update: a refused batch is halved and resent until the refused updates stand alone. Every
+        operation sent ($set, $set_once, $union, $unset) is idempotent, so resending is safe.
+        """
+        tally = SendTally()
+        body = updates_body(batch.body, self._settings.token)
+        response = self._post_with_retries(body, batch.count, tally)
+        if response.status in AUTH_STATUSES:
+            raise FatalSendError(f"Mixpanel answered {response.status} ({error_text(response.body)}): is "
+                                 "MP_PROJECT_TOKEN this project's token, and mixpanel.region its region?")
+        if response.status not in (200, 400):
+            raise FatalSendError(f"unexpected HTTP {response.status} from {self._settings.url}: "
+                                 f"{error_text(response.body)}")
+        refused = update_error(response)
+        if refused is not None and batch.count > 1:
+            lines = batch.lines()
+            middle = len(lines) // 2
+            tally.add(self.send_updates(Batch.of_lines(lines[:middle])))
+            tally.add(self.send_updates(Batch.of_lines(lines[middle:])))
+            return tally
+        rejections = [] if refused is None else [rejection(batch.lines()[0], None, refused)]
+        _count_delivered(tally, batch, body, rejections=rejections)
         return tally
 
     def _post_with_retries(self, body: bytes, events: int, tally: SendTally) -> Response:
@@ -219,7 +259,7 @@ class BatchSender:
             tally.requests += 1
             retry_after = None
             try:
-                response = self._transport.post(settings.import_url, body, self._headers, settings.timeout_s)
+                response = self._transport.post(settings.url, body, self._headers, settings.timeout_s)
             except TransportError as exc:
                 problem = f"no answer ({exc})"
             else:
@@ -242,7 +282,8 @@ class BatchSender:
                 wait_s, paced_retry_left = 0.0, False
             else:
                 wait_s = self.backoff_s(attempt)
-            log.warning("/import attempt %d failed (%s); retrying in %.1f s", attempt, problem, wait_s)
+            log.warning("/%s attempt %d failed (%s); retrying in %.1f s", settings.endpoint, attempt, problem,
+                        wait_s)
             tally.retries += 1
             self._sleep(wait_s)
         raise AssertionError("unreachable: the loop returns or raises")
@@ -266,6 +307,19 @@ def _count_delivered(tally: SendTally, batch: Batch, compressed: bytes, rejectio
     tally.rejected += len(rejections)
     tally.imported += batch.count - len(rejections)
     tally.rejections.extend(rejections)
+
+
+def updates_body(ndjson: bytes, token: str) -> bytes:
+    """Newline-separated updates as the JSON array /engage and /groups take, each given the project token."""
+    token_field = b'{"$token":' + json.dumps(token).encode() + b","
+    return b"[" + b",".join(token_field + line[1:] for line in ndjson.rstrip(b"\n").split(b"\n")) + b"]"
+
+
+def update_error(response: Response) -> str | None:
+    """None if /engage or /groups took the whole batch (verbose=1: {"status": 1}), else its error."""
+    if response.status == 200 and _json_object(response.body).get("status") == 1:
+        return None
+    return error_text(response.body) or f"HTTP {response.status} without an error message"
 
 
 def is_retryable(status: int) -> bool:

@@ -123,7 +123,51 @@ def test_credentials_never_show_in_repr() -> None:
     assert "s3cret" not in repr(Credentials("service_account", "sa", "s3cret"))
 
 
-@pytest.mark.parametrize("name", ["sample.yaml", "backfill.example.yaml"])
-def test_shipped_configs_are_valid(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("sample.yaml", "events"), ("backfill.example.yaml", "events"), ("people.example.yaml", "people"),
+     ("groups.example.yaml", "groups")],
+)
+def test_shipped_configs_are_valid(name: str, kind: str) -> None:
     path = Path(__file__).resolve().parents[1] / "conf" / name
-    assert parse_config(path.read_text()).source.format in ("json", "delta")
+    assert parse_config(path.read_text()).job.kind == kind
+
+
+PEOPLE = """
+source: {format: parquet, path: /data/users}
+mapping: {distinct_id: user_id, set: {plan: plan}, unset: [legacy]}
+job: {kind: people}
+"""
+
+
+def test_parse_config_takes_a_profile_mapping_for_people_and_groups() -> None:
+    config = parse_config(PEOPLE)
+    assert config.profiles and config.mapping.operations == ["set", "unset"] and config.mapping.ignore_time
+    groups = parse_config(PEOPLE, ["job.kind=groups", "mapping.distinct_id=null", "mapping.group_key=company_id",
+                                   "mapping.group_id=company"])
+    assert (groups.mapping.kind, groups.mapping.group_key) == ("groups", "company_id")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["job.kind=lookups"], "job.kind"),
+        (["mapping.distinct_id=null"], "mapping.distinct_id"),
+        (["mapping.set={}", "mapping.unset=[]"], "mapping.set"),
+        (["job.kind=groups"], "mapping.group_key"),
+        (["mapping.event=name"], "mapping.event"),  # an events key in a profile mapping
+        (["job.time_from=2024-01-01"], "job.time_from"),
+    ],
+)
+def test_profile_config_errors_name_the_key(overrides: list[str], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        parse_config(PEOPLE, overrides)
+
+
+def test_profiles_take_only_the_project_token() -> None:
+    mixpanel = parse_config(PEOPLE).mixpanel
+    service_account = {"MP_SERVICE_ACCOUNT_USER": "u", "MP_SERVICE_ACCOUNT_SECRET": "s"}
+    with pytest.raises(ConfigError, match="MP_PROJECT_TOKEN"):
+        credentials_from_env(service_account, mixpanel, "people")
+    token = credentials_from_env({**service_account, "MP_PROJECT_TOKEN": "tk"}, mixpanel, "people")
+    assert (token.kind, token.username) == ("project_token", "tk")

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 import pytest
 
 from mp_spark.batching import batches_from_chunks, chunk_of_lines
-from mp_spark.config import MixpanelConfig
+from mp_spark.config import Credentials, MixpanelConfig
 from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings, SendTally
 from mp_spark.transport import Response, TransportError
 
 SETTINGS = dataclasses.replace(
     SenderSettings.from_config(MixpanelConfig(max_batch_events=3, max_attempts=4, pacing=False), None),
-    import_url="https://mp.test/import?strict=1&project_id=7",
+    url="https://mp.test/import?strict=1&project_id=7",
     authorization="Basic eDp5",
 )
 
@@ -232,3 +232,40 @@ def test_with_pacing_a_batch_s_first_429_waits_only_for_the_pacer_and_a_second_b
     assert tally.imported == 1 and tally.retries == 2
     assert waits[0] == 0.0  # the pacer, cut by the 429, spaces the retry
     assert waits[1] >= 4 + 1  # attempt 2: 4 s doubling backoff plus at least 1 s of jitter
+
+
+class UpdatesTransport:
+    """/engage as Mixpanel answers it: 200 either way, {"status": 0} when any update in the batch is bad."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict]] = []
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        updates = json.loads(body)  # a JSON array, not gzip
+        self.batches.append(updates)
+        bad = [u for u in updates if u["$set"].get("bad")]
+        if bad:
+            return Response(200, json.dumps({"error": "property 'bad' is not allowed", "status": 0}).encode())
+        return Response(200, b'{"error": null, "status": 1}')
+
+    def close(self) -> None:
+        pass
+
+
+def test_refused_profile_updates_are_isolated_by_halving_and_carry_the_token_only_on_the_wire() -> None:
+    settings = dataclasses.replace(
+        SenderSettings.from_config(MixpanelConfig(max_attempts=2, pacing=False), Credentials("project_token", "tk", ""),
+                                   "people"),
+        max_batch_events=8,
+    )
+    assert settings.url.endswith("/engage?verbose=1&ip=0") and settings.authorization == ""
+    transport = UpdatesTransport()
+    updates = [json.dumps({"$distinct_id": f"u{i}", "$set": {"bad": i in (2, 5)}}) for i in range(8)]
+    tally = BatchSender(settings, transport, sleep=lambda s: None).send_batches(
+        batches_from_chunks([chunk_of_lines(updates)], max_events=8, max_bytes=1_000_000))
+
+    assert (tally.rows, tally.imported, tally.rejected) == (8, 6, 2)
+    assert sorted(json.loads(r.event)["$distinct_id"] for r in tally.rejections) == ["u2", "u5"]
+    assert all(r.message == "property 'bad' is not allowed" and "tk" not in r.event for r in tally.rejections)
+    assert all(u["$token"] == "tk" for batch in transport.batches for u in batch)
+    assert len(transport.batches[0]) == 8 and len(transport.batches) > 3  # halved down to the refused ones

@@ -1,0 +1,77 @@
+"""Source rows to Mixpanel profile updates (job.kind people or groups), as DataFrame transforms.
+
+Each row becomes one update per operation of the mapping, in the order set, set_once, union,
+unset, for example `{"$distinct_id": "u1", "$ignore_time": true, "$set": {"plan": "pro"}}`. Values
+are fitted to Mixpanel's types and limits exactly as event properties are. The project token each
+update must carry is added by the sender on the executor, so it never appears in Spark's plans,
+the Spark UI or the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mp_spark.config import ConfigError, ProfileMappingConfig
+from mp_spark.mapping import fitted_struct
+from mp_spark.sources import analysed_expr
+from mp_spark.validation import MAX_EVENT_BYTES, PLACEHOLDER_IDS
+
+
+def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], DataFrame]:
+    """Rows to `key` (the profile: distinct_id or group id), `line` (one update's JSON), `invalid`
+    (null, or why not) and `trimmed` (a value was cut to fit Mixpanel's limits): one row per update."""
+
+    def apply(df: DataFrame) -> DataFrame:
+        if mapping.kind == "people":
+            key_name = "$distinct_id"
+            key = analysed_expr(df, mapping.distinct_id, "mapping.distinct_id").cast("string")
+            identity = [key.alias(key_name)]
+            if mapping.ip:
+                identity.append(analysed_expr(df, mapping.ip, "mapping.ip").cast("string").alias("$ip"))
+        else:
+            key_name = "$group_id"
+            key = analysed_expr(df, mapping.group_id, "mapping.group_id").cast("string")
+            identity = [F.lit(mapping.group_key).alias("$group_key"), key.alias(key_name)]
+        if mapping.ignore_time and mapping.kind == "people":  # group profiles have no $last_seen to keep
+            identity.append(F.lit(True).alias("$ignore_time"))
+
+        updates = []
+        for operation in mapping.operations:
+            value, cut = operation_value(df, mapping, operation)
+            line = F.to_json(F.struct(*identity, value.alias(f"${operation}")))
+            updates.append(F.struct(line.alias("line"), (F.size(cut) > 0).alias("trimmed")))
+        rows = df.select(key.alias("key"), F.explode(F.array(*updates)).alias("update"))
+        return rows.select("key", "update.line", "update.trimmed").withColumn(
+            "invalid", invalid_reason(F.col("key"), F.col("line"), key_name))
+
+    return apply
+
+
+def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str) -> tuple[Column, Column]:
+    """The value of `$<operation>` and the names of the properties cut in it."""
+    if operation == "unset":
+        return F.array(*[F.lit(name) for name in mapping.unset]), F.array().cast("array<string>")
+    expressions = getattr(mapping, operation)
+    columns = {name: analysed_expr(df, e, f"mapping.{operation}.{name}") for name, e in expressions.items()}
+    if operation == "union":
+        for name, column in columns.items():
+            if not isinstance(df.select(column).schema[0].dataType, T.ArrayType):
+                raise ConfigError(f"mapping.union.{name}: $union adds list items, so the expression must "
+                                  f"yield an array (e.g. array({expressions[name]}))")
+    return fitted_struct(df, columns)
+
+
+def invalid_reason(key: Column, line: Column, key_name: str) -> Column:
+    """Null for an update Mixpanel takes, else a struct(field, message) saying why not."""
+    rules = [
+        (key.isNull() | (F.trim(key) == ""), f"{key_name} is null or empty"),
+        (F.lower(key).isin(*PLACEHOLDER_IDS), f"{key_name} is a placeholder value Mixpanel rejects"),
+        (F.octet_length(line) >= MAX_EVENT_BYTES, "update is over 1 MB of JSON"),
+    ]
+    reasons = [F.when(broken, F.struct(F.lit(key_name).alias("field"), F.lit(message).alias("message")))
+               for broken, message in rules]
+    return F.coalesce(*reasons)

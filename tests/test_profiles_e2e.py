@@ -1,0 +1,133 @@
+"""User and group profiles from the same job (job.kind people / groups), end to end against the fake server."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from tests.fake_mixpanel import FakeMixpanel, Faults
+from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
+
+USERS = 300
+SIGNUP = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def project_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MP_PROJECT_TOKEN", "tok-123")
+
+
+@pytest.fixture(scope="module")
+def users(spark: SparkSession) -> DataFrame:
+    rows = [(f"user-{i:03d}", ["free", "pro"][i % 2], SIGNUP, f"acme-{i % 7}", [f"t{i % 3}", "all"])
+            for i in range(USERS)]
+    return spark.createDataFrame(rows, "user_id string, plan string, signup timestamp, company string, "
+                                       "tags array<string>")
+
+
+@pytest.fixture(scope="module")
+def user_sources(users: DataFrame, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("users")
+    users.write.parquet(str(root / "parquet"))
+    users.write.format("delta").save(str(root / "delta"))
+    users.write.json(str(root / "json"))  # signup becomes an ISO string (so the mapping casts it), tags a list
+    return {fmt: str(root / fmt) for fmt in ("parquet", "delta", "json")}
+
+
+def profile_config(tmp_path: Path, kind: str, source_format: str, path: str, server: FakeMixpanel,
+                   mapping: dict) -> str:
+    config = {
+        "source": {"format": source_format, "path": path},
+        "mapping": mapping,
+        "mixpanel": {"api_host": server.url, "max_batch_events": 100},
+        "job": {"kind": kind, "records_per_partition": 500, "results_path": str(tmp_path / "results")},
+    }
+    target = tmp_path / f"{kind}.json"
+    target.write_text(json.dumps(config))
+    return str(target)
+
+
+PEOPLE = {
+    "distinct_id": "user_id",
+    "set": {"plan": "plan", "Signup Date": "timestamp(signup)", "$email": "concat(user_id, '@example.com')"},
+    "set_once": {"First Plan": "plan"},
+    "union": {"tags": "tags"},
+    "unset": ["legacy_score"],
+}
+
+
+@pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
+def test_people_profiles_get_every_operation_once_per_user(
+    user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
+    source_format: str,
+) -> None:
+    mixpanel.set_faults(Faults(rate_429=0.1, rate_5xx=0.05, rate_drop=0.02, seed=3))
+    config = profile_config(tmp_path, "people", source_format, user_sources[source_format], mixpanel, PEOPLE)
+
+    assert run_job(config) == 0
+
+    profiles = mixpanel.profiles
+    assert len(profiles) == USERS
+    assert profiles["user-001"] == {"plan": "pro", "Signup Date": "2024-01-02T03:04:05",
+                                    "$email": "user-001@example.com", "First Plan": "pro", "tags": ["t1", "all"]}
+    summary = summary_of(tmp_path)
+    updates = USERS * 4  # set, set_once, union, unset
+    assert (summary["rows_read"], summary["imported"], summary["rejected"], summary["invalid"]) == (
+        updates, updates, 0, 0)
+    assert mixpanel.engage_updates >= updates and mixpanel.foreign_token_updates == 0
+    assert sum(mixpanel.injected.values()) > 0
+
+
+def test_groups_profiles_by_group_key_and_id(
+    user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
+) -> None:
+    mapping = {"group_key": "company_id", "group_id": "company", "set": {"plan": "plan"},
+               "union": {"members": "array(user_id)"}}
+    config = profile_config(tmp_path, "groups", "parquet", user_sources["parquet"], mixpanel, mapping)
+
+    assert run_job(config) == 0
+
+    groups = mixpanel.group_profiles
+    assert set(groups) == {("company_id", f"acme-{i}") for i in range(7)}
+    members = groups[("company_id", "acme-0")]["members"]
+    assert sorted(members) == [f"user-{i:03d}" for i in range(0, USERS, 7)]
+    assert summary_of(tmp_path)["imported"] == USERS * 2
+
+
+def test_profile_rows_without_an_id_are_set_aside_and_nothing_leaks_the_token(
+    spark: SparkSession, mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
+) -> None:
+    source = tmp_path / "people"
+    spark.createDataFrame([("u1", "pro"), (None, "free"), ("null", "free")], "user_id string, plan string") \
+        .write.parquet(str(source))
+    config = profile_config(tmp_path, "people", "parquet", str(source), mixpanel,
+                            {"distinct_id": "user_id", "set": {"plan": "plan"}})
+
+    assert run_job(config, "mapping.ignore_time=false") == 1
+
+    assert mixpanel.profiles == {"u1": {"plan": "pro"}}
+    summary = summary_of(tmp_path)
+    assert (summary["rows_read"], summary["imported"], summary["invalid"]) == (3, 1, 2)
+    rejected = spark.read.json(str(tmp_path / "results" / "rejected")).collect()
+    assert sorted(r.message for r in rejected) == ["$distinct_id is a placeholder value Mixpanel rejects",
+                                                   "$distinct_id is null or empty"]
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "results").rglob("*") if p.is_file())
+    assert "tok-123" not in written
+
+
+def test_profiles_need_the_project_token(
+    user_sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("MP_PROJECT_TOKEN", raising=False)
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_USER", "sa-user")
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "sa-secret")
+    config = profile_config(tmp_path, "people", "parquet", user_sources["parquet"], mixpanel, PEOPLE)
+
+    assert run_job(config, *FAST_RETRIES) == 2
+    assert "MP_PROJECT_TOKEN" in capsys.readouterr().err
+    assert mixpanel.requests == 0
