@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -17,8 +18,9 @@ from pyspark.sql import functions as F
 
 from mp_spark.config import Config, ConfigError, Credentials, JobConfig
 from mp_spark.ledger import Ledger, Manifest
+from mp_spark.lookup import send_lookup_table, to_lookup_rows
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
-from mp_spark.partition import COUNTERS, NO_OUTPUT, TallyList, partition_sender
+from mp_spark.partition import COUNTERS, NO_OUTPUT, PartitionResult, TallyList, partition_sender
 from mp_spark.preview import Preview, preview_events
 from mp_spark.profiles import to_profile_updates
 from mp_spark.progress import Progress
@@ -78,6 +80,12 @@ def prepare_records(source: DataFrame, config: Config, now_ms: int) -> DataFrame
 def preview_backfill(spark: SparkSession, config: Config) -> Preview:
     """For --dry-run: sample records as they would be sent, and for events a profile of their properties."""
     source = read_source(spark, config.source)
+    if config.job.kind == "lookup_table":
+        rows, header = to_lookup_rows(config.mapping)(source)
+        names = next(csv.reader([header]))
+        lines = [row.line for row in rows.filter(F.col("invalid").isNull()).select("line").limit(5).collect()]
+        return Preview([dict(zip(names, next(csv.reader([line])), strict=True)) for line in lines], rows=0,
+                       approx_event_names=0, properties=[])
     sendable = prepare_records(source, config, int(time.time() * 1000)).filter(F.col("invalid").isNull())
     if config.profiles:
         samples = [json.loads(row.line) for row in sendable.select("line").limit(5).collect()]
@@ -105,20 +113,42 @@ def run_backfill(
     """Send every row of the source (or, resuming, every partition not recorded as finished) and
     write the results of the whole backfill."""
     started = time.monotonic()
+    source = read_source(spark, config.source)
+    if config.job.kind == "lookup_table":
+        rows, header = to_lookup_rows(config.mapping)(source)
+        settings = SenderSettings.from_config(config.mixpanel, credentials, config.job.kind,
+                                              lookup_table_id=config.mapping.lookup_table_id)
+        sent = Sent(rows, source.count(), [send_lookup_table(rows, header, settings, dry_run=options.dry_run)])
+    else:
+        sent = send_records(spark, source, config, credentials, options)
+    return write_results(spark, sent, options, started)
+
+
+@dataclass(frozen=True)
+class Sent:
+    records: DataFrame  # with `key`, `line` and `invalid`, to write the invalid ones out
+    rows_read: int
+    partitions: list[PartitionResult]  # every partition of the run, also those finished before a resume
+    resumed_partitions: int = 0
+    imported_before: int = 0  # by attempts before a resume
+
+
+def send_records(
+    spark: SparkSession, source: DataFrame, config: Config, credentials: Credentials | None, options: RunOptions
+) -> Sent:
+    """Events or profile updates from every executor, with progress, and a ledger for --resume."""
     ledger = Ledger(spark, options.results_path)
     resumed = ledger.read_manifest() if options.resume else None
     now_ms = resumed.now_ms if resumed else int(time.time() * 1000)  # a resumed run judges rows as before
-    source = read_source(spark, config.source)
-    events = prepare_records(source, config, now_ms)
-    results = ResultsWriter(spark, options.results_path)
+    records = prepare_records(source, config, now_ms)
 
     # One pass sends the valid rows and counts the invalid ones; only if there are any does a
     # second pass write them out with their reasons. The row count (the source's own, unless a
     # time window needs the mapped time, or a row makes several profile updates) sizes the
     # partitions and is checked against what the tasks saw.
     windowed = config.job.time_from is not None or config.job.time_to is not None
-    rows_read = events.count() if windowed or config.profiles else source.count()
-    phases = send_phases(events, config.job, rows_read, now_ms)
+    rows_read = records.count() if windowed or config.profiles else source.count()
+    phases = send_phases(records, config.job, rows_read, now_ms)
     phase_rows = [rows for _, rows in phases]
     if resumed and resumed.phase_rows != phase_rows:
         raise ConfigError(f"--resume: the source changed since run {options.run_id} started ({resumed.phase_rows} "
@@ -156,37 +186,43 @@ def run_backfill(
             )
             first_index += partition_count(rows, config.job)
     partitions = sorted(progress.finished.values(), key=lambda p: p.index)
-    totals = {name: sum(getattr(p, name) for p in partitions) for name in COUNTERS}
+    return Sent(records, rows_read, partitions, len(finished_before),
+                sum(p.imported for p in finished_before.values()))
+
+
+def write_results(spark: SparkSession, sent: Sent, options: RunOptions, started: float) -> Summary:
+    """partitions/, rejected/ (the invalid rows with their reasons, and Mixpanel's refusals) and summary.json."""
+    results = ResultsWriter(spark, options.results_path)
+    totals = {name: sum(getattr(p, name) for p in sent.partitions) for name in COUNTERS}
     invalid, imported = totals["invalid"], totals["imported"]
     if invalid:
-        results.write_invalid(events.filter(F.col("invalid").isNotNull()))
-    results.write_partitions(partitions)
+        results.write_invalid(sent.records.filter(F.col("invalid").isNotNull()))
+    results.write_partitions(sent.partitions)
 
     seconds = time.monotonic() - started
-    imported_now = imported - sum(p.imported for p in finished_before.values())
     summary = Summary(
         run_id=options.run_id,
         dry_run=options.dry_run,
-        rows_read=rows_read,
+        rows_read=sent.rows_read,
         imported=imported,
         rejected=totals["rejected"],
         invalid=invalid,
         trimmed=totals["trimmed"],
-        partitions=len(partitions),
-        resumed_partitions=len(finished_before),
+        partitions=len(sent.partitions),
+        resumed_partitions=sent.resumed_partitions,
         batches=totals["batches"],
         requests=totals["requests"],
         retries=totals["retries"],
         raw_bytes=totals["raw_bytes"],
         gzip_bytes=totals["gzip_bytes"],
         seconds=round(seconds, 3),
-        events_per_second=round(imported_now / seconds, 1) if seconds else 0.0,
+        events_per_second=round((imported - sent.imported_before) / seconds, 1) if seconds else 0.0,
         results_path=results.path,
     )
     results.write_summary(summary)
     if not summary.balanced:
         log.error("accounting mismatch: the source has %d rows but %d were imported, %d rejected and %d invalid; "
-                  "did it change during the run?", rows_read, imported, summary.rejected, invalid)
+                  "did it change during the run?", sent.rows_read, imported, summary.rejected, invalid)
     return summary
 
 

@@ -26,7 +26,7 @@ SOURCE_FORMATS = ("parquet", "delta", "json")
 TIME_UNITS = ("s", "ms", "us")
 NULL_DISTINCT_ID = ("invalid", "empty")
 JOB_ORDERS = ("any", "recent_first")
-JOB_KINDS = ("events", "people", "groups")
+JOB_KINDS = ("events", "people", "groups", "lookup_table")
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -129,6 +129,20 @@ class ProfileMappingConfig:
 
 
 @dataclass(frozen=True)
+class LookupTableMappingConfig:
+    """job.kind lookup_table: the source replaces Mixpanel lookup table `lookup_table_id`."""
+
+    lookup_table_id: str
+    key: str  # the key column, sent first; its values must be unique and non-empty
+    columns: dict[str, str] = field(default_factory=dict)  # name -> expression; empty: every other column
+
+    def __post_init__(self) -> None:
+        for name, expression in self.columns.items():
+            if not name or not isinstance(expression, str) or not expression.strip():
+                raise ConfigError(f"mapping.columns.{name}: needs a non-empty Spark SQL expression")
+
+
+@dataclass(frozen=True)
 class MixpanelConfig:
     project_id: str | None = None
     region: str = "us"
@@ -210,13 +224,13 @@ class JobConfig:
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig
-    mapping: MappingConfig | ProfileMappingConfig  # by job.kind
+    mapping: MappingConfig | ProfileMappingConfig | LookupTableMappingConfig  # by job.kind
     mixpanel: MixpanelConfig = field(default_factory=MixpanelConfig)
     job: JobConfig = field(default_factory=JobConfig)
 
     @property
     def profiles(self) -> bool:
-        return self.job.kind != "events"
+        return self.job.kind in ("people", "groups")
 
 
 @dataclass(frozen=True)
@@ -244,9 +258,10 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
         _apply_override(data, override)
     job = _build(JobConfig, data.get("job", {}), prefix="job.")
     mapping = data.get("mapping")
-    if job.kind != "events" and isinstance(mapping, dict):
+    if job.kind in ("people", "groups") and isinstance(mapping, dict):
         mapping = {**mapping, "kind": job.kind}
-    mapping_type = MappingConfig if job.kind == "events" else ProfileMappingConfig
+    mapping_type = {"events": MappingConfig, "lookup_table": LookupTableMappingConfig}.get(job.kind,
+                                                                                           ProfileMappingConfig)
     return _build(Config, {**data, "mapping": mapping}, prefix="", field_types={"mapping": mapping_type})
 
 
@@ -271,9 +286,13 @@ def _pick_credentials(user: str, secret: str, token: str, *, names: Sequence[str
     """A service account (user and secret) if either is given, else a project token; errors use `names`.
 
     Profile updates (job.kind people or groups) carry the project token inside each update: only it will do.
+    Lookup tables take only a service account.
     """
     user_name, secret_name, token_name = names
-    if kind != "events":
+    if kind == "lookup_table" and not (user and secret):
+        raise ConfigError(f"job.kind: lookup_table needs a service account: set {user_name} and {secret_name} "
+                          "(with mixpanel.project_id)")
+    if kind in ("people", "groups"):
         if not token:
             raise ConfigError(f"job.kind: {kind} sends the project token inside each update: set {token_name}")
         return Credentials("project_token", token, "")

@@ -20,7 +20,7 @@ from pyspark import Accumulator, AccumulatorParam, TaskContext
 from pyspark.sql import types as T
 
 from mp_spark.batching import Chunk, batches_from_chunks
-from mp_spark.sender import BatchSender, Rejection, SenderSettings
+from mp_spark.sender import BatchSender, Rejection, SenderSettings, SendTally
 from mp_spark.transport import DryRunTransport, RequestsTransport
 
 COUNTERS = (
@@ -49,6 +49,13 @@ class PartitionResult:
     gzip_bytes: int
     seconds: float
     rejections: list[Rejection] = field(default_factory=list, compare=False)
+
+    @classmethod
+    def from_tally(cls, index: int, tally: SendTally, *, invalid: int, trimmed: int, seconds: float
+                   ) -> PartitionResult:
+        counts = {name: getattr(tally, name) for name in COUNTERS if name not in ("invalid", "trimmed")}
+        return cls(index=index, **counts, invalid=invalid, trimmed=trimmed, seconds=round(seconds, 3),
+                   rejections=tally.rejections)
 
     @classmethod
     def from_dict(cls, values: dict) -> PartitionResult:
@@ -100,21 +107,8 @@ def partition_sender(
             tally = BatchSender(settings, transport).send_batches(batches)
         finally:
             transport.close()
-        result = PartitionResult(
-            index=first_index + TaskContext.get().partitionId(),
-            rows=tally.rows,
-            imported=tally.imported,
-            rejected=tally.rejected,
-            invalid=invalid,
-            trimmed=trimmed,
-            batches=tally.batches,
-            requests=tally.requests,
-            retries=tally.retries,
-            raw_bytes=tally.raw_bytes,
-            gzip_bytes=tally.gzip_bytes,
-            seconds=round(time.monotonic() - started, 3),
-            rejections=tally.rejections,
-        )
+        result = PartitionResult.from_tally(first_index + TaskContext.get().partitionId(), tally, invalid=invalid,
+                                            trimmed=trimmed, seconds=time.monotonic() - started)
         tallies.add([asdict(result)])
         yield from ()
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from mp_spark import __version__
 from mp_spark.batching import Batch, gzip_body
@@ -26,7 +26,7 @@ from mp_spark.transport import Response, Transport, TransportError
 log = logging.getLogger(__name__)
 
 AUTH_STATUSES = frozenset({401, 403})
-ENDPOINTS = {"events": "import", "people": "engage", "groups": "groups"}  # by job.kind
+ENDPOINTS = {"events": "import", "people": "engage", "groups": "groups", "lookup_table": "lookup-tables"}
 INSERT_ID_IN_LINE = re.compile(r'"\$insert_id"\s*:\s*"([0-9a-zA-Z-]*)"')
 
 
@@ -67,20 +67,25 @@ class SenderSettings:
     max_events_per_second: float | None = None  # this task's share of the job-wide cap
     run_id: str = ""  # lets the tasks of one run on one executor pass their pacing on
 
-    endpoint: str = "import"  # or "engage" / "groups": profile updates
+    endpoint: str = "import"  # or "engage" / "groups": profile updates; "lookup-tables"
+    method: str = "POST"  # PUT for a lookup table
     token: str = field(default="", repr=False)  # the project token that profile updates carry inside
 
     @classmethod
     def from_config(cls, mixpanel: MixpanelConfig, credentials: Credentials | None, kind: str = "events", *,
-                    ip_mapped: bool = False) -> SenderSettings:
+                    ip_mapped: bool = False, lookup_table_id: str = "") -> SenderSettings:
         endpoint = ENDPOINTS[kind]
+        project = {"project_id": mixpanel.project_id} if mixpanel.project_id else {}
         if endpoint == "import":
-            params = {"strict": "1", **({"project_id": mixpanel.project_id} if mixpanel.project_id else {})}
+            path, params = "import", {"strict": "1", **project}
+        elif endpoint == "lookup-tables":
+            path, params = f"lookup-tables/{quote(lookup_table_id, safe='')}", project
         else:  # verbose=1: /engage and /groups answer 200 either way, and only then say what they refused
-            params = {"verbose": "1", **({"ip": "0"} if endpoint == "engage" and not ip_mapped else {})}
+            path, params = endpoint, {"verbose": "1", **({"ip": "0"} if endpoint == "engage" and not ip_mapped else {})}
+        with_auth = endpoint in ("import", "lookup-tables")
         return cls(
-            url=f"{mixpanel.base_url}/{endpoint}?{urlencode(params)}",
-            authorization=credentials.authorization_header() if credentials and endpoint == "import" else "",
+            url=f"{mixpanel.base_url}/{path}?{urlencode(params)}",
+            authorization=credentials.authorization_header() if credentials and with_auth else "",
             max_batch_events=mixpanel.max_batch_events,
             max_batch_bytes=mixpanel.max_batch_bytes,
             gzip_level=mixpanel.gzip_level,
@@ -93,7 +98,8 @@ class SenderSettings:
             pacing=mixpanel.pacing,
             rate_share=mixpanel.rate_limit_events_per_second,
             endpoint=endpoint,
-            token=credentials.username if credentials and endpoint != "import" else "",
+            method="PUT" if endpoint == "lookup-tables" else "POST",
+            token=credentials.username if credentials and not with_auth else "",
         )
 
     def for_run(self, run_id: str, tasks: int, mixpanel: MixpanelConfig) -> SenderSettings:
@@ -108,10 +114,10 @@ class SenderSettings:
         )
 
     def headers(self) -> dict[str, str]:
-        if self.endpoint != "import":  # a JSON array, not gzip: Mixpanel documents no gzip for profile updates
+        if self.endpoint in ("engage", "groups"):  # a JSON array, not gzip: Mixpanel documents no gzip there
             return {"Content-Type": "application/json", "User-Agent": f"mp-spark/{__version__}"}
         headers = {
-            "Content-Type": "application/x-ndjson",
+            "Content-Type": "text/csv" if self.endpoint == "lookup-tables" else "application/x-ndjson",
             "Content-Encoding": "gzip",
             "User-Agent": f"mp-spark/{__version__}",
         }
@@ -195,8 +201,10 @@ class BatchSender:
 
     def send_batch(self, batch: Batch) -> SendTally:
         """Deliver one batch (splitting it on 413); the tally says what happened to each event."""
-        if self._settings.endpoint != "import":
+        if self._settings.endpoint in ("engage", "groups"):
             return self.send_updates(batch)
+        if self._settings.endpoint == "lookup-tables":
+            return self.send_table(batch)
         tally = SendTally()
         compressed = gzip_body(batch.body, self._settings.gzip_level)
         response = self._post_with_retries(compressed, batch.count, tally)
@@ -249,6 +257,28 @@ class BatchSender:
         _count_delivered(tally, batch, body, rejections=rejections)
         return tally
 
+    def send_table(self, table: Batch) -> SendTally:
+        """Replace a lookup table with one CSV (`table.count` rows after the header).
+
+        A 400 means Mixpanel kept the old table: every row counts as rejected, with its error, which
+        names at most the first 10 bad rows.
+        """
+        tally = SendTally()
+        compressed = gzip_body(table.body, self._settings.gzip_level)
+        response = self._post_with_retries(compressed, table.count, tally)
+        if response.status in AUTH_STATUSES:
+            raise FatalSendError(auth_failure_hint(response.status, response.body))
+        if response.status == 400:
+            refused = Rejection(None, f"Mixpanel refused the whole table: {error_text(response.body)}", None, None)
+            tally.add(SendTally(rejected=table.count, batches=1, raw_bytes=len(table.body),
+                                gzip_bytes=len(compressed), rejections=[refused]))
+            return tally
+        if response.status != 200:
+            raise FatalSendError(f"unexpected HTTP {response.status} from {self._settings.url}: "
+                                 f"{error_text(response.body)}")
+        _count_delivered(tally, table, compressed, rejections=[])
+        return tally
+
     def _post_with_retries(self, body: bytes, events: int, tally: SendTally) -> Response:
         settings = self._settings
         paced_retry_left = settings.pacing
@@ -259,7 +289,8 @@ class BatchSender:
             tally.requests += 1
             retry_after = None
             try:
-                response = self._transport.post(settings.url, body, self._headers, settings.timeout_s)
+                response = self._transport.send(settings.method, settings.url, body, self._headers,
+                                                settings.timeout_s)
             except TransportError as exc:
                 problem = f"no answer ({exc})"
             else:

@@ -22,7 +22,7 @@ class Response:
 
 
 class Transport(Protocol):
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response: ...
+    def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response: ...
 
     def close(self) -> None: ...
 
@@ -36,9 +36,9 @@ class RequestsTransport:
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+    def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         try:
-            answer = self._session.post(url, data=body, headers=dict(headers), timeout=timeout_s)
+            answer = self._session.request(method, url, data=body, headers=dict(headers), timeout=timeout_s)
         except requests.RequestException as exc:
             # The type alone: requests' messages can quote the request, and the request carries credentials.
             raise TransportError(type(exc).__name__) from None
@@ -51,7 +51,7 @@ class RequestsTransport:
 class DryRunTransport:
     """Accepts every batch without sending it, so a dry run exercises everything but the network."""
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+    def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         return Response(200, b'{"code":200,"status":"OK"}')
 
     def close(self) -> None:

@@ -334,6 +334,11 @@ def test_an_interrupted_run_resumes_without_resending_finished_partitions(
     done_first = {json.loads(line)["index"]: json.loads(line)["rows"]
                   for f in (tmp_path / "results" / "done").iterdir() for line in f.read_text().splitlines()}
     assert len(done_first) == 3 and sum(done_first.values()) == mixpanel.raw_arrivals
+    # Spark kills the aborted job's last task attempts asynchronously (a Python worker gets
+    # spark.python.task.killTimeout, 2 s): let them die against the revoked credentials first.
+    while spark.sparkContext.statusTracker().getActiveStageIds():
+        time.sleep(0.1)
+    time.sleep(3)
     arrived_first = mixpanel.raw_arrivals
     mixpanel.set_faults(Faults())  # the credentials work again
 

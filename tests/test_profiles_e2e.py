@@ -82,20 +82,24 @@ def test_people_profiles_get_every_operation_once_per_user(
     assert sum(mixpanel.injected.values()) > 0
 
 
+@pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
 def test_groups_profiles_by_group_key_and_id(
     user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
+    source_format: str,
 ) -> None:
+    mixpanel.set_faults(Faults(rate_429=0.1, rate_5xx=0.05, rate_5xx_after_import=0.05, seed=4))
     mapping = {"group_key": "company_id", "group_id": "company", "set": {"plan": "plan"},
                "union": {"members": "array(user_id)"}}
-    config = profile_config(tmp_path, "groups", "parquet", user_sources["parquet"], mixpanel, mapping)
+    config = profile_config(tmp_path, "groups", source_format, user_sources[source_format], mixpanel, mapping)
 
-    assert run_job(config) == 0
+    assert run_job(config, "mixpanel.max_batch_events=20") == 0  # 30 requests: some draw a fault
 
     groups = mixpanel.group_profiles
     assert set(groups) == {("company_id", f"acme-{i}") for i in range(7)}
     members = groups[("company_id", "acme-0")]["members"]
     assert sorted(members) == [f"user-{i:03d}" for i in range(0, USERS, 7)]
     assert summary_of(tmp_path)["imported"] == USERS * 2
+    assert sum(mixpanel.injected.values()) > 0
 
 
 def test_profile_rows_without_an_id_are_set_aside_and_nothing_leaks_the_token(

@@ -30,7 +30,8 @@ class ScriptedTransport:
         self.bodies: list[list[dict]] = []
         self.headers: list[Mapping[str, str]] = []
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+    def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+             ) -> Response:
         self.bodies.append([json.loads(line) for line in gzip.decompress(body).splitlines()])
         self.headers.append(headers)
         answer = self.answers.pop(0) if self.answers else ok()
@@ -180,7 +181,8 @@ class SlowTransport:
         self.current = self.peak = self.calls = 0
         self.fail_on = fail_on
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+    def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+             ) -> Response:
         with self.lock:
             self.current += 1
             self.calls += 1
@@ -240,7 +242,8 @@ class UpdatesTransport:
     def __init__(self) -> None:
         self.batches: list[list[dict]] = []
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+    def send(self, method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+             ) -> Response:
         updates = json.loads(body)  # a JSON array, not gzip
         self.batches.append(updates)
         bad = [u for u in updates if u["$set"].get("bad")]

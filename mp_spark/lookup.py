@@ -1,0 +1,98 @@
+"""Lookup tables (job.kind lookup_table): a dimension table replaces a Mixpanel lookup table.
+
+Mixpanel's `PUT /lookup-tables/{id}` replaces the whole table from one CSV of at most 100 MB, so
+the table is built on the driver: Spark reads, maps and checks the source and writes each row as a
+CSV line (key first); the driver checks the size, puts the lines behind the header and sends them
+in one gzip request with the sender's retries.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mp_spark.batching import Batch
+from mp_spark.config import ConfigError, LookupTableMappingConfig
+from mp_spark.mapping import fit_value
+from mp_spark.partition import PartitionResult
+from mp_spark.sender import BatchSender, SenderSettings, SendTally
+from mp_spark.sources import analysed_expr
+from mp_spark.transport import DryRunTransport, RequestsTransport
+
+MAX_TABLE_BYTES = 100 * 1024 * 1024  # Mixpanel answers 413 above this (uncompressed)
+# RFC 4180: quotes doubled, spaces kept, null as an empty field (Mixpanel: "undefined").
+CSV_OPTIONS = {"escape": '"', "ignoreLeadingWhiteSpace": "false", "ignoreTrailingWhiteSpace": "false"}
+
+
+def to_lookup_rows(mapping: LookupTableMappingConfig) -> Callable[[DataFrame], tuple[DataFrame, str]]:
+    """Rows to `key`, `line` (the row as CSV, key first), `invalid` and `trimmed`; and the CSV header."""
+
+    def apply(df: DataFrame) -> tuple[DataFrame, str]:
+        columns = {mapping.key: analysed_expr(df, f"`{mapping.key}`", "mapping.key")}
+        chosen = mapping.columns or {name: f"`{name}`" for name in df.columns if name != mapping.key}
+        columns.update({name: analysed_expr(df, e, f"mapping.columns.{name}") for name, e in chosen.items()})
+        typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema
+        texts = [csv_text(columns[f.name], f.dataType, f.name).alias(f.name) for f in typed.fields]
+        header = io.StringIO()
+        csv.writer(header, lineterminator="\n").writerow(columns)
+        rows = df.select(F.struct(*texts).alias("row")).select(
+            F.col("row").getField(mapping.key).alias("key"),
+            F.to_csv("row", CSV_OPTIONS).alias("line"),
+            F.lit(False).alias("trimmed"),
+        )
+        first_of_key = F.row_number().over(Window.partitionBy("key").orderBy("line")) == 1
+        invalid = (
+            F.when(F.col("key").isNull() | (F.trim("key") == ""), reason(mapping.key, "the key is null or empty"))
+            .when(~first_of_key, reason(mapping.key, "duplicate key: only its first row (in CSV order) is sent"))
+        )
+        return rows.withColumn("invalid", invalid), header.getvalue().rstrip("\n")
+
+    return apply
+
+
+def csv_text(column: Column, dtype: T.DataType, name: str) -> Column:
+    """A value as the text Mixpanel types in a lookup table: numbers, RFC 3339 times, true/false, JSON lists."""
+    fitted = fit_value(column, dtype, name, [])
+    if fitted is None:
+        raise ConfigError(f"mapping.columns.{name}: nested deeper than Mixpanel takes (3 levels)")
+    if isinstance(dtype, (T.ArrayType, T.MapType, T.StructType)):
+        return F.to_json(fitted.value)
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
+        return F.concat(fitted.value, F.lit("Z"))  # UTC already; RFC 3339 wants the zone
+    return fitted.value.cast("string")
+
+
+def reason(field: str, message: str) -> Column:
+    return F.struct(F.lit(field).alias("field"), F.lit(message).alias("message"))
+
+
+def table_body(rows: DataFrame, header: str) -> tuple[bytes, int]:
+    """The CSV Mixpanel receives (header, then the sendable rows by key) and its row count."""
+    sendable = rows.filter(F.col("invalid").isNull())
+    size = sendable.agg(F.sum(F.octet_length("line") + 1)).first()[0] or 0
+    if size + len(header) + 1 > MAX_TABLE_BYTES:
+        raise ConfigError(f"the lookup table would be {size / 2**20:,.0f} MB of CSV; Mixpanel takes at most 100 MB: "
+                          "narrow it with source.where or fewer mapping.columns")
+    lines = [row.line for row in sendable.orderBy("key").select("line").collect()]
+    return ("\n".join([header, *lines]) + "\n").encode("utf-8"), len(lines)
+
+
+def send_lookup_table(rows: DataFrame, header: str, settings: SenderSettings, *, dry_run: bool) -> PartitionResult:
+    """Replace the table in one request from the driver; the tally is the run's only partition."""
+    started = time.monotonic()
+    body, sendable = table_body(rows, header)
+    invalid = rows.filter(F.col("invalid").isNotNull()).count()
+    transport = DryRunTransport() if dry_run else RequestsTransport()
+    try:  # one request: nothing to pace
+        sender = BatchSender(dataclasses.replace(settings, pacing=False), transport)
+        tally = sender.send_batches([Batch(body, sendable)]) if sendable else SendTally()
+    finally:
+        transport.close()
+    return PartitionResult.from_tally(0, tally, invalid=invalid, trimmed=0, seconds=time.monotonic() - started)
