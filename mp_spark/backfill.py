@@ -172,7 +172,7 @@ def send_records(
     with progress.running():
         first_index = 0
         for phase, rows in phases:
-            send_events(
+            send_phase(
                 spark,
                 phase,
                 source_rows=rows,
@@ -230,9 +230,9 @@ def partition_count(rows: int, job: JobConfig) -> int:
     return math.ceil(rows / job.records_per_partition)
 
 
-def send_events(
+def send_phase(
     spark: SparkSession,
-    events: DataFrame,
+    records: DataFrame,
     *,
     source_rows: int,
     first_index: int,
@@ -264,7 +264,7 @@ def send_events(
     valid = F.col("invalid").isNull()
     line_or_null = F.when(valid, F.concat(F.col("line"), F.lit("\n")))
     trimmed = F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte")
-    lines = events.select("key", line_or_null.alias("line"), trimmed.alias("trimmed"))
+    lines = records.select("key", line_or_null.alias("line"), trimmed.alias("trimmed"))
     finished = [index - first_index for index in skip if first_index <= index < first_index + partitions]
     if finished:  # the partition a row lands in, exactly as repartition(partitions, "key") computes it
         lines = lines.filter(~F.pmod(F.hash("key"), F.lit(partitions)).isin(finished))

@@ -22,7 +22,7 @@ from mp_spark.storage import list_names, read_text, write_text
 @dataclass(frozen=True)
 class Manifest:
     run_id: str
-    config: dict  # the parsed config, as plain data (see config.config_to_data)
+    config: dict  # the parsed config as plain data (dataclasses.asdict), which parse_config reads back
     now_ms: int
     phase_rows: list[int]  # rows to send in each phase (one, or the recent window and the rest)
 

@@ -59,8 +59,9 @@ class Preview:
     def render(self) -> str:
         lines = [f"{len(self.samples)} events as they would be sent:"]
         lines += [f"  {json.dumps(sample, ensure_ascii=False)}" for sample in self.samples]
-        lines.append(f"properties over {self.rows:,} rows:")
-        lines.append(f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}")
+        if self.properties:  # profiled for events only
+            lines.append(f"properties over {self.rows:,} rows:")
+            lines.append(f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}")
         for p in self.properties:
             lines.append(f"  {p.name[:27]:<28}{p.json_type:<9}{p.null_share:>7.0%}{p.approx_distinct:>12,}"
                          f"{p.cut:>10,}")
