@@ -84,7 +84,12 @@ class Progress:
         elapsed = max(self._clock() - self._started, 1e-9)
         rows_per_s = (rows_done - self._rows_before) / elapsed
         left = self._total_rows - rows_done
-        eta = f"about {_duration(left / rows_per_s)} left" if rows_per_s > 0 and left > 0 else "time left unknown yet"
+        if left <= 0:
+            eta = "nothing left"
+        elif rows_per_s > 0:
+            eta = f"about {_duration(left / rows_per_s)} left"
+        else:
+            eta = "time left unknown yet"
         percent = rows_done / self._total_rows if self._total_rows else 1.0
         return (
             f"progress: {percent:.0%} ({rows_done:,} of {self._total_rows:,} rows): "

@@ -1,6 +1,7 @@
 """The whole job, in process: real local Spark, the real CLI, a Mixpanel-compatible server on loopback."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -357,15 +358,17 @@ def test_progress_is_logged_while_the_run_goes(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    mixpanel.set_faults(Faults(latency_s=0.2))  # slow enough for several ticks
+    # Each task waits at least 0.5 s on its answers and 5 partitions take 3 waves on 2 cores: the
+    # send phase lasts over 1.5 s however fast or loaded the machine, several 0.1 s ticks.
+    mixpanel.set_faults(Faults(latency_s=0.5))
     with caplog.at_level("INFO", logger="mp_spark.progress"):
         assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel),
-                       "job.progress_interval_s=0.5") == 0
+                       "job.progress_interval_s=0.1") == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
-    assert len(lines) >= 3
+    midway = [line for line in lines if any(f"; {n} of 5 partitions done" in line for n in range(1, 5))]
+    assert midway and all(re.search(r"about \d+ s left", line) for line in midway)
     assert lines[-1].startswith(f"progress: 100% ({ROWS:,} of {ROWS:,} rows): {ROWS:,} imported")
-    assert "5 of 5 partitions done" in lines[-1]
-    assert any("left" in line for line in lines[:-1])
+    assert "nothing left; 5 of 5 partitions done" in lines[-1]
 
 
 def test_config_is_read_through_spark_when_it_is_a_url(

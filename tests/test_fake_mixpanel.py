@@ -345,14 +345,12 @@ def test_latency_lets_requests_overlap(fake: FakeMixpanel) -> None:
         codes.append(post(fake, [make_event(i)]).status_code)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert codes == [200, 200, 200]
-    assert fake.max_concurrent >= 2
-    assert time.monotonic() - started < 0.9  # handled in parallel, not one after another
+    assert fake.max_concurrent >= 2  # handled in parallel, not one after another
 
 
 def test_admission_limit_answers_429_when_burst_exceeds_bucket() -> None:
@@ -858,14 +856,12 @@ def test_latency_and_concurrency_span_all_endpoints(fake: FakeMixpanel) -> None:
         codes[kind] = send_one(kind, fake).status_code
 
     threads = [threading.Thread(target=send, args=(kind,)) for kind in ENDPOINTS]
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert codes == dict.fromkeys(ENDPOINTS, 200)
-    assert fake.max_concurrent >= 2
-    assert time.monotonic() - started < 1.2  # handled in parallel, not one after another
+    assert fake.max_concurrent >= 2  # handled in parallel, not one after another
 
 
 def test_every_endpoint_shares_request_and_keep_alive_stats(fake: FakeMixpanel, session: requests.Session) -> None:
