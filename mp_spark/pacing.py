@@ -1,17 +1,16 @@
 """Pacing for one task's sends: TCP's congestion control, applied to events per second.
 
-Mixpanel's rate limit is per project, shared by every task of the job. A task starts at its
-share of the project's limit (or of `mixpanel.max_events_per_second`) and doubles its rate on
-every success until the first 429, so a project without that limit is hardly held back and a
-new task joins without a burst. The first 429 drops it just under its share. After that, each
-429 keeps 93% of the rate; on success the rate climbs back quickly to near where the last 429
-came, then probes beyond it slowly (as TCP CUBIC does), so the tasks together spend most of their
-time just under the project's limit instead of retrying in lockstep. (A project granted a higher
-limit says so with rate_limit_events_per_second.)
+Mixpanel's rate limit is per project, shared by every task of the job. Until the first 429 a task
+sends as fast as its requests in flight allow (or at its share of `mixpanel.max_events_per_second`),
+so a project that is not near its limit is never held back; the job's first burst is at most its
+`max_in_flight` batches. The first 429 drops the task just under its share of the project's limit.
+After that, each 429 keeps 93% of the rate; on success the rate climbs back quickly to near where
+the last 429 came, then probes beyond it slowly (as TCP CUBIC does), so the tasks together spend
+most of their time just under the project's limit instead of retrying in lockstep. (A project
+granted a higher limit says so with rate_limit_events_per_second.)
 
 Spark reuses a Python worker for the next task, so a task leaves its pacing state to the next
-task of the same run on that worker, which starts there: later waves of tasks neither overshoot
-nor ramp up again.
+task of the same run on that worker, which starts there: later waves of tasks do not overshoot.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ PROBE_PER_BATCH = 0.006  # ... and once back near it, where the next 429 is like
 NEAR_LAST_CUT = 0.97
 MIN_RATE = 50.0  # events/s: never stall completely
 
-# run id -> (rate, still in slow start, rate at the last 429) as this worker's last task of that run left them
-_left_by_runs: dict[str, tuple[float, bool, float]] = {}
+# run id -> (rate, throttled yet, rate at the last 429) as this worker's last task of that run left them
+_left_by_runs: dict[str, tuple[float | None, bool, float]] = {}
 
 
 class Pacer:
@@ -46,11 +45,8 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        if adaptive:
-            fresh = (max_rate or share, True, 0.0)
-            self.rate, self._slow_start, self._rate_at_last_cut = _left_by_runs.get(run_id, fresh)
-        else:
-            self.rate, self._slow_start, self._rate_at_last_cut = max_rate, False, 0.0
+        fresh = (max_rate, False, 0.0)
+        self.rate, self._throttled, self._rate_at_last_cut = _left_by_runs.get(run_id, fresh) if adaptive else fresh
         self._share = share  # this task's share of the project's limit
         self._run_id = run_id
         self._max_rate = max_rate
@@ -76,17 +72,14 @@ class Pacer:
 
     def on_success(self, events: int) -> None:
         with self._lock:
-            if self.rate is not None and self._adaptive:
-                if self._slow_start:
-                    self._set_rate(self.rate * 2)
-                else:
-                    recovering = self.rate < NEAR_LAST_CUT * self._rate_at_last_cut
-                    self._set_rate(self.rate + events * (RECOVER_PER_BATCH if recovering else PROBE_PER_BATCH))
+            if self._throttled:  # before the first 429 the rate is the cap, or none
+                recovering = self.rate < NEAR_LAST_CUT * self._rate_at_last_cut
+                self._set_rate(self.rate + events * (RECOVER_PER_BATCH if recovering else PROBE_PER_BATCH))
 
     def _set_rate(self, rate: float) -> None:
         self.rate = min(self._max_rate or float("inf"), max(MIN_RATE, rate))  # the cap wins over the floor
         if self._run_id:
-            _left_by_runs[self._run_id] = (self.rate, self._slow_start, self._rate_at_last_cut)
+            _left_by_runs[self._run_id] = (self.rate, self._throttled, self._rate_at_last_cut)
 
     def on_throttled(self, epoch: int) -> None:
         """A 429 for a request sent in `epoch`: slow down, unless the rate was already cut since.
@@ -99,8 +92,8 @@ class Pacer:
         with self._lock:
             if epoch != self._epoch:
                 return
-            self._rate_at_last_cut = self._share if self._slow_start else self.rate
-            self._slow_start = False
+            self._rate_at_last_cut = self.rate if self._throttled else self._share
+            self._throttled = True
             self._set_rate(self._rate_at_last_cut * DECREASE)
             self._epoch += 1
             log.info("429 from Mixpanel: pacing this task at %.0f events/s", self.rate)

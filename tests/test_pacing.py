@@ -22,18 +22,17 @@ def make_pacer(clock: FakeClock, **kwargs: object) -> Pacer:
     return Pacer(share=10_000.0, clock=clock, sleep=clock.sleep, **kwargs)
 
 
-def test_slow_start_begins_at_the_share_and_doubles_on_each_success() -> None:
-    pacer = make_pacer(FakeClock())
-    assert pacer.rate == 10_000
-    for _ in range(5):
+def test_until_the_first_429_batches_leave_unpaced() -> None:
+    clock = FakeClock()
+    pacer = make_pacer(clock)
+    for _ in range(10):
+        pacer.wait_turn(2000)  # 20,000 events at once: twice the share, and no wait
         pacer.on_success(2000)
-    assert pacer.rate == pytest.approx(10_000 * 2**5)
+    assert pacer.rate is None and clock.slept == []
 
 
-def test_first_429_ends_slow_start_just_under_the_share() -> None:
+def test_first_429_drops_the_rate_just_under_the_share() -> None:
     pacer = make_pacer(FakeClock())
-    for _ in range(3):
-        pacer.on_success(2000)  # 80,000 events/s
     pacer.on_throttled(pacer.wait_turn(2000))
     assert pacer.rate == pytest.approx(10_000 * DECREASE)
     pacer.on_success(2000)
@@ -43,7 +42,7 @@ def test_first_429_ends_slow_start_just_under_the_share() -> None:
 def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
     clock = FakeClock()
     pacer = make_pacer(clock)
-    pacer.on_throttled(0)  # leaves slow start at 9,000 events/s
+    pacer.on_throttled(0)  # the first 429: 9,300 events/s
     in_flight = [pacer.wait_turn(100) for _ in range(3)]
     for epoch in in_flight:
         pacer.on_throttled(epoch)
@@ -55,7 +54,7 @@ def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
 def test_after_a_cut_the_rate_recovers_fast_then_probes_slowly_up_to_the_cap() -> None:
     pacer = make_pacer(FakeClock(), max_rate=1000.0)
     assert pacer.rate == 1000.0  # a cap below the share: start at the cap
-    pacer.on_throttled(0)  # leaves slow start, still at the cap
+    pacer.on_throttled(0)  # the first 429: just under the share, so still the cap
     pacer.on_throttled(1)  # a 429 at 1000 events/s
     assert pacer.rate == pytest.approx(1000 * DECREASE)
     pacer.on_success(100)
@@ -90,16 +89,7 @@ def test_a_task_starts_where_the_previous_task_of_its_run_ended() -> None:
     first.on_throttled(0)
     first.on_success(2000)
     following = make_pacer(FakeClock(), run_id="run-a")
-    assert following.rate == first.rate  # no slow start: it would overshoot again
+    assert following.rate == first.rate  # not unpaced: it would overshoot again
     following.on_success(2000)
-    assert following.rate < first.rate * 2  # additive, not doubling
-    assert make_pacer(FakeClock(), run_id="run-b").rate == 10_000  # another run starts afresh
-
-
-def test_a_task_inherits_slow_start_too() -> None:
-    first = make_pacer(FakeClock(), run_id="run-c")
-    first.on_success(2000)
-    following = make_pacer(FakeClock(), run_id="run-c")
-    assert following.rate == 20_000
-    following.on_success(2000)
-    assert following.rate == 40_000
+    assert following.rate == pytest.approx(first.rate + 2000 * RECOVER_PER_BATCH)  # still recovering
+    assert make_pacer(FakeClock(), run_id="run-b").rate is None  # another run starts afresh
