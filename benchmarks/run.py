@@ -98,7 +98,8 @@ class Probe:
         self._stop.set()
         self._thread.join()
         self.seconds = time.monotonic() - self.t0
-        self.cpu = (machine_cpu_s() - self.cpu0) - (process_cpu_s(self.receiver_pid) - self.rcv0)
+        self.receiver_cpu = process_cpu_s(self.receiver_pid) - self.rcv0
+        self.cpu = (machine_cpu_s() - self.cpu0) - self.receiver_cpu
 
     def _sample(self) -> None:
         while not self._stop.wait(0.1):
@@ -107,7 +108,7 @@ class Probe:
 
 def machine_cpu_s() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+    busy = sum(fields[:7]) - fields[3] - fields[4]  # all but idle, iowait and steal (other VMs' time)
     return busy / os.sysconf("SC_CLK_TCK")
 
 
@@ -197,6 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--only", default="abcdefg", help="scenario letters to run (g is e0)")
+    parser.add_argument("--pairs", type=int, default=3, help="runs of a and b, alternated (the median pair counts)")
     args = parser.parse_args()
 
     port = free_port()
@@ -257,9 +259,21 @@ def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url
         "f": lambda: (configure(), job("f", records_per_partition=1_000_000))[1],
     }
     for letter, run in plan.items():
-        if letter in args.only:
-            rows[letter] = run()
-            print(letter, json.dumps(rows[letter]), flush=True)
+        if letter not in args.only or (letter == "b" and "a" in rows):
+            continue
+        if letter == "a" and "b" in args.only:
+            # The two cores are a VM's, and their speed drifts by 10-20% within minutes: a and b run
+            # alternately, and the table shows the pair with the median ratio.
+            pairs = []
+            for _ in range(args.pairs):
+                pairs.append((run(), plan["b"]()))
+                print("a", json.dumps(pairs[-1][0]), "\nb", json.dumps(pairs[-1][1]), flush=True)
+            ratios = sorted((a["events_per_second"] / b["events_per_second"], i) for i, (a, b) in enumerate(pairs))
+            rows["a"], rows["b"] = pairs[ratios[len(ratios) // 2][1]]
+            rows["a"]["a/b of each pair"] = [round(ratio, 2) for ratio, _ in ratios]
+            continue
+        rows[letter] = run()
+        print(letter, json.dumps(rows[letter]), flush=True)
     return rows
 
 
@@ -294,6 +308,7 @@ def measure(probe: Probe, events: int, receiver: dict, retries: int) -> dict:
         "events_per_second": round(events / probe.seconds),
         "sending_events_per_second": round(receiver["events"] / sending_s) if sending_s else None,
         "cpu_s_per_million": round(probe.cpu / events * 1e6, 1),
+        "receiver_cpu_s": round(probe.receiver_cpu, 1),
         "peak_worker_rss_mb": round(probe.peak_rss / 2**20),
         "seconds": round(probe.seconds, 1),
         "requests": receiver["requests"],
@@ -321,7 +336,9 @@ def report(rows: dict[str, dict], events: int, ceiling: float) -> None:
                      f"{r['peak_worker_rss_mb']} MB | {r['requests']:,} | {share:.1%} | {r['peak_in_flight']} |")
     checks = []
     if {"a", "b"} <= rows.keys():
-        checks.append(f"a/b = {rows['a']['events_per_second'] / rows['b']['events_per_second']:.2f} (target >= 0.8)")
+        each = rows["a"].get("a/b of each pair", [])
+        checks.append(f"a/b = {rows['a']['events_per_second'] / rows['b']['events_per_second']:.2f} (target >= 0.8)"
+                      + (f"; the median of {len(each)} pairs: {', '.join(map(str, each))}" if len(each) > 1 else ""))
     if {"a", "c"} <= rows.keys():
         checks.append(f"a/c = {rows['a']['events_per_second'] / rows['c']['events_per_second']:.1f} (target >= 3)")
     if "d" in rows:
