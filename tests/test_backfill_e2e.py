@@ -259,14 +259,16 @@ def test_backfill_keeps_requests_in_flight_within_the_job_budget(
 def test_backfill_pacing_cuts_429s_from_a_rate_limited_server(
     sources: dict[str, str], service_account: None, tmp_path: Path,
 ) -> None:
+    # A limit of 1000 events/s: even a slow machine offers more (4 requests of 250 in flight), so
+    # without pacing the server keeps answering 429.
     throttled = {}
     for pacing in (False, True):
-        with FakeMixpanel(admit_events_per_second=2500) as server:
+        with FakeMixpanel(admit_events_per_second=1000) as server:
             run_dir = tmp_path / f"pacing-{pacing}"
             run_dir.mkdir()
             config = write_config(run_dir, "parquet", sources["parquet"], server)
             assert run_job(config, f"mixpanel.pacing={str(pacing).lower()}", "mixpanel.max_batch_events=250",
-                           "mixpanel.rate_limit_events_per_second=2500", "mixpanel.max_in_flight=4",
+                           "mixpanel.rate_limit_events_per_second=1000", "mixpanel.max_in_flight=4",
                            "mixpanel.max_attempts=100") == 0
             assert len(server.unique_events) == ROWS
             throttled[pacing] = server.statuses[429]
