@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import Config, ConfigError, Credentials, JobConfig
+from mp_spark.dispatch import run_partitions
 from mp_spark.ledger import Ledger, Manifest
 from mp_spark.lookup import send_lookup_table, to_lookup_rows
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
@@ -250,28 +251,31 @@ def send_phase(
     an earlier attempt of the run, and their rows are dropped before the shuffle. Each task adds its
     tally to `tallies`.
     """
-    if source_rows == 0:
-        return
     partitions = partition_count(source_rows, config.job)
-    # Requests in flight across the cluster = tasks running at once x requests per task: keep the
-    # product within the job-wide budget, and split any events/s cap the same way.
-    concurrent_tasks = min(partitions, spark.sparkContext.defaultParallelism)
-    settings = settings.for_run(run_id, concurrent_tasks, config.mixpanel)
+    finished = {index - first_index for index in skip if first_index <= index < first_index + partitions}
+    to_send = [partition for partition in range(partitions) if partition not in finished]
+    if not to_send:
+        return
+    # Requests in flight across the cluster = tasks sending at once x requests per task: keep the
+    # product within the job-wide budget (at least one each, so no more tasks than the budget), and
+    # split any events/s cap the same way.
+    at_once = min(len(to_send), spark.sparkContext.defaultParallelism, config.mixpanel.max_in_flight)
+    settings = settings.for_run(run_id, at_once, config.mixpanel)
     if dry_run:  # nothing to pace without a server
         settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
     log.info("sending up to %d rows in %d partitions, %d at a time, %d requests in flight each",
-             source_rows, partitions, concurrent_tasks, settings.in_flight)
+             source_rows, len(to_send), at_once, settings.in_flight)
     valid = F.col("invalid").isNull()
     line_or_null = F.when(valid, F.concat(F.col("line"), F.lit("\n")))
     trimmed = F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte")
     lines = records.select("key", line_or_null.alias("line"), trimmed.alias("trimmed"))
-    finished = [index - first_index for index in skip if first_index <= index < first_index + partitions]
     if finished:  # the partition a row lands in, exactly as repartition(partitions, "key") computes it
-        lines = lines.filter(~F.pmod(F.hash("key"), F.lit(partitions)).isin(finished))
+        lines = lines.filter(~F.pmod(F.hash("key"), F.lit(partitions)).isin(sorted(finished)))
     partitioned = lines.repartition(partitions, "key").select("line", "trimmed")
     sender = partition_sender(settings, tallies, first_index=first_index, dry_run=dry_run)
     try:
-        partitioned.mapInArrow(sender, NO_OUTPUT).collect()
+        run_partitions(spark.sparkContext, partitioned.mapInArrow(sender, NO_OUTPUT), to_send, at_once=at_once,
+                       describe=lambda partition: f"mp-spark {run_id}: partition {first_index + partition}")
     except Exception as exc:
         text = str(exc)
         fatal = re.search(r"FatalSendError: (.+)", text)

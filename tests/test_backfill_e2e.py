@@ -242,17 +242,22 @@ def test_quickstart_script_runs_the_bundled_sample(tmp_path: Path) -> None:
     assert "would import" in result.stdout
 
 
+@pytest.mark.parametrize(("budget", "least_seen"), [
+    (4, 3),  # 5 partitions, 2 running at once (local[2]): 2 requests in flight per task
+    (1, 1),  # fewer than the cores: only 1 task sends at a time
+])
 def test_backfill_keeps_requests_in_flight_within_the_job_budget(
-    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, budget: int,
+    least_seen: int,
 ) -> None:
     mixpanel.set_faults(Faults(latency_s=0.1))
     config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
 
-    # 5 partitions, 2 running at once (local[2]): a budget of 4 is 2 requests in flight per task.
-    assert run_job(config, "mixpanel.max_in_flight=4", "mixpanel.max_batch_events=100") == 0
+    assert run_job(config, f"mixpanel.max_in_flight={budget}", "mixpanel.max_batch_events=100") == 0
 
-    assert len(mixpanel.unique_events) == ROWS
-    assert 3 <= mixpanel.max_concurrent <= 4  # pipelined within tasks, never above the budget
+    assert len(mixpanel.unique_events) == ROWS and mixpanel.raw_arrivals == ROWS
+    assert least_seen <= mixpanel.max_concurrent <= budget  # pipelined within tasks, never above the budget
+    assert summary_of(tmp_path)["partitions"] == 5
 
 
 
@@ -324,12 +329,13 @@ def test_backfill_recent_first_sends_the_recent_window_before_older_history(
     assert sorted(indexes) == list(range(len(indexes)))  # the two phases' partitions numbered apart
 
 
+@pytest.mark.parametrize("budget", [2, 1])  # one job for all partitions; one job per partition, 1 at a time
 def test_an_interrupted_run_resumes_without_resending_finished_partitions(
     spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
-    service_account: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    service_account: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: int,
 ) -> None:
     config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
-    one_request_per_partition = ["mixpanel.max_batch_events=2000", "mixpanel.max_in_flight=2"]  # ~1000 rows each
+    one_request_per_partition = ["mixpanel.max_batch_events=2000", f"mixpanel.max_in_flight={budget}"]  # ~1000 rows
     mixpanel.set_faults(Faults(revoke_after_requests=3))  # 3 of the 5 partitions finish, then 401s stop the run
 
     assert run_job(config, *one_request_per_partition) == 2
