@@ -199,7 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--only", default="abcdefg", help="scenario letters to run (g is e0)")
-    parser.add_argument("--pairs", type=int, default=3, help="runs of a and b, alternated (the median pair counts)")
+    parser.add_argument("--pairs", type=int, default=5, help="runs of a and b, alternated (the median pair counts)")
     args = parser.parse_args()
 
     port = free_port()
@@ -277,7 +277,10 @@ def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url
 
 def median_pair(run_a: Callable[[], dict], run_b: Callable[[], dict], pairs: int) -> tuple[dict, dict]:
     """a and b run alternately `pairs` times; the pair with the median a/b, all ratios noted in a's row."""
-    runs = [(run_a(), run_b()) for _ in range(pairs)]
+    runs = []
+    for _ in range(pairs):
+        runs.append((run_a(), run_b()))
+        print("a then b:", *(json.dumps(run) for run in runs[-1]), flush=True)
     ratios = sorted((a["events_per_second"] / b["events_per_second"], i) for i, (a, b) in enumerate(runs))
     a, b = runs[ratios[len(ratios) // 2][1]]
     return {**a, "a/b of each pair": [round(ratio, 2) for ratio, _ in ratios]}, b
