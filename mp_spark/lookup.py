@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 
 from mp_spark.batching import Batch
 from mp_spark.config import ConfigError, LookupTableMappingConfig
-from mp_spark.mapping import fit_value
+from mp_spark.mapping import JSON_OPTIONS, fit_value
 from mp_spark.partition import PartitionResult
 from mp_spark.sender import BatchSender, SenderSettings, SendTally
 from mp_spark.sources import analysed_expr
@@ -63,7 +63,7 @@ def csv_text(column: Column, dtype: T.DataType, name: str) -> Column:
     if fitted is None:
         raise ConfigError(f"mapping.columns.{name}: nested deeper than Mixpanel takes (3 levels)")
     if isinstance(dtype, (T.ArrayType, T.MapType, T.StructType)):
-        return F.to_json(fitted.value)
+        return F.to_json(fitted.value, JSON_OPTIONS)
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
         return F.concat(fitted.value, F.lit("Z"))  # UTC already; RFC 3339 wants the zone
     return fitted.value.cast("string")
@@ -77,7 +77,7 @@ def table_body(rows: DataFrame, header: str) -> tuple[bytes, int]:
     """The CSV Mixpanel receives (header, then the sendable rows by key) and its row count."""
     sendable = rows.filter(F.col("invalid").isNull())
     size = sendable.agg(F.sum(F.octet_length("line") + 1)).first()[0] or 0
-    if size + len(header) + 1 > MAX_TABLE_BYTES:
+    if size + len(header.encode()) + 1 > MAX_TABLE_BYTES:
         raise ConfigError(f"the lookup table would be {size / 2**20:,.0f} MB of CSV; Mixpanel takes at most 100 MB: "
                           "narrow it with source.where or fewer mapping.columns")
     lines = [row.line for row in sendable.orderBy("key").select("line").collect()]

@@ -79,6 +79,11 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
     return apply
 
 
+# A null field is left out of the JSON, whatever the session's spark.sql.jsonGenerator.ignoreNullFields:
+# sent as null it would overwrite a profile value or fill a property with null.
+JSON_OPTIONS = {"ignoreNullFields": "true"}
+
+
 def to_json_lines(mapped: DataFrame) -> DataFrame:
     """Add `line`: the event as /import wants it, `{"event": ..., "properties": {...}}`, nulls left out."""
     properties = F.struct(
@@ -90,7 +95,7 @@ def to_json_lines(mapped: DataFrame) -> DataFrame:
         F.col("ip"),
         F.col("properties.*"),
     )
-    line = F.to_json(F.struct(F.col("event"), properties.alias("properties")), {"ignoreNullFields": "true"})
+    line = F.to_json(F.struct(F.col("event"), properties.alias("properties")), JSON_OPTIONS)
     return mapped.withColumn("line", line)
 
 

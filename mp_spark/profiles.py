@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, ProfileMappingConfig
-from mp_spark.mapping import fitted_struct
+from mp_spark.mapping import JSON_OPTIONS, fitted_struct
 from mp_spark.sources import analysed_expr
 from mp_spark.validation import MAX_EVENT_BYTES, PLACEHOLDER_IDS
 
@@ -42,7 +42,7 @@ def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], D
         updates = []
         for operation in mapping.operations:
             value, cut = operation_value(df, mapping, operation)
-            line = F.to_json(F.struct(*identity, value.alias(f"${operation}")))
+            line = F.to_json(F.struct(*identity, value.alias(f"${operation}")), JSON_OPTIONS)
             updates.append(F.struct(line.alias("line"), (F.size(cut) > 0).alias("trimmed")))
         rows = df.select(key.alias("key"), F.explode(F.array(*updates)).alias("update"))
         return rows.select("key", "update.line", "update.trimmed").withColumn(

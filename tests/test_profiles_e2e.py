@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
+from mp_spark.config import ProfileMappingConfig
+from mp_spark.profiles import to_profile_updates
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
 
@@ -135,3 +137,15 @@ def test_profiles_need_the_project_token(
     assert run_job(config, *FAST_RETRIES) == 2
     assert "MP_PROJECT_TOKEN" in capsys.readouterr().err
     assert mixpanel.requests == 0
+
+
+def test_a_null_value_is_left_out_of_the_update_whatever_the_session_s_json_settings(spark: SparkSession) -> None:
+    """Sent as "plan": null, $set would wipe the profile's plan."""
+    users = spark.createDataFrame([("u1", None, "gold")], "user_id string, plan string, tier string")
+    mapping = ProfileMappingConfig(distinct_id="user_id", set={"plan": "plan", "tier": "tier"})
+    spark.conf.set("spark.sql.jsonGenerator.ignoreNullFields", "false")
+    try:
+        lines = [json.loads(row.line) for row in users.transform(to_profile_updates(mapping)).collect()]
+    finally:
+        spark.conf.unset("spark.sql.jsonGenerator.ignoreNullFields")
+    assert lines == [{"$distinct_id": "u1", "$ignore_time": True, "$set": {"tier": "gold"}}]
