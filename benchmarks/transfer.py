@@ -59,7 +59,7 @@ def main() -> None:
     rows = events.count()
 
     def lines():  # a new plan each time, so every way pays for the read and the shuffle (no reused shuffle files)
-        return events.repartition(max(1, rows // 200_000), "insert_id").select(
+        return events.repartition(max(1, rows // 200_000), "key").select(
             F.concat("line", F.lit("\n")).alias("line"))
 
     ways = {
