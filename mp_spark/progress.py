@@ -43,6 +43,7 @@ class Progress:
         self._clock = clock
         self._started = clock()
         self._handled = 0  # accumulator entries already handled
+        self._unrecorded: list[PartitionResult] = []  # finished, but not yet in the ledger
         self._rows_before = sum(p.rows + p.invalid for p in finished_before.values())
         self.finished: dict[int, PartitionResult] = dict(finished_before)
 
@@ -69,13 +70,13 @@ class Progress:
         new = [PartitionResult.from_dict(d) for d in entries[self._handled :]]
         self._handled = len(entries)
         new = [p for p in new if p.index not in self.finished]  # a skipped (already finished) partition reports zeros
+        self.finished.update({p.index: p for p in new})  # counted in the summary whatever the ledger does
+        self._unrecorded += new
         try:
-            self._ledger.record(new)
+            self._ledger.record(self._unrecorded)
+            self._unrecorded = []
         except Exception as exc:  # a slow or failing store must not stop the backfill: the next tick retries
             log.warning("could not record finished partitions in %s: %s", self._ledger.path, exc)
-            self._handled -= len(new)
-            return
-        self.finished.update({p.index: p for p in new})
         log.info("%s", self.line())
 
     def line(self) -> str:
