@@ -9,7 +9,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyspark import Accumulator
@@ -115,13 +116,14 @@ def run_backfill(
     write the results of the whole backfill."""
     started = time.monotonic()
     source = read_source(spark, config.source)
-    if config.job.kind == "lookup_table":
-        rows, header = to_lookup_rows(config.mapping)(source)
-        settings = SenderSettings.from_config(config.mixpanel, credentials, config.job.kind,
-                                              lookup_table_id=config.mapping.lookup_table_id)
-        sent = Sent(rows, source.count(), [send_lookup_table(rows, header, settings, dry_run=options.dry_run)])
-    else:
-        sent = send_records(spark, source, config, credentials, options)
+    with sender_errors_as_run_errors():
+        if config.job.kind == "lookup_table":
+            rows, header = to_lookup_rows(config.mapping)(source)
+            settings = SenderSettings.from_config(config.mixpanel, credentials, config.job.kind,
+                                                  lookup_table_id=config.mapping.lookup_table_id)
+            sent = Sent(rows, source.count(), [send_lookup_table(rows, header, settings, dry_run=options.dry_run)])
+        else:
+            sent = send_records(spark, source, config, credentials, options)
     return write_results(spark, sent, options, started)
 
 
@@ -273,11 +275,18 @@ def send_phase(
         lines = lines.filter(~F.pmod(F.hash("key"), F.lit(partitions)).isin(sorted(finished)))
     partitioned = lines.repartition(partitions, "key").select("line", "trimmed")
     sender = partition_sender(settings, tallies, first_index=first_index, dry_run=dry_run)
+    run_partitions(spark.sparkContext, partitioned.mapInArrow(sender, NO_OUTPUT), to_send, at_once=at_once,
+                   describe=lambda partition: f"mp-spark {run_id}: partition {first_index + partition}")
+
+
+@contextmanager
+def sender_errors_as_run_errors() -> Iterator[None]:
+    """A sender's failure, raised on the driver (a lookup table) or quoted in the traceback of a
+    failed Spark task (events, profiles), as the run's: aborted, or failed after retries."""
     try:
-        run_partitions(spark.sparkContext, partitioned.mapInArrow(sender, NO_OUTPUT), to_send, at_once=at_once,
-                       describe=lambda partition: f"mp-spark {run_id}: partition {first_index + partition}")
+        yield
     except Exception as exc:
-        text = str(exc)
+        text = f"{type(exc).__name__}: {exc}"
         fatal = re.search(r"FatalSendError: (.+)", text)
         if fatal:
             raise BackfillAbortedError(fatal.group(1).strip()) from None

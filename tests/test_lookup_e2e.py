@@ -97,3 +97,19 @@ def test_lookup_tables_need_a_service_account(
 
     assert run_job(lookup_config(tmp_path, "parquet", product_sources["parquet"], mixpanel), *FAST_RETRIES) == 2
     assert mixpanel.requests == 0
+
+
+def test_a_refused_service_account_exits_2_and_a_failing_mixpanel_exits_3_with_the_reason(
+    product_sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = lookup_config(tmp_path, "parquet", product_sources["parquet"], mixpanel)
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+    assert run_job(config, "mixpanel.max_attempts=2") == 3
+    assert "gave up after 2 attempts; last: HTTP 5" in capsys.readouterr().err
+
+    mixpanel.set_faults(Faults())
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
+    assert run_job(config) == 2
+    error = capsys.readouterr().err
+    assert "Mixpanel answered 401" in error and "not-the-secret" not in error
