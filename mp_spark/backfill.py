@@ -153,12 +153,15 @@ def send_records(
     rows_read = records.count() if windowed or config.profiles else source.count()
     phases = send_phases(records, config.job, rows_read, now_ms)
     phase_rows = [rows for _, rows in phases]
+    if resumed and resumed.dry_run:
+        raise ConfigError(f"--resume: run {options.run_id} was a dry run, which sent nothing; start a new run instead")
     if resumed and resumed.phase_rows != phase_rows:
         raise ConfigError(f"--resume: the source changed since run {options.run_id} started ({resumed.phase_rows} "
                           f"rows to send then, {phase_rows} now), so its partitions no longer match; start a new "
                           "run instead (Mixpanel dedupes what was already sent by $insert_id)")
     if not resumed:
-        ledger.write_manifest(Manifest(options.run_id, dataclasses.asdict(config), now_ms, phase_rows))
+        ledger.write_manifest(Manifest(options.run_id, dataclasses.asdict(config), now_ms, phase_rows,
+                                       dry_run=options.dry_run))
     finished_before = ledger.finished() if resumed else {}
     if finished_before:
         log.info("resuming run %s: %d partitions finished before are not sent again", options.run_id,

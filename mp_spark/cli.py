@@ -59,8 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What --set may change on --resume: the source, mapping and partitioning are the run's own.
+RESUMABLE_SETTINGS = ("mixpanel.", "job.progress_interval_s=")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume and args.dry_run:
+        return config_error(ConfigError("--resume and --dry-run together would record partitions as finished "
+                                        "without sending them; resume without --dry-run"))
+    reshaping = [s for s in args.set if not s.startswith(RESUMABLE_SETTINGS)]
+    if args.resume and reshaping:
+        return config_error(ConfigError(f"--resume: --set {reshaping[0]} would change which rows the run's "
+                                        "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
     config = None

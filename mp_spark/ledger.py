@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from mp_spark.config import ConfigError
 from mp_spark.partition import PartitionResult
-from mp_spark.storage import list_names, read_text, write_text
+from mp_spark.storage import delete, list_names, read_text, write_text
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Manifest:
     config: dict  # the parsed config as plain data (dataclasses.asdict), which parse_config reads back
     now_ms: int
     phase_rows: list[int]  # rows to send in each phase (one, or the recent window and the rest)
+    dry_run: bool = False  # nothing was sent: there is nothing to resume
 
 
 class Ledger:
@@ -33,6 +34,9 @@ class Ledger:
         self.path = results_path.rstrip("/")
 
     def write_manifest(self, manifest: Manifest) -> None:
+        """Start a new run: its manifest, and no finished partitions (a results path used by an
+        earlier run keeps none of that run's)."""
+        delete(self._spark, f"{self.path}/done")
         write_text(self._spark, f"{self.path}/run.json", json.dumps(dataclasses.asdict(manifest), indent=2) + "\n")
 
     def read_manifest(self) -> Manifest:

@@ -50,6 +50,12 @@ def list_names(spark: SparkSession, directory: str) -> list[str]:
     return sorted(status.getPath().getName() for status in filesystem.listStatus(hadoop_path))
 
 
+def delete(spark: SparkSession, path: str) -> None:
+    """Remove a file or a directory and all it holds; nothing to do when it does not exist."""
+    hadoop_path, filesystem = _resolve(spark, path)
+    filesystem.delete(hadoop_path, True)
+
+
 def _resolve(spark: SparkSession, path: str):
     jvm = spark.sparkContext._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path if urlparse(path).scheme else os.path.abspath(path))

@@ -362,6 +362,25 @@ def test_an_interrupted_run_resumes_without_resending_finished_partitions(
     assert partitions.count() == 5 and partitions.agg(F.sum("imported")).first()[0] == ROWS
 
 
+def test_a_dry_run_cannot_be_resumed_and_leaves_no_finished_partitions_to_a_later_run(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    results = str(tmp_path / "results")
+    assert main(["--config", config, "--dry-run"]) == 0
+    assert len(list((tmp_path / "results" / "done").iterdir())) > 0  # the dry run's partitions, none sent
+    assert main(["--resume", results]) == 2 and "was a dry run" in capsys.readouterr().err
+    assert main(["--resume", results, "--dry-run"]) == 2
+    assert main(["--resume", results, "--set", "job.records_per_partition=500"]) == 2  # other partitions
+
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")  # a real run into the same path stops at once
+    assert run_job(config) == 2
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "sa-secret")
+    assert main(["--resume", results, *[arg for s in FAST_RETRIES for arg in ("--set", s)]]) == 0
+    assert len(mixpanel.unique_events) == ROWS  # nothing skipped as 'finished' by the dry run
+
+
 def test_progress_is_logged_while_the_run_goes(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
