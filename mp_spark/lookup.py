@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
+import operator
 import time
 from collections.abc import Callable
 
@@ -20,7 +22,7 @@ from pyspark.sql import types as T
 
 from mp_spark.batching import Batch
 from mp_spark.config import ConfigError, LookupTableMappingConfig
-from mp_spark.mapping import JSON_OPTIONS, fit_value
+from mp_spark.mapping import JSON_OPTIONS, Fitted, fit_value
 from mp_spark.partition import PartitionResult
 from mp_spark.sender import BatchSender, SenderSettings, SendTally
 from mp_spark.sources import analysed_expr
@@ -39,13 +41,17 @@ def to_lookup_rows(mapping: LookupTableMappingConfig) -> Callable[[DataFrame], t
         chosen = mapping.columns or {name: f"`{name}`" for name in df.columns if name != mapping.key}
         columns.update({name: analysed_expr(df, e, f"mapping.columns.{name}") for name, e in chosen.items()})
         typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema
-        texts = [csv_text(columns[f.name], f.dataType, f.name).alias(f.name) for f in typed.fields]
+        texts = {f.name: csv_text(columns[f.name], f.dataType, f.name) for f in typed.fields}
+        cuts = [F.coalesce(text.cut, F.lit(False)) for text in texts.values() if text.cut is not None]
         header = io.StringIO()
         csv.writer(header, lineterminator="\n").writerow(columns)
-        rows = df.select(F.struct(*texts).alias("row")).select(
+        rows = df.select(
+            F.struct(*[text.value.alias(name) for name, text in texts.items()]).alias("row"),
+            functools.reduce(operator.or_, cuts, F.lit(False)).alias("trimmed"),
+        ).select(
             F.col("row").getField(mapping.key).alias("key"),
             F.to_csv("row", CSV_OPTIONS).alias("line"),
-            F.lit(False).alias("trimmed"),
+            "trimmed",
         )
         first_of_key = F.row_number().over(Window.partitionBy("key").orderBy("line")) == 1
         invalid = (
@@ -57,16 +63,17 @@ def to_lookup_rows(mapping: LookupTableMappingConfig) -> Callable[[DataFrame], t
     return apply
 
 
-def csv_text(column: Column, dtype: T.DataType, name: str) -> Column:
-    """A value as the text Mixpanel types in a lookup table: numbers, RFC 3339 times, true/false, JSON lists."""
+def csv_text(column: Column, dtype: T.DataType, name: str) -> Fitted:
+    """A value as the text Mixpanel types in a lookup table (numbers, RFC 3339 times, true/false, JSON
+    lists), fitted to its limits as an event property is, and whether it was cut."""
     fitted = fit_value(column, dtype, name, [])
     if fitted is None:
         raise ConfigError(f"mapping.columns.{name}: nested deeper than Mixpanel takes (3 levels)")
     if isinstance(dtype, (T.ArrayType, T.MapType, T.StructType)):
-        return F.to_json(fitted.value, JSON_OPTIONS)
+        return Fitted(F.to_json(fitted.value, JSON_OPTIONS), fitted.cut)
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
-        return F.concat(fitted.value, F.lit("Z"))  # UTC already; RFC 3339 wants the zone
-    return fitted.value.cast("string")
+        return Fitted(F.concat(fitted.value, F.lit("Z")), fitted.cut)  # UTC already; RFC 3339 wants the zone
+    return Fitted(fitted.value.cast("string"), fitted.cut)
 
 
 def reason(field: str, message: str) -> Column:
@@ -88,11 +95,12 @@ def send_lookup_table(rows: DataFrame, header: str, settings: SenderSettings, *,
     """Replace the table in one request from the driver; the tally is the run's only partition."""
     started = time.monotonic()
     body, sendable = table_body(rows, header)
-    invalid = rows.filter(F.col("invalid").isNotNull()).count()
+    invalid, trimmed = rows.agg(F.count_if(F.col("invalid").isNotNull()),
+                                F.count_if(F.col("invalid").isNull() & F.col("trimmed"))).first()
     transport = DryRunTransport() if dry_run else RequestsTransport()
     try:  # one request: nothing to pace
         sender = BatchSender(dataclasses.replace(settings, pacing=False), transport)
         tally = sender.send_batches([Batch(body, sendable)]) if sendable else SendTally()
     finally:
         transport.close()
-    return PartitionResult.from_tally(0, tally, invalid=invalid, trimmed=0, seconds=time.monotonic() - started)
+    return PartitionResult.from_tally(0, tally, invalid=invalid, trimmed=trimmed, seconds=time.monotonic() - started)

@@ -62,6 +62,18 @@ def test_a_lookup_table_is_replaced_with_the_source_key_first(
         PRODUCTS, PRODUCTS, 0, 0)
 
 
+def test_long_values_are_cut_like_event_properties_and_counted_as_trimmed(
+    product_sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    long_names = {"name": "if(price > 30, repeat('é', 200), name)"}  # 400 bytes for products 21 to 49
+    assert run_job(lookup_config(tmp_path, "parquet", product_sources["parquet"], mixpanel, columns=long_names)) == 0
+
+    table = {row["sku"]: row for row in mixpanel.lookup_tables["products"]}
+    assert table["sku-30"]["name"] == "é" * 127  # 254 bytes: a character is never split
+    assert table["sku-01"]["name"] == 'Product, "1"'
+    assert summary_of(tmp_path)["trimmed"] == PRODUCTS - 21
+
+
 def test_rows_without_a_unique_key_are_set_aside(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
