@@ -1,9 +1,12 @@
 """Command line: `mp-spark-backfill`, `python jobs/backfill.py` and `spark-submit jobs/backfill.py`.
 
-Exit codes: 0 every row imported; 1 some rows rejected or invalid (see the results); 2 a config
-or credential problem, found before or during sending; 3 sending failed after every retry (Mixpanel
-kept answering 429/5xx, or the network kept failing). After 2 or 3, `--resume` finishes the run
-without resending the partitions that finished.
+Exit codes:
+  0  every row imported
+  1  some rows rejected by Mixpanel or set aside as invalid (the results say which and why)
+  2  a config, credential or environment problem, found before sending
+  3  sending failed after every retry (Mixpanel kept answering 429/5xx, or the network kept failing)
+  4  anything unexpected: a Spark failure, an unreadable source, a bug
+After 2, 3 or 4, `--resume` finishes the run without resending the partitions that were sent.
 """
 
 from __future__ import annotations
@@ -12,49 +15,43 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
-from pyspark.sql import SparkSession
+from mp_spark.config import Config, ConfigError, Credentials, credentials_from_env, parse_config
+from mp_spark.preview import preview_run
+from mp_spark.results import RunFiles, Summary, default_results_path, read_text
+from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
+from mp_spark.session import get_spark
+from mp_spark.tally import EXHAUSTED
 
-from mp_spark.backfill import (
-    BackfillAbortedError,
-    BackfillFailedError,
-    RunOptions,
-    preview_backfill,
-    run_backfill,
-)
-from mp_spark.config import (
-    Config,
-    ConfigError,
-    Credentials,
-    credentials_from_env,
-    credentials_from_secret_scope,
-    parse_config,
-)
-from mp_spark.ledger import Ledger
-from mp_spark.results import Summary, default_results_path
-from mp_spark.storage import is_local, read_text
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
-EXIT_OK, EXIT_SOME_NOT_IMPORTED, EXIT_CONFIG, EXIT_SEND_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_NOT_ALL_IMPORTED, EXIT_CONFIG, EXIT_SEND_FAILED, EXIT_UNEXPECTED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
+log = logging.getLogger("mp_spark")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mp-spark-backfill", description=__doc__.splitlines()[0])
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--config", help="YAML or JSON config file: a local path or any URL Spark reads "
-                                        "(s3://, dbfs:/, abfss://, gs://)")
+                                        "(s3://, dbfs:/, abfss://, gs://, /Volumes/...)")
     start.add_argument("--resume", metavar="RUN_ID_OR_RESULTS_PATH",
                        help="finish an interrupted run with the config it started with: send only the "
-                            "partitions its results do not record as finished (a bare run id is looked "
-                            "up under ./mp_spark_runs)")
+                            "partitions it has not sent (a bare run id is looked up under ./mp_spark_runs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set job.records_per_partition=50000")
     parser.add_argument("--dry-run", action="store_true",
                         help="show sample events and a property profile; validate, serialize, batch and gzip "
                              "everything, but send nothing")
+    parser.add_argument("--remote", metavar="sc://HOST:PORT",
+                        help="run on a Spark Connect server (default: SPARK_REMOTE, else the running session, "
+                             "else local Spark)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -66,7 +63,7 @@ RESUMABLE_SETTINGS = ("mixpanel.", "job.progress_interval_s=")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and args.dry_run:
-        return config_error(ConfigError("--resume and --dry-run together would record partitions as finished "
+        return config_error(ConfigError("--resume and --dry-run together would record partitions as sent "
                                         "without sending them; resume without --dry-run"))
     reshaping = [s for s in args.set if not s.startswith(RESUMABLE_SETTINGS)]
     if args.resume and reshaping:
@@ -74,49 +71,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
-    config = None
+    config = credentials = None
     try:
-        if args.config and is_local(args.config):  # checked before a JVM starts: a bad config fails fast
+        if args.config and urlparse(args.config).scheme == "":  # checked before a JVM starts: fail fast
             with open(args.config, encoding="utf-8") as handle:
                 config = parse_config(handle.read(), args.set)
-            credentials_from(config, None, args.dry_run)
+            credentials = credentials_for(config, args.dry_run)
     except (OSError, ConfigError) as exc:
         return config_error(exc)
 
-    from mp_spark.session import get_spark
-
-    # Without the config yet (it is remote, or in the run being resumed), Delta may be needed.
-    spark = get_spark(with_delta=config is None or config.source.format == "delta")
+    spark = results_path = None
     try:
+        # Without the config yet (it is remote, or in the run being resumed), Delta may be needed.
+        spark = get_spark(args.remote, with_delta=config is None or config.source.format == "delta")
         if args.resume:
-            results_path = args.resume if ("/" in args.resume or ":" in args.resume) else default_results_path(
-                args.resume)
-            manifest = Ledger(spark, results_path).read_manifest()
+            results_path = args.resume if ("/" in args.resume or ":" in args.resume) else \
+                default_results_path(args.resume)
+            manifest = RunFiles(spark, results_path).read_manifest()
             config = parse_config(json.dumps(manifest.config), args.set)
-            options = RunOptions(run_id=manifest.run_id, results_path=results_path, dry_run=args.dry_run, resume=True)
+            options = RunOptions(run_id=manifest.run_id, results_path=results_path, resume=True)
         else:
             if config is None:
                 config = parse_config(read_text(spark, args.config), args.set)
             run_id = new_run_id()
-            options = RunOptions(run_id=run_id, results_path=config.job.results_path or default_results_path(run_id),
-                                 dry_run=args.dry_run)
-        credentials = credentials_from(config, spark, args.dry_run)
+            results_path = config.job.results_path or default_results_path(run_id)
+            options = RunOptions(run_id=run_id, results_path=results_path, dry_run=args.dry_run)
+        credentials = credentials or credentials_for(config, args.dry_run)
         if args.dry_run:
-            print(preview_backfill(spark, config).render())
-        summary = run_backfill(spark, config, credentials, options)
+            print(preview_run(spark, config).render())
+        summary = run_job(spark, config, credentials, options)
     except (OSError, ConfigError) as exc:
         return config_error(exc)
-    except BackfillAbortedError as exc:
-        print(f"mp-spark: stopped: {exc}", file=sys.stderr)
-        print(f"mp-spark: fix the cause, then finish the run with --resume {options.results_path}", file=sys.stderr)
-        return EXIT_CONFIG
-    except BackfillFailedError as exc:
-        print(f"mp-spark: sending failed after every retry ({exc}); finish the run with --resume "
-              f"{options.results_path} (partitions that finished are not sent again)", file=sys.stderr)
-        return EXIT_SEND_FAILED
+    except RunStopped as stopped:
+        return run_stopped(stopped, results_path)
+    except KeyboardInterrupt:
+        print(f"mp-spark: interrupted; finish the run with --resume {results_path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return unexpected_failure(exc, spark, results_path, credentials)
     print(format_summary(summary))
     all_imported = summary.balanced and summary.rejected == 0 and summary.invalid == 0
-    return EXIT_OK if all_imported else EXIT_SOME_NOT_IMPORTED
+    return EXIT_OK if all_imported else EXIT_NOT_ALL_IMPORTED
 
 
 def run() -> None:
@@ -124,41 +119,57 @@ def run() -> None:
     raise SystemExit(main())
 
 
+def credentials_for(config: Config, dry_run: bool) -> Credentials | None:
+    """The environment's credentials for the job's kind; a dry run needs none."""
+    return None if dry_run else credentials_from_env(os.environ, config.mixpanel, config.job.kind)
+
+
 def config_error(exc: Exception) -> int:
     print(f"mp-spark: config error: {exc}", file=sys.stderr)
     return EXIT_CONFIG
 
 
-def credentials_from(config: Config, spark: SparkSession | None, dry_run: bool) -> Credentials | None:
-    """The environment's credentials, or the Databricks secret scope's (read once Spark is up)."""
-    if dry_run:
-        return None
-    if config.mixpanel.secret_scope is None:
-        return credentials_from_env(os.environ, config.mixpanel, config.job.kind)
-    if spark is None:
-        return None  # checked once Spark is up
-    return credentials_from_secret_scope(databricks_secret_getter(spark), config.mixpanel, config.job.kind)
+def run_stopped(stopped: RunStopped, results_path: str | None) -> int:
+    if stopped.summary is not None:
+        print(format_summary(stopped.summary))
+    resume = f"finish the run with --resume {results_path} (partitions that were sent are not sent again)"
+    if stopped.status == EXHAUSTED:
+        print(f"mp-spark: sending failed after every retry ({stopped.message}); when Mixpanel or the network "
+              f"is back, {resume}", file=sys.stderr)
+        return EXIT_SEND_FAILED
+    print(f"mp-spark: stopped: {stopped.message}\nmp-spark: fix the cause, then {resume}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
-def databricks_secret_getter(spark: SparkSession) -> Callable[[str, str], str]:
-    try:
-        from pyspark.dbutils import DBUtils  # exists only on Databricks
-    except ImportError:
-        raise ConfigError("mixpanel.secret_scope needs Databricks' dbutils, which is not here; elsewhere set "
-                          "MP_SERVICE_ACCOUNT_USER and MP_SERVICE_ACCOUNT_SECRET, or MP_PROJECT_TOKEN") from None
-    secrets_api = DBUtils(spark).secrets
-
-    def get_secret(scope: str, key: str) -> str:
+def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path: str | None,
+                       credentials: Credentials | None) -> int:
+    """Exit 4: one short paragraph for the reader; the whole traceback in the log and in error/."""
+    text = redacted("".join(traceback.format_exception(exc)), credentials)
+    log.error("unexpected failure:\n%s", text)
+    kept = ""
+    if spark is not None and results_path:
         try:
-            return secrets_api.get(scope, key)
-        except Exception:  # no such scope or key: reported as missing, by name
-            return ""
+            RunFiles(spark, results_path).write_error(text)
+            kept = f"; the traceback is in {results_path}/error/ too"
+        except Exception:  # Spark itself may be what failed: the log still has it
+            pass
+    first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
+    print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
+          f"mp-spark: this is not a problem the job recognises (a Spark failure, an unreadable source, or a "
+          f"bug); the full traceback is in the log above{kept}. Fix the cause, then finish the run with "
+          f"--resume {results_path}", file=sys.stderr)
+    return EXIT_UNEXPECTED
 
-    return get_secret
 
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+def redacted(text: str, credentials: Credentials | None) -> str:
+    """`text` without the credentials, whatever quoted them."""
+    if credentials is None:
+        return text
+    for secret in (credentials.password, credentials.username if credentials.kind == "project_token" else "",
+                   credentials.authorization_header()):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def format_summary(s: Summary) -> str:
@@ -169,9 +180,10 @@ def format_summary(s: Summary) -> str:
         f"  {imported_label:<13}{s.imported:>14,}",
         f"  {'rejected':<13}{s.rejected:>14,}   refused by Mixpanel",
         f"  {'invalid':<13}{s.invalid:>14,}   set aside before sending",
+        *([f"  {'unsent':<13}{s.unsent:>14,}   not sent yet: finish with --resume"] if s.unsent else []),
         *([f"  {'trimmed':<13}{s.trimmed:>14,}   sent with a value cut to fit Mixpanel's limits"]
           if s.trimmed else []),
-        *([f"  {s.resumed_partitions} of {s.partitions} partitions finished before this resumed run"]
+        *([f"  {s.resumed_partitions} of {s.partitions} partitions were sent before this resumed run"]
           if s.resumed_partitions else []),
         f"  {s.partitions} partitions, {s.batches} batches, {s.requests} requests, {s.retries} retries",
         f"  {s.raw_bytes / 1e6:,.1f} MB of JSON, {s.gzip_bytes / 1e6:,.1f} MB gzip, "
@@ -181,5 +193,5 @@ def format_summary(s: Summary) -> str:
     if s.rejected or s.invalid:
         lines.append(f"  reasons for every row not imported: {s.results_path}/rejected/")
     if not s.balanced:
-        lines.append("  ACCOUNTING MISMATCH: rows read != imported + rejected + invalid (see the log)")
+        lines.append("  ACCOUNTING MISMATCH: rows read != imported + rejected + invalid + unsent (see the log)")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import base64
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
@@ -160,11 +160,8 @@ class MixpanelConfig:
     pacing: bool = True  # slow down on 429 rather than only back off
     rate_limit_events_per_second: float = 30_000  # the project's limit: Mixpanel's default, unless raised
     max_events_per_second: float | None = None  # optional hard cap for the whole job
-    # Databricks: read the credentials from this secret scope (on the driver) instead of the environment
-    secret_scope: str | None = None
-    service_account_user_key: str = "service-account-user"
-    service_account_secret_key: str = "service-account-secret"
-    project_token_key: str = "project-token"
+    # Send one record from the driver before the executors send: wrong credentials cost one request
+    check_credentials: bool = True
 
     def __post_init__(self) -> None:
         _require_choice("mixpanel.region", self.region, tuple(REGION_HOSTS))
@@ -267,28 +264,15 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
 
 def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig, kind: str = "events"
                          ) -> Credentials:
-    """Pick the credentials for `job.kind` from the environment, or say exactly which variable is missing."""
-    names = ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN")
-    return _pick_credentials(*(environ.get(name, "") for name in names), names=names, mixpanel=mixpanel, kind=kind)
+    """Pick the credentials for `job.kind` from the environment, or say exactly which variable is missing.
 
-
-def credentials_from_secret_scope(get_secret: Callable[[str, str], str], mixpanel: MixpanelConfig,
-                                  kind: str = "events") -> Credentials:
-    """The same credentials from `mixpanel.secret_scope`; `get_secret(scope, key)` returns "" for a missing key."""
-    scope = mixpanel.secret_scope or ""
-    keys = (mixpanel.service_account_user_key, mixpanel.service_account_secret_key, mixpanel.project_token_key)
-    names = tuple(f"key {key!r} of secret scope {scope!r}" for key in keys)
-    return _pick_credentials(*(get_secret(scope, key) for key in keys), names=names, mixpanel=mixpanel, kind=kind)
-
-
-def _pick_credentials(user: str, secret: str, token: str, *, names: Sequence[str], mixpanel: MixpanelConfig,
-                      kind: str) -> Credentials:
-    """A service account (user and secret) if either is given, else a project token; errors use `names`.
-
-    Profile updates (job.kind people or groups) carry the project token inside each update: only it will do.
-    Lookup tables take only a service account.
+    A service account (user and secret) if either is given, else a project token. Profile updates
+    (job.kind people or groups) carry the project token inside each update: only it will do.
+    Lookup tables take only a service account. (On Databricks, a cluster's environment variables
+    can be `{{secrets/<scope>/<key>}}`.)
     """
-    user_name, secret_name, token_name = names
+    user_name, secret_name, token_name = "MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN"
+    user, secret, token = environ.get(user_name, ""), environ.get(secret_name, ""), environ.get(token_name, "")
     if kind == "lookup_table" and not (user and secret):
         raise ConfigError(f"job.kind: lookup_table needs a service account: set {user_name} and {secret_name} "
                           "(with mixpanel.project_id)")

@@ -16,16 +16,18 @@ import operator
 import time
 from collections.abc import Callable
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.batching import Batch
-from mp_spark.config import ConfigError, LookupTableMappingConfig
+from mp_spark.config import Config, ConfigError, LookupTableMappingConfig
+from mp_spark.endpoints import Endpoint
 from mp_spark.mapping import JSON_OPTIONS, Fitted, fit_value
-from mp_spark.partition import PartitionResult
-from mp_spark.sender import BatchSender, SenderSettings, SendTally
-from mp_spark.sources import analysed_expr
+from mp_spark.results import RunFiles, Summary, set_aside_records, summarize
+from mp_spark.sender import BatchSender, SenderSettings, SendStopped
+from mp_spark.sources import analysed_expr, read_source
+from mp_spark.tally import OK, PartitionOutcome, Tally
 from mp_spark.transport import DryRunTransport, RequestsTransport
 
 MAX_TABLE_BYTES = 100 * 1024 * 1024  # Mixpanel answers 413 above this (uncompressed)
@@ -91,16 +93,39 @@ def table_body(rows: DataFrame, header: str) -> tuple[bytes, int]:
     return ("\n".join([header, *lines]) + "\n").encode("utf-8"), len(lines)
 
 
-def send_lookup_table(rows: DataFrame, header: str, settings: SenderSettings, *, dry_run: bool) -> PartitionResult:
-    """Replace the table in one request from the driver; the tally is the run's only partition."""
+def send_lookup_table(spark: SparkSession, config: Config, endpoint: Endpoint, files: RunFiles, run_id: str, *,
+                      dry_run: bool) -> tuple[Summary, PartitionOutcome]:
+    """Replace the table in one request from the driver: the run's only partition, and its summary."""
     started = time.monotonic()
+    source = read_source(spark, config.source)
+    rows, header = to_lookup_rows(config.mapping)(source)
     body, sendable = table_body(rows, header)
     invalid, trimmed = rows.agg(F.count_if(F.col("invalid").isNotNull()),
                                 F.count_if(F.col("invalid").isNull() & F.col("trimmed"))).first()
+    settings = dataclasses.replace(SenderSettings.for_tasks(config.mixpanel), pacing=False)  # one request
     transport = DryRunTransport() if dry_run else RequestsTransport()
-    try:  # one request: nothing to pace
-        sender = BatchSender(dataclasses.replace(settings, pacing=False), transport)
-        tally = sender.send_batches([Batch(body, sendable)]) if sendable else SendTally()
+    sender = BatchSender(endpoint, settings, transport)
+    status, message, refused = OK, None, []
+    try:
+        for rejections in sender.send([Batch(body, sendable)] if sendable else []):
+            refused += rejections
+    except SendStopped as stopped:
+        status, message = stopped.status, stopped.message
     finally:
         transport.close()
-    return PartitionResult.from_tally(0, tally, invalid=invalid, trimmed=trimmed, seconds=time.monotonic() - started)
+    outcome = PartitionOutcome(0, sender.tally + Tally(invalid=invalid, trimmed=trimmed), status, message,
+                               round(time.monotonic() - started, 3))
+    summary = summarize(run_id=run_id, dry_run=dry_run, rows_read=invalid + sendable, partitions=1,
+                        outcomes=[outcome], resumed=0, imported_before=0, seconds=time.monotonic() - started,
+                        results_path=files.path)
+    files.write_partitions([outcome])
+    valid = rows.filter(F.col("invalid").isNull())
+    files.write_rejected(
+        *([set_aside_records(rows)] if invalid else []),
+        *[valid.select(F.lit("mixpanel").alias("stage"), F.lit(r.field).alias("field"),
+                       F.lit(r.message).alias("message"), F.col("key").alias("insert_id"),
+                       F.lit(0).cast("long").alias("partition"), F.col("line").alias("event"))
+          for r in refused],  # Mixpanel refuses a table whole: every row, for the reason it gave
+    )
+    files.write_summary(summary)
+    return summary, outcome

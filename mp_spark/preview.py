@@ -6,14 +6,20 @@ what Mixpanel advises against. Everything is computed in Spark, in one aggregati
 
 from __future__ import annotations
 
+import csv
 import json
+import time
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mp_spark.mapping import CORE_PROPERTIES
+from mp_spark.config import Config
+from mp_spark.lookup import to_lookup_rows
+from mp_spark.mapping import CORE_PROPERTIES, to_mixpanel_events
+from mp_spark.records import prepare_records
+from mp_spark.sources import read_source
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
@@ -67,6 +73,22 @@ class Preview:
                          f"{p.cut:>10,}")
         lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
+
+
+def preview_run(spark: SparkSession, config: Config) -> Preview:
+    """For --dry-run: sample records as they would be sent, and for events a profile of their properties."""
+    source = read_source(spark, config.source)
+    if config.job.kind == "lookup_table":
+        rows, header = to_lookup_rows(config.mapping)(source)
+        names = next(csv.reader([header]))
+        lines = [row.line for row in rows.filter(F.col("invalid").isNull()).select("line").limit(5).collect()]
+        return Preview([dict(zip(names, next(csv.reader([line])), strict=True)) for line in lines], rows=0,
+                       approx_event_names=0, properties=[])
+    sendable = prepare_records(source, config, int(time.time() * 1000)).filter(F.col("invalid").isNull())
+    if config.profiles:
+        samples = [json.loads(row.line) for row in sendable.select("line").limit(5).collect()]
+        return Preview(samples, rows=0, approx_event_names=0, properties=[])
+    return preview_events(source.transform(to_mixpanel_events(config.mapping)), sendable)
 
 
 def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Preview:

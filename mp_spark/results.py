@@ -1,7 +1,19 @@
-"""What a run leaves behind in `job.results_path`: summary.json, partitions/ and rejected/.
+"""Everything a run keeps in `job.results_path`, read and written with Spark's own readers and writers,
+so the path can be anything Spark reaches (local, s3://, abfss://, gs://, /Volumes/...) from a classic
+session or a Spark Connect one:
 
-Everything is written through Spark (DataFrame writers, and Hadoop's FileSystem for the single
-summary file), so the results path can be anything Spark writes: local, s3://, dbfs:/, abfss://.
+- `run/`: the run's manifest (its config, which holds no secret, the moment it took as "now", and once
+  its records are staged, how many there are): what `--resume` starts from.
+- `staging/`: the records to send, mapped, checked and serialized, one Parquet file per partition
+  (`phase=0/`, `phase=1/` with job.order recent_first). Cleared when the run has sent everything.
+- `outcomes/attempt=<id>/`: what the sending tasks returned, one outcome row per partition and the
+  records Mixpanel refused; each partition's rows are committed by Spark's writer when it finishes.
+  The partitions with an `ok` outcome are the ones a resumed run does not send again.
+- `partitions/`, `rejected/`, `summary/`: the results users query (JSON), written at the end.
+- `error/`: the traceback of a run that stopped on something unexpected.
+
+Small documents (the manifest, the summary, the error) are one-part text datasets: `spark.read.text`
+reads them back whole.
 """
 
 from __future__ import annotations
@@ -11,88 +23,186 @@ import json
 import os
 from dataclasses import dataclass
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from mp_spark.partition import PARTITION_SCHEMA, PartitionResult
-from mp_spark.storage import write_text
+from mp_spark.config import ConfigError
+from mp_spark.executor import OUTCOME, REJECTION
+from mp_spark.tally import OK, TALLY_FIELDS, PartitionOutcome, Tally
 
-REJECTED_SCHEMA = T.StructType([
-    T.StructField("stage", T.StringType()),  # "validation" (set aside by the job) or "mixpanel" (refused by /import)
-    T.StructField("field", T.StringType()),
-    T.StructField("message", T.StringType()),
-    T.StructField("insert_id", T.StringType()),  # for profile updates: the distinct_id or group id
-    T.StructField("partition", T.IntegerType()),
-    T.StructField("event", T.StringType()),  # the event's JSON line, as sent or as it would have been sent
-])
+@dataclass(frozen=True)
+class Manifest:
+    run_id: str
+    config: dict  # the parsed config as plain data (dataclasses.asdict), which parse_config reads back
+    now_ms: int  # validation and job.order recent_first judge rows by this moment, in every attempt
+    dry_run: bool = False  # nothing was sent: there is nothing to resume
+    rows: int | None = None  # records staged; None until staging/ is complete
+    partitions: int | None = None  # staging files
 
 
 @dataclass(frozen=True)
 class Summary:
     run_id: str
     dry_run: bool
-    rows_read: int
+    complete: bool  # every partition was sent; false for a run that stopped (finish it with --resume)
+    rows_read: int  # records staged: source rows (in the time window), or profile updates
+    unsent: int  # of those, the records of partitions not (yet) sent
     imported: int
     rejected: int
     invalid: int
-    trimmed: int  # of the events sent, those with a property value cut to fit Mixpanel's limits
+    trimmed: int  # of the records sent, those with a value cut to fit Mixpanel's limits
     partitions: int
-    resumed_partitions: int  # of those, the ones an earlier, interrupted attempt of the run finished
+    resumed_partitions: int  # of those, the ones an earlier attempt of the run sent
     batches: int
     requests: int
     retries: int
     raw_bytes: int
     gzip_bytes: int
-    seconds: float
-    events_per_second: float
+    seconds: float  # this attempt's wall time
+    events_per_second: float  # records imported by this attempt per second
     results_path: str
 
     @property
     def balanced(self) -> bool:
-        """The accounting identity: every row read was imported, rejected by Mixpanel, or set aside."""
-        return self.rows_read == self.imported + self.rejected + self.invalid
+        """The accounting identity: every row read was imported, rejected, set aside, or is still to send."""
+        return self.rows_read == self.imported + self.rejected + self.invalid + self.unsent
+
+
+def summarize(*, run_id: str, dry_run: bool, rows_read: int, partitions: int, outcomes: list[PartitionOutcome],
+              resumed: int, imported_before: int, seconds: float, results_path: str) -> Summary:
+    """The run's summary: the sum of the outcomes of its sent partitions (this attempt's and earlier ones')."""
+    sent = [o for o in outcomes if o.status == OK]
+    tally = sum((o.tally for o in sent), Tally())
+    return Summary(
+        run_id=run_id, dry_run=dry_run, complete=len(sent) == partitions, rows_read=rows_read,
+        unsent=rows_read - (tally.rows + tally.invalid),
+        **{name: getattr(tally, name) for name in TALLY_FIELDS if name != "rows"},
+        partitions=partitions, resumed_partitions=resumed, seconds=round(seconds, 3),
+        events_per_second=round((tally.imported - imported_before) / seconds, 1) if seconds else 0.0,
+        results_path=results_path,
+    )
 
 
 def default_results_path(run_id: str) -> str:
     return os.path.abspath(os.path.join("mp_spark_runs", run_id))
 
 
-class ResultsWriter:
-    def __init__(self, spark: SparkSession, path: str) -> None:
+def read_text(spark: SparkSession, path: str) -> str:
+    """A whole text file (or one-part text dataset) anywhere Spark reads; OSError when it is not there."""
+    try:
+        rows = spark.read.text(path, wholetext=True).collect()
+    except AnalysisException as exc:
+        raise OSError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
+    if not rows:
+        raise OSError(f"cannot read {path}: it is empty")
+    return "".join(row.value for row in rows)
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write (or replace) a one-part text dataset."""
+    spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode("overwrite").text(path)
+
+
+REJECTED_SCHEMA = ("stage string, field string, message string, insert_id string, partition long, "
+                   "event string")  # stage: "validation" (set aside by the job) or "mixpanel" (refused)
+
+
+def set_aside_records(records: DataFrame) -> DataFrame:
+    """rejected/ rows for the records validation set aside (`invalid`, `key` and `line` columns)."""
+    return records.filter(F.col("invalid").isNotNull()).select(
+        F.lit("validation").alias("stage"), F.col("invalid.field").alias("field"),
+        F.col("invalid.message").alias("message"), F.col("key").alias("insert_id"),
+        F.lit(None).cast("long").alias("partition"), F.col("line").alias("event"),
+    )
+
+
+def refused_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str]) -> DataFrame:
+    """rejected/ rows for the records Mixpanel refused, in the attempt that sent each partition
+    (`sent_in`: partition index -> attempt): a partition stopped midway and sent again later refused
+    its records twice, and only the second time counts."""
+    attempts = spark.createDataFrame(list(sent_in.items()), "index long, attempt string")
+    refused = spark.read.parquet(outcomes).filter(F.col("record") == REJECTION)
+    return refused.join(F.broadcast(attempts), ["index", "attempt"]).select(
+        F.lit("mixpanel").alias("stage"), "field", "message", "insert_id", F.col("index").alias("partition"),
+        "event",
+    )
+
+
+class RunFiles:
+    """The paths of one run's results, and the reads and writes of each."""
+
+    def __init__(self, spark: SparkSession, results_path: str) -> None:
         self._spark = spark
-        self.path = path.rstrip("/")
-        self._rejected_written = False
+        self.path = results_path.rstrip("/")
+        self.staging = f"{self.path}/staging"
+        self.outcomes = f"{self.path}/outcomes"
 
-    def write_invalid(self, invalid_events: DataFrame) -> None:
-        """Rows the job judged invalid; expects the columns `invalid`, `key` and `line`."""
-        invalid_events.select(
-            F.lit("validation").alias("stage"),
-            F.col("invalid.field").alias("field"),
-            F.col("invalid.message").alias("message"),
-            F.col("key").alias("insert_id"),
-            F.lit(None).cast("int").alias("partition"),
-            F.col("line").alias("event"),
-        ).write.mode("overwrite").json(self._child("rejected"))
-        self._rejected_written = True
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_text(self._spark, f"{self.path}/run", json.dumps(dataclasses.asdict(manifest)))
 
-    def write_partitions(self, partitions: list[PartitionResult]) -> None:
-        rows = [tuple(getattr(p, name) for name in PARTITION_SCHEMA.names) for p in partitions]
-        frame = self._spark.createDataFrame(rows, PARTITION_SCHEMA).coalesce(1)
-        frame.write.mode("overwrite").json(self._child("partitions"))
-        # Mixpanel's refusals come back with the tallies; they join the job's own in rejected/.
-        rejected = [
-            ("mixpanel", r.field, r.message, r.insert_id, p.index, r.event) for p in partitions for r in p.rejections
-        ]
-        if rejected or not self._rejected_written:
-            mode = "append" if self._rejected_written else "overwrite"
-            frame = self._spark.createDataFrame(rejected, REJECTED_SCHEMA).coalesce(1)
-            frame.write.mode(mode).json(self._child("rejected"))
+    def read_manifest(self) -> Manifest:
+        try:
+            text = read_text(self._spark, f"{self.path}/run")
+        except OSError:
+            raise ConfigError(f"--resume: no run to resume at {self.path} (it has no run/ manifest)") from None
+        return Manifest(**json.loads(text))
+
+    def clear_outcomes(self) -> None:
+        """A new run in a results path used before keeps none of the earlier run's outcomes."""
+        self._clear(self.outcomes)
+
+    def staging_files(self) -> list[str]:
+        try:
+            return self._spark.read.parquet(self.staging).inputFiles()
+        except AnalysisException:  # no records at all: Spark wrote no file
+            return []
+
+    def staged_rows(self) -> int:
+        try:
+            return self._spark.read.parquet(self.staging).count()  # from the files' footers, not a scan
+        except AnalysisException:  # no records at all: Spark wrote no file
+            return 0
+
+    def clear_staging(self) -> None:
+        self._clear(self.staging)
+
+    def _clear(self, path: str) -> None:
+        """Empty a directory through Spark, which has no delete: overwrite it with no rows, which a
+        partitioned write leaves without a single data file."""
+        empty = self._spark.createDataFrame([], "unused int, cleared int")
+        empty.write.mode("overwrite").partitionBy("cleared").parquet(path)
+
+    def outcome_path(self, attempt: str) -> str:
+        return f"{self.outcomes}/attempt={attempt}"
+
+    def read_outcomes(self) -> list[tuple[str, PartitionOutcome]]:
+        """Every outcome row of every attempt, as (attempt, outcome)."""
+        try:
+            sent = self._spark.read.parquet(self.outcomes)
+        except AnalysisException:  # nothing was ever sent
+            return []
+        if "attempt" not in sent.columns:
+            return []
+        rows = sent.filter(F.col("record") == OUTCOME).drop("record", "field", "insert_id", "event").collect()
+        return [(row["attempt"], PartitionOutcome.from_row(row.asDict())) for row in rows]
+
+    def write_partitions(self, outcomes: list[PartitionOutcome]) -> None:
+        rows = [o.as_row() for o in sorted(outcomes, key=lambda o: o.index)]
+        schema = "index long, " + ", ".join(f"{name} long" for name in TALLY_FIELDS) + \
+            ", status string, message string, seconds double"
+        self._spark.createDataFrame(rows, schema).coalesce(1).write.mode("overwrite").json(f"{self.path}/partitions")
+
+    def write_rejected(self, *parts: DataFrame) -> None:
+        """rejected/: the records not imported, from `set_aside_records` and `refused_records` (written by
+        Spark, never collected; with no parts, an empty dataset replaces an earlier run's)."""
+        rejected = parts[0] if parts else self._spark.createDataFrame([], REJECTED_SCHEMA)
+        for part in parts[1:]:
+            rejected = rejected.unionByName(part)
+        rejected.write.mode("overwrite").json(f"{self.path}/rejected")
 
     def write_summary(self, summary: Summary) -> None:
-        text = json.dumps(dataclasses.asdict(summary), indent=2) + "\n"
-        write_text(self._spark, self._child("summary.json"), text)
+        write_text(self._spark, f"{self.path}/summary", json.dumps(dataclasses.asdict(summary)))
 
-    def _child(self, name: str) -> str:
-        return f"{self.path}/{name}"
-
+    def write_error(self, text: str) -> None:
+        write_text(self._spark, f"{self.path}/error", text)

@@ -1,29 +1,52 @@
-"""The one place a SparkSession is made: reuse the cluster's, or start local Spark for a plain `python` run."""
+"""The one place a SparkSession is made, and the executors checked before they are given work.
+
+Sessions, in this order: a Spark Connect server named by `--remote` or `SPARK_REMOTE` (Databricks
+standard access mode and Databricks Connect are Spark Connect too); the session that spark-submit,
+Databricks, EMR or a notebook made; else embedded local Spark for a plain `python` run.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 
+from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+import mp_spark
+from mp_spark import probe
+from mp_spark.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+# The probe must run where mp_spark may not be importable yet: ship its code, not a reference to it.
+register_pickle_by_value(probe)
 
 
-def get_spark(app_name: str = "mp-spark-backfill", *, with_delta: bool = False) -> SparkSession:
-    """Return the active session (Databricks, spark-submit, pyspark shell) or start an embedded local one.
+def get_spark(remote: str | None = None, *, with_delta: bool = False, app_name: str = "mp-spark-backfill"
+              ) -> SparkSession:
+    """A Spark Connect session (`remote`, or SPARK_REMOTE), the session already running, or local Spark.
 
     Under spark-submit the JVM already exists and its master, packages and configs come from the
     command line; only a plain `python jobs/backfill.py` run starts local Spark here.
     """
+    if remote:
+        return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     builder = SparkSession.builder.appName(app_name)
-    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit or the pyspark shell
+    if "SPARK_REMOTE" in os.environ or "PYSPARK_GATEWAY_PORT" in os.environ:  # Connect; or spark-submit, pyspark
         return builder.getOrCreate()
     return local_builder(builder, with_delta=with_delta).getOrCreate()
 
@@ -46,3 +69,52 @@ def local_builder(
             builder = builder.config(key, value)
         builder = configure_spark_with_delta_pip(builder)
     return builder
+
+
+def is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@dataclass(frozen=True)
+class Executors:
+    cores: int  # tasks the cluster runs at once (its default parallelism)
+
+
+def prepare_executors(spark: SparkSession) -> Executors:
+    """Make sure the executors can run the sending tasks (ship mp_spark to a Connect server that lacks
+    it), and find how many tasks the cluster runs at once.
+
+    Raises ConfigError, naming what is missing, when the executors' Python cannot run the job.
+    """
+    found = run_probe(spark)
+    if found.mp_spark != mp_spark.__version__ and is_connect(spark):
+        ship_package(spark)
+        found = run_probe(spark)
+    if found.mp_spark is None:
+        raise ConfigError("the executors' Python cannot import mp_spark: give spark-submit "
+                          "--py-files dist/mp_spark.zip (make dist builds it), or install the wheel on the cluster")
+    if found.mp_spark != mp_spark.__version__:
+        log.warning("the executors run mp_spark %s, this driver %s", found.mp_spark, mp_spark.__version__)
+    if found.missing:
+        raise ConfigError(f"the executors' Python (version {found.python}) lacks {', '.join(found.missing)}: "
+                          f"install {' '.join(found.missing)} there (README: Running on a cluster)")
+    # spark.range's default partitioning is the cluster's default parallelism, its cores.
+    partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
+    cores = partition.agg(F.max("partition")).first()[0] + 1
+    return Executors(cores=cores)
+
+
+def run_probe(spark: SparkSession) -> probe.Found:
+    row = spark.range(1).mapInArrow(probe.look_around, probe.FOUND_SCHEMA).first()
+    return probe.Found(**row.asDict())
+
+
+def ship_package(spark: SparkSession) -> None:
+    """Send mp_spark's own modules to the Connect server, for the Python workers of this session."""
+    package = Path(mp_spark.__file__).parent
+    archive = Path(tempfile.mkdtemp(prefix="mp-spark-")) / "mp_spark.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for module in sorted(package.glob("*.py")):
+            zipped.write(module, f"mp_spark/{module.name}")
+    log.info("shipping mp_spark %s to the Spark Connect server", mp_spark.__version__)
+    spark.addArtifacts(str(archive), pyfile=True)

@@ -85,5 +85,5 @@ def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python:
     out = result.stdout
     assert re.search(r"rows read +3,000\n", out) and re.search(r"would import +3,000\n", out)
     assert re.search(r"invalid +0 ", out) and re.search(r"rejected +0 ", out)
-    # Tallies from the executors' mp_spark.partition code, unpickled in the workers from the zip.
+    # Outcomes from the executors' mp_spark.executor code, unpickled in the workers from the zip.
     assert "3 partitions, 3 batches, 3 requests, 0 retries" in out

@@ -1,47 +1,31 @@
-"""The driver's progress ticks on local Spark, with a results store that fails for a while."""
+"""The driver's progress line, from partition outcomes, with a clock the test controls."""
 
-from dataclasses import asdict
-
-from pyspark.sql import SparkSession
-
-from mp_spark.partition import PartitionResult, TallyList
 from mp_spark.progress import Progress
+from mp_spark.tally import EXHAUSTED, PartitionOutcome, Tally
 
 
-class FlakyLedger:
-    """Stands in for mp_spark.ledger.Ledger on a store that refuses writes until `failing` is cleared."""
-
-    path = "s3://results/run"
-
-    def __init__(self) -> None:
-        self.failing = True
-        self.recorded: list[PartitionResult] = []
-
-    def record(self, partitions: list[PartitionResult]) -> None:
-        if self.failing:
-            raise OSError("store unavailable")
-        self.recorded += partitions
+def outcome(index: int, rows: int = 100, status: str = "ok") -> PartitionOutcome:
+    return PartitionOutcome(index, Tally(rows=rows, imported=rows - 5, rejected=5, invalid=10), status)
 
 
-def finished(index: int) -> PartitionResult:
-    return PartitionResult(index=index, rows=10, imported=10, rejected=0, invalid=0, trimmed=0, batches=1,
-                           requests=1, retries=0, raw_bytes=100, gzip_bytes=30, seconds=1.0)
+def test_the_line_counts_sent_partitions_and_estimates_from_this_attempt_s_rate() -> None:
+    now = [0.0]
+    progress = Progress(total_rows=1100, partitions=10, finished_before=[outcome(0)], interval_s=10,
+                        clock=lambda: now[0])
+    for _ in range(3):
+        progress.sending()
+    progress.finished(outcome(1))
+    progress.finished(outcome(2, status=EXHAUSTED))  # not sent: counts for nothing
+    now[0] = 2.0
+
+    line = progress.line()
+    # 3 partitions of 110 rows (100 sent + 10 invalid) are done: 2 before, 1 by this attempt in 2 s.
+    assert line.startswith("progress: 20% (220 of 1,100 rows): 190 imported, 10 rejected, 20 invalid; 55 rows/s")
+    assert "about 16 s left; 2 of 10 partitions done, 1 sending" in line
 
 
-def test_a_partition_the_ledger_could_not_record_still_counts_and_is_recorded_at_a_later_tick(
-    spark: SparkSession,
-) -> None:
-    tallies = spark.sparkContext.accumulator([], TallyList())
-    ledger = FlakyLedger()
-    progress = Progress(sc=spark.sparkContext, tallies=tallies, ledger=ledger, total_rows=20, finished_before={},
-                        partitions=2, interval_s=60)
-
-    tallies.add([asdict(finished(0))])
-    progress.tick()
-    assert list(progress.finished) == [0] and ledger.recorded == []  # in the summary even though not recorded
-
-    ledger.failing = False
-    tallies.add([asdict(finished(1))])
-    progress.tick()
-    assert [p.index for p in ledger.recorded] == [0, 1]
-    assert progress.line().startswith("progress: 100% (20 of 20 rows): 20 imported")
+def test_a_partition_stopped_without_an_outcome_is_no_longer_sending() -> None:
+    progress = Progress(total_rows=0, partitions=1, finished_before=[], interval_s=10)
+    progress.sending()
+    progress.finished(None)
+    assert progress.line().endswith("nothing left; 0 of 1 partitions done, 0 sending")

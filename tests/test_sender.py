@@ -10,16 +10,15 @@ from collections.abc import Mapping
 
 import pytest
 
-from mp_spark.batching import batches_from_chunks, chunk_of_lines
-from mp_spark.config import Credentials, MixpanelConfig
-from mp_spark.sender import BatchSender, FatalSendError, RetriesExhaustedError, SenderSettings, SendTally
+from mp_spark.batching import Batch, batches_from_chunks, chunk_of_lines
+from mp_spark.config import MixpanelConfig
+from mp_spark.endpoints import Import, LookupTable, Profiles
+from mp_spark.sender import BatchSender, SenderSettings, SendStopped
+from mp_spark.tally import EXHAUSTED, FATAL, Rejection, Tally
 from mp_spark.transport import Response, TransportError
 
-SETTINGS = dataclasses.replace(
-    SenderSettings.from_config(MixpanelConfig(max_batch_events=3, max_attempts=4, pacing=False), None),
-    url="https://mp.test/import?strict=1&project_id=7",
-    authorization="Basic eDp5",
-)
+SETTINGS = SenderSettings.for_tasks(MixpanelConfig(max_batch_events=3, max_attempts=4, pacing=False, max_in_flight=1))
+IMPORT = Import("https://mp.test/import?strict=1&project_id=7", "Basic eDp5")
 
 
 class ScriptedTransport:
@@ -55,18 +54,21 @@ def lines(n: int) -> list[str]:
     return [json.dumps({"event": "e", "properties": {"$insert_id": f"id-{i}", "n": i}}) for i in range(n)]
 
 
-def send(sender: BatchSender, n: int, max_events: int = 3) -> SendTally:
+def send(sender: BatchSender, n: int, max_events: int = 3) -> tuple[Tally, list[Rejection]]:
+    """Send n events; the tally and every rejection the sender yielded."""
     chunks = [chunk_of_lines(lines(n))]
-    return sender.send_batches(batches_from_chunks(chunks, max_events=max_events, max_bytes=1_000_000))
+    rejections = [r for found in sender.send(batches_from_chunks(chunks, max_events=max_events, max_bytes=1_000_000))
+                  for r in found]
+    return sender.tally, rejections
 
 
 def make_sender(transport: ScriptedTransport, waits: list[float]) -> BatchSender:
-    return BatchSender(SETTINGS, transport, sleep=waits.append, rng=random.Random(1))
+    return BatchSender(IMPORT, SETTINGS, transport, sleep=waits.append, rng=random.Random(1))
 
 
 def test_send_batches_batches_gzips_and_counts_imports() -> None:
     transport, waits = ScriptedTransport(), []
-    tally = send(make_sender(transport, waits), 7)
+    tally, _ = send(make_sender(transport, waits), 7)
     assert [len(b) for b in transport.bodies] == [3, 3, 1]
     assert (tally.rows, tally.imported, tally.rejected, tally.batches, tally.retries) == (7, 7, 0, 3, 0)
     assert transport.headers[0]["Content-Encoding"] == "gzip"
@@ -80,14 +82,14 @@ def test_send_batches_batches_gzips_and_counts_imports() -> None:
                                     status(408), TransportError("ConnectionError")])
 def test_send_batch_resends_identical_body_after_retryable_failure(answer: Response | Exception) -> None:
     transport, waits = ScriptedTransport(answer, answer, ok()), []
-    tally = send(make_sender(transport, waits), 2)
+    tally, _ = send(make_sender(transport, waits), 2)
     assert tally.imported == 2 and tally.retries == 2 and tally.requests == 3
     assert transport.bodies[0] == transport.bodies[1] == transport.bodies[2]
     assert len(waits) == 2
 
 
 def test_backoff_doubles_from_two_seconds_with_one_to_five_seconds_of_jitter() -> None:
-    sender = BatchSender(SenderSettings.from_config(MixpanelConfig(), None), ScriptedTransport(),
+    sender = BatchSender(IMPORT, SenderSettings.for_tasks(MixpanelConfig()), ScriptedTransport(),
                          rng=random.Random(3))
     for attempt, base in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (9, 60)]:
         wait = sender.backoff_s(attempt)
@@ -102,9 +104,12 @@ def test_send_batch_honours_retry_after() -> None:
 
 def test_send_batch_gives_up_after_max_attempts() -> None:
     transport, waits = ScriptedTransport(*[status(503)] * 10), []
-    with pytest.raises(RetriesExhaustedError, match=r"4 attempts.*HTTP 503"):
-        send(make_sender(transport, waits), 1)
+    sender = make_sender(transport, waits)
+    with pytest.raises(SendStopped, match=r"4 attempts.*HTTP 503") as stopped:
+        send(sender, 1)
+    assert stopped.value.status == EXHAUSTED
     assert len(transport.bodies) == 4 and len(waits) == 3
+    assert (sender.tally.requests, sender.tally.retries, sender.tally.imported) == (4, 3, 0)
 
 
 @pytest.mark.parametrize("key", ["insert_id", "$insert_id"])
@@ -114,9 +119,9 @@ def test_strict_400_rejects_only_the_failed_records(key: str) -> None:
               "failed_records": [{"index": 1, key: "id-1", "field": "properties.time",
                                   "message": "'properties.time' is invalid"}]}
     transport, waits = ScriptedTransport(status(400, failed)), []
-    tally = send(make_sender(transport, waits), 3)
+    tally, rejections = send(make_sender(transport, waits), 3)
     assert (tally.imported, tally.rejected, tally.retries) == (2, 1, 0)
-    [rejection] = tally.rejections
+    [rejection] = rejections
     assert rejection.insert_id == "id-1" and rejection.field == "properties.time"
     assert json.loads(rejection.event)["properties"]["n"] == 1
     assert len(transport.bodies) == 1  # never retried
@@ -124,10 +129,10 @@ def test_strict_400_rejects_only_the_failed_records(key: str) -> None:
 
 def test_400_without_failed_records_rejects_the_whole_batch() -> None:
     transport, waits = ScriptedTransport(status(400, {"code": 400, "error": "invalid JSON"})), []
-    tally = send(make_sender(transport, waits), 2)
+    tally, rejections = send(make_sender(transport, waits), 2)
     assert (tally.imported, tally.rejected) == (0, 2)
-    assert {r.message for r in tally.rejections} == {"invalid JSON"}
-    assert [r.insert_id for r in tally.rejections] == ["id-0", "id-1"]  # read from the lines
+    assert {r.message for r in rejections} == {"invalid JSON"}
+    assert [r.insert_id for r in rejections] == ["id-0", "id-1"]  # read from the lines
 
 
 def test_400_whose_failed_records_do_not_match_rejects_the_whole_batch() -> None:
@@ -135,42 +140,44 @@ def test_400_whose_failed_records_do_not_match_rejects_the_whole_batch() -> None
               "failed_records": [{"index": 0, "field": "f", "message": "m"},
                                  {"index": 7, "field": "f", "message": "m"}]}
     transport, waits = ScriptedTransport(status(400, failed)), []
-    tally = send(make_sender(transport, waits), 3)
+    tally, rejections = send(make_sender(transport, waits), 3)
     assert (tally.imported, tally.rejected) == (0, 3)
-    assert "could not be matched" in tally.rejections[0].message
+    assert "could not be matched" in rejections[0].message
 
 
 def test_413_splits_the_batch_and_sends_the_halves() -> None:
     transport, waits = ScriptedTransport(status(413), ok(), ok()), []
-    tally = send(make_sender(transport, waits), 3)
+    tally, _ = send(make_sender(transport, waits), 3)
     assert [len(b) for b in transport.bodies] == [3, 1, 2]
     assert (tally.imported, tally.batches, tally.retries) == (3, 2, 0)
 
 
 def test_413_on_a_single_event_rejects_it() -> None:
     transport, waits = ScriptedTransport(status(413)), []
-    tally = send(make_sender(transport, waits), 1)
+    tally, rejections = send(make_sender(transport, waits), 1)
     assert (tally.imported, tally.rejected) == (0, 1)
-    assert "413" in tally.rejections[0].message
+    assert "413" in rejections[0].message
 
 
 @pytest.mark.parametrize("code", [401, 403])
 def test_auth_failure_stops_at_once_and_names_the_causes(code: int) -> None:
     transport, waits = ScriptedTransport(status(code, {"error": "Invalid credentials"})), []
-    with pytest.raises(FatalSendError, match=r"project_id.*region") as raised:
+    with pytest.raises(SendStopped, match=r"project_id.*region") as raised:
         send(make_sender(transport, waits), 5)
+    assert raised.value.status == FATAL
     assert len(transport.bodies) == 1 and waits == []
     assert "eDp5" not in str(raised.value)
 
 
 def test_unexpected_status_is_fatal() -> None:
     transport, waits = ScriptedTransport(status(404, {"error": "no such path"})), []
-    with pytest.raises(FatalSendError, match=r"HTTP 404.*no such path"):
+    with pytest.raises(SendStopped, match=r"HTTP 404 from /import.*no such path"):
         send(make_sender(transport, waits), 1)
 
 
-def test_settings_repr_hides_authorization() -> None:
-    assert "eDp5" not in repr(SETTINGS)
+def test_endpoints_keep_their_secrets_out_of_repr() -> None:
+    assert "eDp5" not in repr(IMPORT)
+    assert "tk-secret" not in repr(Profiles("https://mp.test/engage", "tk-secret"))
 
 
 class SlowTransport:
@@ -200,37 +207,37 @@ class SlowTransport:
 def test_send_batches_keeps_up_to_in_flight_requests_going() -> None:
     transport = SlowTransport()
     settings = dataclasses.replace(SETTINGS, in_flight=4)
-    tally = send(BatchSender(settings, transport), 60)
+    tally, _ = send(BatchSender(IMPORT, settings, transport), 60)
     assert tally.imported == 60 and tally.batches == 20
     assert transport.peak == 4
 
 
 def test_send_batches_with_one_in_flight_sends_one_at_a_time() -> None:
     transport = SlowTransport()
-    send(BatchSender(SETTINGS, transport), 15)
+    send(BatchSender(IMPORT, SETTINGS, transport), 15)
     assert transport.peak == 1
 
 
-def test_a_failing_batch_fails_the_whole_partition() -> None:
+def test_a_failing_batch_stops_the_whole_partition_with_its_own_reason() -> None:
     transport = SlowTransport(fail_on=3)
-    with pytest.raises(FatalSendError):
-        send(BatchSender(dataclasses.replace(SETTINGS, in_flight=4), transport), 300)
+    with pytest.raises(SendStopped, match="401") as stopped:  # not a sibling's "cancelled"
+        send(BatchSender(IMPORT, dataclasses.replace(SETTINGS, in_flight=4), transport), 300)
+    assert stopped.value.status == FATAL
     assert transport.calls < 100  # stopped early, not after sending everything
 
 
-def test_for_run_splits_the_job_budgets_between_concurrent_tasks() -> None:
-    capped = SETTINGS.for_run("r1", 3, MixpanelConfig(max_events_per_second=15_000))
+def test_for_tasks_splits_the_job_budgets_between_concurrent_tasks() -> None:
+    capped = SenderSettings.for_tasks(MixpanelConfig(max_events_per_second=15_000), 3, "r1")
     assert (capped.run_id, capped.in_flight, capped.max_events_per_second, capped.rate_share) == ("r1", 5, 5000, 5000)
-    many = SETTINGS.for_run("r1", 40, MixpanelConfig(rate_limit_events_per_second=60_000))
+    many = SenderSettings.for_tasks(MixpanelConfig(rate_limit_events_per_second=60_000), 40, "r1")
     assert (many.in_flight, many.max_events_per_second, many.rate_share) == (1, None, 1500)
 
 
 def test_with_pacing_a_batch_s_first_429_waits_only_for_the_pacer_and_a_second_backs_off() -> None:
     transport, waits = ScriptedTransport(status(429), status(429), ok()), []
     paced = dataclasses.replace(SETTINGS, pacing=True, rate_share=1e9)  # too fast for the pacer itself to wait
-    sender = BatchSender(paced, transport, sleep=waits.append,
-                         rng=random.Random(1))
-    tally = send(sender, 1)
+    sender = BatchSender(IMPORT, paced, transport, sleep=waits.append, rng=random.Random(1))
+    tally, _ = send(sender, 1)
     assert tally.imported == 1 and tally.retries == 2
     assert waits[0] == 0.0  # the pacer, cut by the 429, spaces the retry
     assert waits[1] >= 4 + 1  # attempt 2: 4 s doubling backoff plus at least 1 s of jitter
@@ -256,19 +263,28 @@ class UpdatesTransport:
 
 
 def test_refused_profile_updates_are_isolated_by_halving_and_carry_the_token_only_on_the_wire() -> None:
-    settings = dataclasses.replace(
-        SenderSettings.from_config(MixpanelConfig(max_attempts=2, pacing=False), Credentials("project_token", "tk", ""),
-                                   "people"),
-        max_batch_events=8,
-    )
-    assert settings.url.endswith("/engage?verbose=1&ip=0") and settings.authorization == ""
+    settings = SenderSettings.for_tasks(MixpanelConfig(max_attempts=2, pacing=False, max_batch_events=8))
+    endpoint = Profiles("https://mp.test/engage?verbose=1&ip=0", "tk")
+    assert "Authorization" not in endpoint.headers()
     transport = UpdatesTransport()
     updates = [json.dumps({"$distinct_id": f"u{i}", "$set": {"bad": i in (2, 5)}}) for i in range(8)]
-    tally = BatchSender(settings, transport, sleep=lambda s: None).send_batches(
-        batches_from_chunks([chunk_of_lines(updates)], max_events=8, max_bytes=1_000_000))
+    sender = BatchSender(endpoint, settings, transport, sleep=lambda s: None)
+    rejections = [r for found in sender.send(batches_from_chunks([chunk_of_lines(updates)], max_events=8,
+                                                                 max_bytes=1_000_000)) for r in found]
 
+    tally = sender.tally
     assert (tally.rows, tally.imported, tally.rejected) == (8, 6, 2)
-    assert sorted(json.loads(r.event)["$distinct_id"] for r in tally.rejections) == ["u2", "u5"]
-    assert all(r.message == "property 'bad' is not allowed" and "tk" not in r.event for r in tally.rejections)
+    assert sorted(json.loads(r.event)["$distinct_id"] for r in rejections) == ["u2", "u5"]
+    assert all(r.message == "property 'bad' is not allowed" and "tk" not in r.event for r in rejections)
     assert all(u["$token"] == "tk" for batch in transport.batches for u in batch)
     assert len(transport.batches[0]) == 8 and len(transport.batches) > 3  # halved down to the refused ones
+
+
+def test_a_lookup_table_mixpanel_refuses_is_rejected_whole_for_the_reason_it_gives() -> None:
+    table = Batch(b'id,name\n1,"two\nlines"\n2,b\n', 2)  # CSV rows may hold newlines: counted, not split
+    transport = ScriptedTransport(status(400, {"error": "bad header"}))
+    transport.send = lambda *args: status(400, {"error": "bad header"})  # a CSV body, not ndjson
+    sender = BatchSender(LookupTable("https://mp.test/lookup-tables/t", "Basic eDp5"), SETTINGS, transport)
+    [rejections] = list(sender.send([table]))
+    assert (sender.tally.rows, sender.tally.rejected, sender.tally.imported) == (2, 2, 0)
+    assert [r.message for r in rejections] == ["Mixpanel refused the whole table: bad header"]

@@ -1,0 +1,83 @@
+"""What happened to a partition's records, as data: counts that add up, and one outcome per partition.
+
+The executors return these as rows (see `mp_spark.executor`), the driver reads them back and
+decides the exit code from them, and the summary is their sum. The row schemas come from the
+dataclass fields, so a new counter is one new field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+OK, FATAL, EXHAUSTED = "ok", "fatal", "exhausted"  # a partition's status: sent; retrying cannot help; retries ran out
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Counts for some records; `a + b` adds them field by field."""
+
+    rows: int = 0  # records sent: imported + rejected
+    imported: int = 0
+    rejected: int = 0  # refused by Mixpanel
+    invalid: int = 0  # set aside by the job's own validation, never sent
+    trimmed: int = 0  # sent with a value cut to fit Mixpanel's limits
+    batches: int = 0  # batches delivered (answered, or refused whole); halves of a split count apart
+    requests: int = 0  # every HTTP attempt
+    retries: int = 0
+    raw_bytes: int = 0
+    gzip_bytes: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(*(getattr(self, name) + getattr(other, name) for name in TALLY_FIELDS))
+
+
+TALLY_FIELDS = tuple(f.name for f in dataclasses.fields(Tally))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One record not imported, with the reason and the line exactly as it was (or would have been) sent."""
+
+    field: str | None
+    message: str
+    insert_id: str | None  # for profile updates: the distinct_id or group id
+    event: str | None
+
+
+@dataclass(frozen=True)
+class PartitionOutcome:
+    """How one partition went: its tally, and whether it was sent (`ok`) or why not."""
+
+    index: int
+    tally: Tally
+    status: str = OK
+    message: str | None = None  # for `fatal` and `exhausted`: what failed
+    seconds: float = 0.0
+
+    def as_row(self) -> dict:
+        """The flat row of `partitions/` (and of the outcome rows the executors return)."""
+        return {"index": self.index, **dataclasses.asdict(self.tally), "status": self.status,
+                "message": self.message, "seconds": self.seconds}
+
+    @classmethod
+    def from_row(cls, row: dict) -> PartitionOutcome:
+        return cls(index=row["index"], tally=Tally(**{name: row[name] or 0 for name in TALLY_FIELDS}),
+                   status=row["status"], message=row["message"], seconds=row["seconds"])
+
+
+OUTCOME_SCHEMA = T.StructType([
+    T.StructField("index", T.LongType()),
+    *[T.StructField(name, T.LongType()) for name in TALLY_FIELDS],
+    T.StructField("status", T.StringType()),
+    T.StructField("message", T.StringType()),
+    T.StructField("seconds", T.DoubleType()),
+])
+
+REJECTION_FIELDS = tuple(f.name for f in dataclasses.fields(Rejection))
+
+
+def total(outcomes: list[PartitionOutcome]) -> Tally:
+    return sum((o.tally for o in outcomes), Tally())

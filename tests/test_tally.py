@@ -1,0 +1,32 @@
+"""Counts that add up, and outcomes that survive the trip through rows."""
+
+import dataclasses
+
+from pyspark.sql import types as T
+
+from mp_spark.executor import SENT_SCHEMA
+from mp_spark.results import summarize
+from mp_spark.tally import EXHAUSTED, OUTCOME_SCHEMA, TALLY_FIELDS, PartitionOutcome, Tally
+
+
+def test_tallies_add_field_by_field() -> None:
+    total = Tally(rows=3, imported=2, rejected=1, requests=4) + Tally(rows=5, imported=5, invalid=2, retries=1)
+    assert dataclasses.astuple(total) == (8, 7, 1, 2, 0, 0, 4, 1, 0, 0)
+
+
+def test_an_outcome_round_trips_through_its_row_and_the_schemas_follow_the_fields() -> None:
+    outcome = PartitionOutcome(7, Tally(rows=10, imported=9, rejected=1), EXHAUSTED, "gave up", 1.5)
+    assert PartitionOutcome.from_row(outcome.as_row()) == outcome
+    assert OUTCOME_SCHEMA.names == list(outcome.as_row())
+    assert set(TALLY_FIELDS) < set(SENT_SCHEMA.names)
+    assert all(SENT_SCHEMA[name].dataType == T.LongType() for name in TALLY_FIELDS)
+
+
+def test_the_summary_is_the_sum_of_the_sent_partitions_and_counts_the_rest_as_unsent() -> None:
+    outcomes = [PartitionOutcome(0, Tally(rows=90, imported=88, rejected=2, invalid=10)),
+                PartitionOutcome(1, Tally(rows=40, imported=40), EXHAUSTED, "gave up")]
+    summary = summarize(run_id="r", dry_run=False, rows_read=200, partitions=2, outcomes=outcomes, resumed=0,
+                        imported_before=0, seconds=2.0, results_path="/r")
+    assert (summary.imported, summary.rejected, summary.invalid, summary.unsent) == (88, 2, 10, 100)
+    assert summary.balanced and not summary.complete
+    assert summary.events_per_second == 44.0
