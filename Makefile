@@ -1,6 +1,7 @@
 # Two commands for a new machine (Python 3.10+, Java 17+):
 #   make sample   set up, then run the backfill on the bundled sample (local Spark, --dry-run)
-#   make test     set up, then run the test suite
+#   make test     set up, then run the test suite: on classic local Spark, then the end-to-end tests
+#                 again as a Spark Connect client of a local server (a process holds one kind of session)
 #   make dist     build the wheel and the zip for clusters (README: "Running on a cluster")
 PYTHON ?= python3
 VENV := .venv
@@ -20,6 +21,7 @@ sample: setup
 
 test: setup
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --spark-connect -m e2e
 
 # dist/mp_spark-<version>-py3-none-any.whl for Databricks (or pip) and dist/mp_spark.zip for
 # spark-submit --py-files, which takes .zip but not .whl: the zip is the wheel's mp_spark/, nothing else.

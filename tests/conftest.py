@@ -1,23 +1,124 @@
+"""Fixtures: one real Spark session per test run (classic local Spark, or with --spark-connect a Spark
+Connect client of a local server this run starts), and a Mixpanel-compatible server on loopback.
+
+`make test` runs the suite twice: on classic local Spark, then its end-to-end tests (marked e2e) as a
+Spark Connect client. A process can hold only one kind of session, hence two runs.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
 
-from mp_spark.session import local_builder
+from mp_spark.session import DELTA_SQL_CONF, local_builder
 from tests.fake_mixpanel import FakeMixpanel
+
+SESSION_TIME_ZONE = "America/Los_Angeles"  # deliberately not UTC: every time must come out the same anyway
+SPARK_BIN = Path(sys.executable).parent  # the venv's spark-submit and spark-class
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"  # the delta-spark pip package's jar for pyspark 4.2
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--spark-connect", action="store_true",
+                     help="run as a Spark Connect client of a local server started for the run")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: the whole job end to end (also run as a Spark Connect client)")
+    config.addinivalue_line("markers", "classic_only: needs a classic session (spark-submit, a JVM in process)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--spark-connect"):
+        skip = pytest.mark.skip(reason="classic Spark only")
+        for item in items:
+            if "classic_only" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator[SparkSession]:
-    """One real local Spark session (with Delta) for the whole test run.
+def python_without_mp_spark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python with this environment's packages but not mp_spark, as a cluster's executors have.
 
-    The session time zone is deliberately not UTC: `time` must come out the same anyway.
+    A virtual environment whose one .pth file names this one's site-packages: the directory is on
+    its path, but the .pth files in it (mp_spark's editable install among them) are not read.
     """
+    root = tmp_path_factory.mktemp("python-without-mp-spark")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    (site,) = root.glob("lib/python*/site-packages")
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = root / "bin" / "python"
+    check = subprocess.run([str(python), "-c", "import pyspark, pyarrow, requests; import mp_spark"],
+                           cwd=root, capture_output=True, text=True)
+    assert "No module named 'mp_spark'" in check.stderr, check.stderr
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def connect_server(python_without_mp_spark: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Spark Connect server with Delta, whose Python workers cannot import mp_spark; its URL."""
+    workdir = tmp_path_factory.mktemp("connect-server")  # the workers' working directory: no mp_spark here
+    port, log = free_port(), workdir / "server.log"
+    env = {**os.environ, "PYSPARK_PYTHON": str(python_without_mp_spark), "SPARK_LOCAL_IP": "127.0.0.1"}
+    command = [
+        str(SPARK_BIN / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "--master", "local[2, 4]", "--packages", DELTA_PACKAGE,
+        "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", f"spark.connect.grpc.binding.port={port}",
+        "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.ui.enabled=false",
+        "--conf", f"spark.sql.session.timeZone={SESSION_TIME_ZONE}",
+        *[arg for key, value in DELTA_SQL_CONF.items() for arg in ("--conf", f"{key}={value}")],
+        "spark-internal",
+    ]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, server, log, timeout_s=300)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def spark(request: pytest.FixtureRequest) -> Iterator[SparkSession]:
+    """One real Spark session (with Delta) for the whole test run: classic local Spark, or a Connect client."""
+    if request.config.getoption("--spark-connect"):
+        url = request.getfixturevalue("connect_server")
+        os.environ["SPARK_REMOTE"] = url  # what the job's own get_spark() and subprocesses will find
+        session = SparkSession.builder.remote(url).getOrCreate()
+        yield session
+        session.stop()
+        return
     builder = (
         SparkSession.builder.appName("mp-spark-tests")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.ui.enabled", "false")
-        .config("spark.sql.session.timeZone", "America/Los_Angeles")
+        .config("spark.sql.session.timeZone", SESSION_TIME_ZONE)
     )
     session = local_builder(builder, with_delta=True, master="local[2, 4]").getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

@@ -15,6 +15,8 @@ from pyspark.sql import functions as F
 from mp_spark.cli import main
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
+pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
+
 ROWS = 5000
 CHECK = 1  # the event the driver sends alone first, to check the credentials (sent again with its partition)
 REPO = Path(__file__).resolve().parents[1]
@@ -252,8 +254,9 @@ def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
     assert "dry run" in out and "events as they would be sent" in out and "plan" in out
 
 
-def test_quickstart_script_runs_the_bundled_sample(tmp_path: Path) -> None:
-    """`python jobs/backfill.py` starts its own local Spark, as a user's first run does."""
+def test_quickstart_script_runs_the_bundled_sample(spark: SparkSession, tmp_path: Path) -> None:
+    """`python jobs/backfill.py` starts its own local Spark, as a user's first run does (or, in the Spark
+    Connect run, finds the server in SPARK_REMOTE)."""
     result = subprocess.run(
         [sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run",
          "--set", f"job.results_path={tmp_path}"],

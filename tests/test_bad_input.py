@@ -11,6 +11,8 @@ from pyspark.sql import SparkSession
 from tests.fake_mixpanel import FakeMixpanel
 from tests.test_backfill_e2e import run_job, summary_of
 
+pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
+
 NOW = dt.datetime.now(dt.timezone.utc)
 WHEN = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 WIDE = 300  # columns w0..w299: null except in the "wide" row

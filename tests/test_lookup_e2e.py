@@ -11,6 +11,8 @@ import mp_spark.lookup
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
 
+pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
+
 LAUNCHED = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 PRODUCTS = 50
 

@@ -1,19 +1,26 @@
 """The packaged job as a cluster runs it: `make dist`, then spark-submit with mp_spark only in the zip.
 
-The end-to-end test takes about a minute and a half: it creates a fresh virtual environment with the
-runtime dependencies only (pip's cache makes the pyspark download a one-time cost) and runs the bundled
-sample through that environment's spark-submit.
+These tests create a fresh virtual environment with the runtime dependencies only (pip's cache makes
+the pyspark download a one-time cost) and run the bundled sample through that environment's
+spark-submit: on local Spark, and on a standalone cluster (a Master and a Worker) as a cluster user does.
 """
 
 import email
+import json
 import os
 import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port, wait_for_port
+from tests.fake_mixpanel import FakeMixpanel
+
+pytestmark = pytest.mark.classic_only
 
 REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
@@ -63,11 +70,16 @@ def test_dist_zip_holds_exactly_the_wheels_package(wheel: Path) -> None:
     assert "mp-spark-backfill = mp_spark.cli:run" in entry_points  # the Databricks python_wheel_task entry point
 
 
-def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python: Path, tmp_path: Path) -> None:
-    # Nothing may point Spark or Python back at this repository or its .venv.
+def clean_env(runtime_python: Path) -> dict[str, str]:
+    """Nothing may point Spark or Python back at this repository or its .venv."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "SPARK_HOME") and not k.startswith("PYSPARK_")}
+           if k not in ("PYTHONPATH", "PYTHONHOME", "SPARK_HOME", "SPARK_REMOTE") and not k.startswith("PYSPARK_")}
     env["PYSPARK_PYTHON"] = str(runtime_python)  # the driver's and the workers' interpreter
+    return env
+
+
+def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python: Path, tmp_path: Path) -> None:
+    env = clean_env(runtime_python)
     # The premise: run from tmp_path, this interpreter cannot import mp_spark. Local Spark starts its
     # Python workers in the driver's working directory, so they too can only find mp_spark in the zip.
     assert subprocess.run([str(runtime_python), "-c", "import mp_spark"], cwd=tmp_path, env=env,
@@ -87,3 +99,55 @@ def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python:
     assert re.search(r"invalid +0 ", out) and re.search(r"rejected +0 ", out)
     # Outcomes from the executors' mp_spark.executor code, unpickled in the workers from the zip.
     assert "3 partitions, 3 batches, 3 requests, 0 retries" in out
+
+
+@pytest.fixture(scope="module")
+def standalone_cluster(runtime_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Spark standalone cluster on 127.0.0.1: a Master and one Worker of 2 cores; the master's URL."""
+    workdir = tmp_path_factory.mktemp("standalone")
+    spark_class = str(runtime_python.parent / "spark-class")
+    env = {**clean_env(runtime_python), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(workdir / "work")}
+    port = free_port()
+    processes = []
+    try:
+        for name, args in [
+            ("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                        "--webui-port", str(free_port())]),
+            ("worker", ["org.apache.spark.deploy.worker.Worker", "--cores", "2", "--memory", "2g",
+                        "--webui-port", str(free_port()), f"spark://127.0.0.1:{port}"]),
+        ]:
+            log = workdir / f"{name}.log"
+            with log.open("w") as output:
+                processes.append(subprocess.Popen([spark_class, *args], cwd=workdir, env=env, stdout=output,
+                                                  stderr=subprocess.STDOUT))
+            if name == "master":
+                wait_for_port(port, processes[0], log, timeout_s=120)
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def test_spark_submit_to_a_standalone_cluster_imports_every_row(
+    runtime_python: Path, standalone_cluster: str, tmp_path: Path,
+) -> None:
+    """As a cluster user runs it: client mode, mp_spark only in the zip, the executors' Python without it."""
+    env = {**clean_env(runtime_python), "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
+    with FakeMixpanel() as server:
+        result = subprocess.run(
+            [str(runtime_python.parent / "spark-submit"), "--master", standalone_cluster,
+             "--py-files", str(DIST / "mp_spark.zip"), "--conf", f"spark.pyspark.python={runtime_python}",
+             "--conf", "spark.executor.memory=1g",
+             str(REPO / "jobs" / "backfill.py"), "--config", str(REPO / "conf" / "sample.yaml"),
+             "--set", f"source.path={REPO / 'data' / 'sample_events.json.gz'}",
+             "--set", f"mixpanel.api_host={server.url}", "--set", f"mixpanel.project_id={server.project_id}",
+             "--set", f"job.results_path={tmp_path / 'results'}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(server.unique_events) == 3000
+    (part,) = (tmp_path / "results" / "summary").glob("part-*")
+    summary = json.loads(part.read_text())
+    assert summary["rows_read"] == summary["imported"] == 3000 and summary["complete"]
+    assert "3 partitions" in result.stdout

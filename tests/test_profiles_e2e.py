@@ -12,6 +12,8 @@ from mp_spark.profiles import to_profile_updates
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
 
+pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
+
 USERS = 300
 SIGNUP = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
