@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from mp_spark.config import Config, ConfigError, Credentials, credentials_from_env, parse_config
-from mp_spark.preview import preview_run
+from mp_spark.preview import Previewer, preview_lookup_table
 from mp_spark.results import RunFiles, Summary, default_results_path, read_text
 from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
 from mp_spark.session import get_spark
@@ -97,9 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_path = config.job.results_path or default_results_path(run_id)
             options = RunOptions(run_id=run_id, results_path=results_path, dry_run=args.dry_run)
         credentials = credentials or credentials_for(config, args.dry_run)
-        if args.dry_run:
-            print(preview_run(spark, config).render())
-        summary = run_job(spark, config, credentials, options)
+        previewer = None
+        if args.dry_run and config.job.kind == "lookup_table":
+            print(preview_lookup_table(spark, config).render())
+        elif args.dry_run:
+            previewer = Previewer(lambda preview: print(preview.render(), flush=True))
+        summary = run_job(spark, config, credentials, options, previewer)
     except (OSError, ConfigError) as exc:
         return config_error(exc)
     except RunStopped as stopped:
@@ -150,24 +153,25 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
     if spark is not None and results_path:
         try:
             RunFiles(spark, results_path).write_error(text)
-            kept = f"; the traceback is in {results_path}/error/ too"
+            kept = f" and in {results_path}/error/"
         except Exception:  # Spark itself may be what failed: the log still has it
             pass
     first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
     print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
           f"mp-spark: this is not a problem the job recognises (a Spark failure, an unreadable source, or a "
-          f"bug); the full traceback is in the log above{kept}. Fix the cause, then finish the run with "
+          f"bug); the whole traceback is in the log above{kept}. Fix the cause, then finish the run with "
           f"--resume {results_path}", file=sys.stderr)
     return EXIT_UNEXPECTED
 
 
 def redacted(text: str, credentials: Credentials | None) -> str:
-    """`text` without the credentials, whatever quoted them."""
+    """`text` without the credentials, whatever quoted them (a secret too short to be one is left alone:
+    replacing every "x" would garble the text and protect nothing)."""
     if credentials is None:
         return text
     for secret in (credentials.password, credentials.username if credentials.kind == "project_token" else "",
                    credentials.authorization_header()):
-        if secret:
+        if len(secret) >= 8:
             text = text.replace(secret, "***")
     return text
 

@@ -1,24 +1,23 @@
 """Look before you send: sample events as /import would receive them, and a profile of their properties.
 
 Events are immutable once in Mixpanel, so `--dry-run` shows what would be sent and warns about
-what Mixpanel advises against. Everything is computed in Spark, in one aggregation pass.
+what Mixpanel advises against. Everything is computed in Spark, alongside the run's own work.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import Config
 from mp_spark.lookup import to_lookup_rows
-from mp_spark.mapping import CORE_PROPERTIES, to_mixpanel_events
-from mp_spark.records import prepare_records
+from mp_spark.mapping import CORE_PROPERTIES
 from mp_spark.sources import read_source
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
@@ -75,49 +74,61 @@ class Preview:
         return "\n".join(lines)
 
 
-def preview_run(spark: SparkSession, config: Config) -> Preview:
-    """For --dry-run: sample records as they would be sent, and for events a profile of their properties."""
-    source = read_source(spark, config.source)
-    if config.job.kind == "lookup_table":
-        rows, header = to_lookup_rows(config.mapping)(source)
-        names = next(csv.reader([header]))
-        lines = [row.line for row in rows.filter(F.col("invalid").isNull()).select("line").limit(5).collect()]
-        return Preview([dict(zip(names, next(csv.reader([line])), strict=True)) for line in lines], rows=0,
-                       approx_event_names=0, properties=[])
-    sendable = prepare_records(source, config, int(time.time() * 1000)).filter(F.col("invalid").isNull())
-    if config.profiles:
-        samples = [json.loads(row.line) for row in sendable.select("line").limit(5).collect()]
-        return Preview(samples, rows=0, approx_event_names=0, properties=[])
-    return preview_events(source.transform(to_mixpanel_events(config.mapping)), sendable)
+def preview_lookup_table(spark: SparkSession, config: Config) -> Preview:
+    """For --dry-run of a lookup table: its first rows as Mixpanel would read them."""
+    rows, header = to_lookup_rows(config.mapping)(read_source(spark, config.source))
+    names = next(csv.reader([header]))
+    lines = [row.line for row in rows.filter(F.col("invalid").isNull()).select("line").limit(5).collect()]
+    return Preview([dict(zip(names, next(csv.reader([line])), strict=True)) for line in lines], rows=0,
+                   approx_event_names=0, properties=[])
 
 
-def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Preview:
-    """Profile the `properties` of `to_mixpanel_events` output; sample `line`s of `to_json_lines`."""
-    fields = mapped.schema["properties"].dataType.fields
-    aggregates = [F.count(F.lit(1)).alias("rows"), F.approx_count_distinct("event").alias("event_names")]
-    for i, f in enumerate(fields):
-        value = F.col("properties").getField(f.name)
-        aggregates += [F.count(value).alias(f"n{i}"), F.approx_count_distinct(value).alias(f"d{i}"),
-                       F.count_if(F.array_contains("cut", f.name)).alias(f"c{i}")]
-    totals = mapped.agg(*aggregates).first()
-    rows = totals["rows"]
-    profiles = [
-        PropertyProfile(
-            name=f.name,
-            json_type=json_type(f.dataType),
-            null_share=1 - totals[f"n{i}"] / rows if rows else 0.0,
-            approx_distinct=totals[f"d{i}"],
-            cut=totals[f"c{i}"],
-        )
-        for i, f in enumerate(fields)
-        if f.name not in CORE_PROPERTIES
-    ]
-    sample_lines = [json.loads(row.line) for row in lines.select("line").limit(samples).collect()]
-    per_user_day = mapped.where(F.col("distinct_id").isNotNull()).groupBy(
-        "distinct_id", F.floor(F.col("time") / 86_400_000)
-    ).count()
-    busiest = per_user_day.agg(F.max("count")).first()[0] or 0
-    return Preview(sample_lines, rows, totals["event_names"], profiles, busiest)
+class Previewer:
+    """--dry-run's look at what would be sent, taken while the run stages its records, so that it costs
+    no pass over the source of its own: the property profile is observed as the events are staged
+    (`tap`), the samples and the busiest user-day are read from the staged records (`staged`)."""
+
+    USER_DAY = "user_day"  # a staged column of dry runs only: the distinct_id and its UTC day
+
+    def __init__(self, show: Callable[[Preview], None]) -> None:
+        self._show = show
+        self._observation = Observation("mp-spark-property-profile")
+        self._fields: list[T.StructField] | None = None
+
+    def tap(self, mapped: DataFrame) -> DataFrame:
+        """Observe the profile of the `properties` of `to_mixpanel_events` output as it flows past."""
+        self._fields = mapped.schema["properties"].dataType.fields
+        aggregates = [F.count(F.lit(1)).alias("rows"), F.approx_count_distinct("event").alias("event_names")]
+        for i, f in enumerate(self._fields):
+            value = F.col("properties").getField(f.name)
+            aggregates += [F.count(value).alias(f"n{i}"), F.approx_count_distinct(value).alias(f"d{i}"),
+                           F.count_if(F.array_contains("cut", f.name)).alias(f"c{i}")]
+        return mapped.observe(self._observation, *aggregates)
+
+    def staged_columns(self, records: DataFrame) -> list[Column]:
+        if "distinct_id" not in records.columns:  # profile updates: samples only
+            return []
+        day = F.floor(F.col("time") / 86_400_000)  # time is epoch ms: a UTC day, whatever the session's zone
+        return [F.when(F.col("distinct_id").isNotNull(), F.concat_ws("|", "distinct_id", day)).alias(self.USER_DAY)]
+
+    def staged(self, staged: DataFrame, samples: int = 5) -> None:
+        lines = staged.filter(F.col("invalid").isNull()).select("line").limit(samples).collect()
+        sample_events = [json.loads(row.line) for row in lines]
+        if self._fields is None:
+            self._show(Preview(sample_events, rows=0, approx_event_names=0, properties=[]))
+            return
+        totals = self._observation.get
+        rows = totals["rows"]
+        profiles = [
+            PropertyProfile(name=f.name, json_type=json_type(f.dataType),
+                            null_share=1 - totals[f"n{i}"] / rows if rows else 0.0,
+                            approx_distinct=totals[f"d{i}"], cut=totals[f"c{i}"])
+            for i, f in enumerate(self._fields)
+            if f.name not in CORE_PROPERTIES
+        ]
+        per_user_day = staged.filter(F.col(self.USER_DAY).isNotNull()).groupBy(self.USER_DAY).count()
+        busiest = per_user_day.agg(F.max("count")).first()[0] or 0
+        self._show(Preview(sample_events, rows, totals["event_names"], profiles, busiest))
 
 
 def json_type(dtype: T.DataType) -> str:

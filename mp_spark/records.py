@@ -2,10 +2,12 @@
 
 Every record has `key` (the `$insert_id`, or the profile's id), `line` (its JSON as Mixpanel
 receives it), `invalid` (null, or why the job sets it aside) and `trimmed` (a value was cut to fit
-Mixpanel's limits); events also have `time` (epoch ms).
+Mixpanel's limits); events also have `time` (epoch ms) and `distinct_id`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -15,15 +17,19 @@ from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.profiles import to_profile_updates
 from mp_spark.validation import with_invalid_reason
 
+Tap = Callable[[DataFrame], DataFrame]
 
-def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
+
+def prepare_events(source: DataFrame, config: Config, now_ms: int, tap: Tap | None = None) -> DataFrame:
     """Rows outside `job.time_from`/`job.time_to` are not part of the run; rows with no time stay,
-    to be set aside as invalid."""
+    to be set aside as invalid. `tap` sees the mapped events (`to_mixpanel_events`) on their way."""
     events = (
         source.transform(to_mixpanel_events(config.mapping))
+        .transform(tap or (lambda mapped: mapped))
         .transform(to_json_lines)
         .transform(with_invalid_reason(now_ms))
-        .select("time", F.col("insert_id").alias("key"), "line", "invalid", (F.size("cut") > 0).alias("trimmed"))
+        .select("time", "distinct_id", F.col("insert_id").alias("key"), "line", "invalid",
+                (F.size("cut") > 0).alias("trimmed"))
     )
     time_ms, job = F.col("time"), config.job
     if job.time_from_ms is not None:
@@ -33,10 +39,10 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
     return events
 
 
-def prepare_records(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
+def prepare_records(source: DataFrame, config: Config, now_ms: int, tap: Tap | None = None) -> DataFrame:
     if config.profiles:
         return source.transform(to_profile_updates(config.mapping))
-    return prepare_events(source, config, now_ms)
+    return prepare_events(source, config, now_ms, tap)
 
 
 def count_records(source: DataFrame, records: DataFrame, config: Config) -> int:

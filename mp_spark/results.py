@@ -31,6 +31,7 @@ from mp_spark.config import ConfigError
 from mp_spark.executor import OUTCOME, REJECTION
 from mp_spark.tally import OK, TALLY_FIELDS, PartitionOutcome, Tally
 
+
 @dataclass(frozen=True)
 class Manifest:
     run_id: str
@@ -157,12 +158,6 @@ class RunFiles:
             return self._spark.read.parquet(self.staging).inputFiles()
         except AnalysisException:  # no records at all: Spark wrote no file
             return []
-
-    def staged_rows(self) -> int:
-        try:
-            return self._spark.read.parquet(self.staging).count()  # from the files' footers, not a scan
-        except AnalysisException:  # no records at all: Spark wrote no file
-            return 0
 
     def clear_staging(self) -> None:
         self._clear(self.staging)

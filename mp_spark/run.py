@@ -13,6 +13,7 @@ DataFrame and SparkSession APIs that classic Spark and Spark Connect share are u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import secrets
 import threading
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.batching import Batch
@@ -29,6 +30,7 @@ from mp_spark.endpoints import Endpoint, endpoint_for
 from mp_spark.executor import OUTCOME, SENT_SCHEMA, partition_sender
 from mp_spark.lookup import send_lookup_table
 from mp_spark.plan import Partition, sending_phases, shuffle_partitions, staging_partitions
+from mp_spark.preview import Previewer
 from mp_spark.progress import Progress
 from mp_spark.records import count_records, prepare_records
 from mp_spark.results import Manifest, RunFiles, Summary, refused_records, set_aside_records, summarize
@@ -49,6 +51,9 @@ class RunOptions:
     resume: bool = False  # send only the partitions the run has not sent yet
 
 
+STAGED_COLUMNS = ("key", "line", "invalid", "trimmed")
+
+
 class RunStopped(Exception):
     """The run stopped before it sent everything: `status` is FATAL (a config or credential problem
     that retrying cannot fix) or EXHAUSTED (Mixpanel or the network kept failing)."""
@@ -64,8 +69,12 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def run_job(spark: SparkSession, config: Config, credentials: Credentials | None, options: RunOptions) -> Summary:
-    """Send every record of the source (or, resuming, every partition not sent yet) and write the results."""
+def run_job(spark: SparkSession, config: Config, credentials: Credentials | None, options: RunOptions,
+            previewer: Previewer | None = None) -> Summary:
+    """Send every record of the source (or, resuming, every partition not sent yet) and write the results.
+
+    A dry run's `previewer` is shown the records as they are staged.
+    """
     started = time.monotonic()
     files = RunFiles(spark, options.results_path)
     endpoint = endpoint_for(config, credentials)
@@ -75,30 +84,41 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             raise RunStopped(outcome.status, outcome.message or "", summary)
         return summary
 
-    manifest = start_or_resume(files, config, options)
-    executors = prepare_executors(spark)
-    if manifest.rows is None:  # a new run, or one stopped before its records were all staged
-        records = prepare_records(read_source(spark, config.source), config, manifest.now_ms)
+    if options.resume:
+        manifest = resumable(files.read_manifest(), options)
+    else:
+        manifest = Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
+    # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
+    # A resumed run whose records were staged needs nothing from the source any more.
+    if manifest.rows is None:
+        source = read_source(spark, config.source)
+        records = prepare_records(source, config, manifest.now_ms, tap=previewer.tap if previewer else None)
         phases = record_phases(records, config, manifest.now_ms)
-        if not options.dry_run:
-            check_credentials(endpoint, config.mixpanel, phases)
-        stage(spark, phases, config, files)
-        manifest = dataclasses.replace(manifest, rows=files.staged_rows(),
-                                       partitions=len(files.staging_files()))
+    else:
+        phases = None
+    if not options.resume:
         files.write_manifest(manifest)
-    elif not options.dry_run:
-        check_credentials(endpoint, config.mixpanel, [spark.read.parquet(files.staging)])
-
+        files.clear_outcomes()  # a results path used before keeps none of the earlier run's outcomes
+    executors = prepare_executors(spark)
+    if not options.dry_run:
+        check_credentials(endpoint, config.mixpanel, phases or [spark.read.parquet(files.staging)])
+    if phases is not None:
+        extra = previewer.staged_columns(records) if previewer else []
+        rows = stage(spark, source, phases, config, files, extra)
+        manifest = dataclasses.replace(manifest, rows=rows, partitions=len(files.staging_files()))
+        files.write_manifest(manifest)
+        if previewer:
+            previewer.staged(spark.read.parquet(files.staging))
     partitions = staging_partitions(files.staging_files())
     if len(partitions) != manifest.partitions:
         raise ConfigError(f"--resume: {files.staging} holds {len(partitions)} partitions, the run staged "
                           f"{manifest.partitions}; start a new run instead")
+
     earlier = files.read_outcomes() if options.resume else []
     sent_before = {outcome.index: (attempt, outcome) for attempt, outcome in earlier if outcome.status == OK}
     if sent_before:
         log.info("resuming run %s: %d of %d partitions were sent before and are not sent again", options.run_id,
                  len(sent_before), len(partitions))
-
     attempt = new_run_id()
     progress = Progress(total_rows=manifest.rows, partitions=len(partitions),
                         finished_before=[outcome for _, outcome in sent_before.values()],
@@ -116,49 +136,44 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             outcomes += sending.send(phase.partitions, settings, phase.tasks)
             if any(o.status != OK for o in outcomes):
                 break
-
-    sent = {index: outcome for index, (_, outcome) in sent_before.items()}
-    sent_in = {index: attempt_ for index, (attempt_, _) in sent_before.items()}
-    for outcome in outcomes:
-        if outcome.status == OK:
-            sent[outcome.index], sent_in[outcome.index] = outcome, attempt
+    sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
-    summary = summarize(
-        run_id=options.run_id, dry_run=options.dry_run, rows_read=manifest.rows, partitions=len(partitions),
-        outcomes=list(sent.values()), resumed=len(sent_before),
-        imported_before=sum(o.tally.imported for _, o in sent_before.values()),
-        seconds=time.monotonic() - started, results_path=files.path,
-    )
-    files.write_partitions([*sent.values(), *(o for o in failed if o.index not in sent)])
-    refused_in = {index: attempt_ for index, attempt_ in sent_in.items() if sent[index].tally.rejected}
+    summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
+                            imported_before=sum(o.tally.imported for _, o in sent_before.values()),
+                            seconds=time.monotonic() - started)
+    if failed:
+        raise RunStopped(failed[0].status, failed[0].message or "", summary)
+    return summary
+
+
+def resumable(manifest: Manifest, options: RunOptions) -> Manifest:
+    if manifest.dry_run:
+        raise ConfigError(f"--resume: run {options.run_id} was a dry run, which sent nothing; start a new run instead")
+    return manifest
+
+
+def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
+                  sent: dict[int, tuple[str, PartitionOutcome]], failed: list[PartitionOutcome], options: RunOptions,
+                  *, resumed: int, imported_before: int, seconds: float) -> Summary:
+    """partitions/, rejected/ and summary/ for the whole run (every attempt of it); `sent` maps each sent
+    partition to the attempt that sent it and its outcome."""
+    outcomes = {index: outcome for index, (_, outcome) in sent.items()}
+    summary = summarize(run_id=options.run_id, dry_run=options.dry_run, rows_read=manifest.rows,
+                        partitions=manifest.partitions, outcomes=list(outcomes.values()), resumed=resumed,
+                        imported_before=imported_before, seconds=seconds, results_path=files.path)
+    files.write_partitions([*outcomes.values(), *(o for o in failed if o.index not in outcomes)])
+    refused_in = {index: attempt for index, (attempt, outcome) in sent.items() if outcome.tally.rejected}
     files.write_rejected(
         *([set_aside_records(spark.read.parquet(files.staging))] if summary.invalid else []),
         *([refused_records(spark, files.outcomes, refused_in)] if refused_in else []),
     )
     files.write_summary(summary)
-    if failed:
-        raise RunStopped(failed[0].status, failed[0].message or "", summary)
     if not summary.balanced:
         log.error("accounting mismatch: %d records staged, but %d imported, %d rejected and %d invalid",
                   summary.rows_read, summary.imported, summary.rejected, summary.invalid)
     if summary.complete:
         files.clear_staging()  # everything is sent; the run's copy of the source can go
     return summary
-
-
-def start_or_resume(files: RunFiles, config: Config, options: RunOptions) -> Manifest:
-    """The run's manifest: the one recorded (resuming), or a new one in a results path cleared of any
-    earlier run's outcomes."""
-    if options.resume:
-        manifest = files.read_manifest()
-        if manifest.dry_run:
-            raise ConfigError(f"--resume: run {options.run_id} was a dry run, which sent nothing; "
-                              "start a new run instead")
-        return manifest
-    manifest = Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
-    files.write_manifest(manifest)
-    files.clear_outcomes()
-    return manifest
 
 
 def record_phases(records: DataFrame, config: Config, now_ms: int) -> list[DataFrame]:
@@ -171,19 +186,27 @@ def record_phases(records: DataFrame, config: Config, now_ms: int) -> list[DataF
     return [records.filter(is_recent), records.filter(~is_recent | F.col("time").isNull())]
 
 
-def stage(spark: SparkSession, phases: list[DataFrame], config: Config, files: RunFiles) -> None:
+def stage(spark: SparkSession, source: DataFrame, phases: list[DataFrame], config: Config, files: RunFiles,
+          extra: list[Column]) -> int:
     """Write the records to staging/, each phase spread by `key` over partitions of about
-    `job.records_per_partition` (one file each)."""
-    columns = ["key", "line", "invalid", "trimmed"]
+    `job.records_per_partition` (one file each); the number of records written.
+
+    The count is observed as the files are written (in the stage whose one successful attempt per
+    partition Spark keeps), so it costs no pass of its own.
+    """
+    columns = [*STAGED_COLUMNS, *extra]
     per_partition = config.job.records_per_partition
     if len(phases) == 1:
-        rows = count_records(read_source(spark, config.source), phases[0], config)
-        phases[0].select(columns).repartition(shuffle_partitions(rows, per_partition), "key") \
-            .write.mode("overwrite").parquet(files.staging)
-        return
-    spread = [records.select(columns).repartition(shuffle_partitions(records.count(), per_partition), "key")
-              .withColumn("phase", F.lit(phase)) for phase, records in enumerate(phases)]
-    spread[0].unionByName(spread[1]).write.mode("overwrite").partitionBy("phase").parquet(files.staging)
+        count = count_records(source, phases[0], config)
+        spread = phases[0].select(columns).repartition(shuffle_partitions(count, per_partition), "key")
+    else:
+        spread = functools.reduce(DataFrame.unionByName, [
+            records.select(columns).repartition(shuffle_partitions(records.count(), per_partition), "key")
+            .withColumn("phase", F.lit(phase)) for phase, records in enumerate(phases)])
+    written = Observation("mp-spark-staged")
+    writer = spread.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite")
+    (writer.partitionBy("phase") if len(phases) > 1 else writer).parquet(files.staging)
+    return written.get["rows"]
 
 
 def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list[DataFrame]) -> None:

@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
-from pyspark.errors import AnalysisException, ParseException
+from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import ConfigError, SourceConfig
 
+DELTA_VERSION = "4.4.0"  # the delta-spark release built for Spark 4.0, 4.1 and 4.2 (pyproject.toml pins it)
+
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
     """Open the source as a DataFrame; errors name the config key that caused them."""
+    try:
+        return _read(spark, source)
+    except Exception as exc:
+        if error_condition(exc) == "DATA_SOURCE_NOT_FOUND" and source.format == "delta":
+            raise ConfigError(delta_missing(spark.version)) from None
+        raise
+
+
+def delta_missing(spark_version: str) -> str:
+    major_minor = ".".join(spark_version.split(".")[:2])
+    return (
+        f"source.format: delta needs Delta Lake, which this Spark {spark_version} does not have. With "
+        f"spark-submit (or on a Spark Connect server), add\n"
+        f"  --packages io.delta:delta-spark_{major_minor}_2.13:{DELTA_VERSION}\n"
+        "  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension\n"
+        "  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog\n"
+        "Databricks has Delta built in, and so has EMR with its delta-defaults classification."
+    )
+
+
+def error_condition(exc: BaseException) -> str | None:
+    """Spark's error condition (such as TABLE_OR_VIEW_NOT_FOUND) of a failure, if it has one: from the
+    Python exception, or from the Java one that classic PySpark did not translate."""
+    if isinstance(exc, PySparkException):
+        return exc.getCondition()
+    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError
+    try:
+        return java.getCondition() if java is not None else None
+    except Exception:  # not a SparkThrowable
+        return None
+
+
+def _read(spark: SparkSession, source: SourceConfig) -> DataFrame:
     reader = spark.read.format(source.format)
     if source.version is not None:
         reader = reader.option("versionAsOf", source.version)

@@ -387,8 +387,8 @@ def test_an_interrupted_run_resumes_without_resending_sent_partitions(
 
 
 def test_a_dry_run_cannot_be_resumed_and_leaves_no_finished_partitions_to_a_later_run(
-    spark: SparkSession, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    spark: SparkSession, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
     results = str(tmp_path / "results")
@@ -443,3 +443,22 @@ def test_backfill_reads_a_catalog_table(
     assert received_keys(mixpanel) == expected_keys(events)
     assert run_job(config, "source.path=null", "source.table=no_such_table") == 2
 
+
+
+def test_an_unexpected_failure_exits_4_with_a_short_paragraph_and_the_traceback_in_the_results(
+    mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A source Spark cannot read (here a file that is not Parquet at all) is neither a config error nor a
+    Mixpanel one: exit 4, never 0 or 1."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "part-00000.parquet").write_bytes(b"this is not parquet" * 10)
+    config = write_config(tmp_path, "parquet", str(broken), mixpanel)
+
+    assert run_job(config) == 4
+
+    error = capsys.readouterr().err
+    assert "mp-spark: unexpected failure:" in error and f"--resume {tmp_path / 'results'}" in error
+    (part,) = (tmp_path / "results" / "error").glob("part-*")
+    assert "Traceback" in part.read_text() and "sa-secret" not in part.read_text()
+    assert mixpanel.requests == 0

@@ -124,6 +124,8 @@ def test_a_refused_service_account_exits_2_and_a_failing_mixpanel_exits_3_with_t
 
     mixpanel.set_faults(Faults())
     monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
+    before = mixpanel.requests
     assert run_job(config) == 2
+    assert mixpanel.requests - before == 1  # the upload is the one request: nothing retried
     error = capsys.readouterr().err
     assert "Mixpanel answered 401" in error and "not-the-secret" not in error

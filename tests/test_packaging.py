@@ -101,6 +101,26 @@ def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python:
     assert "3 partitions, 3 batches, 3 requests, 0 retries" in out
 
 
+def test_a_delta_source_without_delta_s_jars_is_a_config_error_that_names_them(
+    runtime_python: Path, tmp_path: Path,
+) -> None:
+    config = tmp_path / "delta.yaml"
+    config.write_text(json.dumps({
+        "source": {"format": "delta", "path": str(tmp_path / "table")},
+        "mapping": {"event": "event", "time": "time", "distinct_id": "user"},
+        "job": {"results_path": str(tmp_path / "results")},
+    }))
+    result = subprocess.run(
+        [str(runtime_python.parent / "spark-submit"), "--master", "local[1]", "--py-files", str(DIST / "mp_spark.zip"),
+         str(REPO / "jobs" / "backfill.py"), "--config", str(config), "--dry-run"],
+        cwd=tmp_path, env=clean_env(runtime_python), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "--packages io.delta:delta-spark_4.2_2.13:4.4.0" in result.stderr
+    assert "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" in result.stderr
+    assert "delta-defaults" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def standalone_cluster(runtime_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Spark standalone cluster on 127.0.0.1: a Master and one Worker of 2 cores; the master's URL."""

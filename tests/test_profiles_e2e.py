@@ -86,15 +86,17 @@ def test_people_profiles_get_every_operation_once_per_user(
     assert sum(mixpanel.injected.values()) > 0
 
 
+GROUPS = {"group_key": "company_id", "group_id": "company", "set": {"plan": "plan"},
+          "union": {"members": "array(user_id)"}}
+
+
 @pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
 def test_groups_profiles_by_group_key_and_id(
     user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
     source_format: str,
 ) -> None:
     mixpanel.set_faults(Faults(rate_429=0.1, rate_5xx=0.05, rate_5xx_after_import=0.05, seed=4))
-    mapping = {"group_key": "company_id", "group_id": "company", "set": {"plan": "plan"},
-               "union": {"members": "array(user_id)"}}
-    config = profile_config(tmp_path, "groups", source_format, user_sources[source_format], mixpanel, mapping)
+    config = profile_config(tmp_path, "groups", source_format, user_sources[source_format], mixpanel, GROUPS)
 
     assert run_job(config, "mixpanel.max_batch_events=20") == 0  # 30 requests: some draw a fault
 
@@ -139,6 +141,23 @@ def test_profiles_need_the_project_token(
     assert run_job(config, *FAST_RETRIES) == 2
     assert "MP_PROJECT_TOKEN" in capsys.readouterr().err
     assert mixpanel.requests == 0
+
+
+@pytest.mark.parametrize("kind", ["people", "groups"])
+def test_the_driver_checks_with_one_update_before_any_executor_sends(
+    user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], kind: str,
+) -> None:
+    """Mixpanel cannot be reached: the driver's one update exhausts its attempts, and nothing else is sent.
+    (A wrong token cannot be told this way: /engage and /groups answer 200 to another project's token.)"""
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+    mapping = PEOPLE if kind == "people" else GROUPS
+    config = profile_config(tmp_path, kind, "parquet", user_sources["parquet"], mixpanel, mapping)
+
+    assert run_job(config, *FAST_RETRIES, "mixpanel.max_attempts=2") == 3
+    assert mixpanel.requests == 2  # one update, tried twice
+    assert f"/{'engage' if kind == 'people' else 'groups'}: gave up after 2 attempts" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "staging").exists()
 
 
 def test_a_null_value_is_left_out_of_the_update_whatever_the_session_s_json_settings(spark: SparkSession) -> None:
