@@ -23,6 +23,7 @@ from mp_spark.ledger import Ledger, Manifest
 from mp_spark.lookup import send_lookup_table, to_lookup_rows
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.partition import COUNTERS, NO_OUTPUT, PartitionResult, TallyList, partition_sender
+from mp_spark.presets import prepare_source
 from mp_spark.preview import Preview, preview_events
 from mp_spark.profiles import to_profile_updates
 from mp_spark.progress import Progress
@@ -81,7 +82,7 @@ def prepare_records(source: DataFrame, config: Config, now_ms: int) -> DataFrame
 
 def preview_backfill(spark: SparkSession, config: Config) -> Preview:
     """For --dry-run: sample records as they would be sent, and for events a profile of their properties."""
-    source = read_source(spark, config.source)
+    source = read_source(spark, config.source).transform(prepare_source(config))
     if config.job.kind == "lookup_table":
         rows, header = to_lookup_rows(config.mapping)(source)
         names = next(csv.reader([header]))
@@ -115,7 +116,7 @@ def run_backfill(
     """Send every row of the source (or, resuming, every partition not recorded as finished) and
     write the results of the whole backfill."""
     started = time.monotonic()
-    source = read_source(spark, config.source)
+    source = read_source(spark, config.source).transform(prepare_source(config))
     with sender_errors_as_run_errors():
         if config.job.kind == "lookup_table":
             rows, header = to_lookup_rows(config.mapping)(source)

@@ -35,6 +35,7 @@ from mp_spark.config import (
     parse_config,
 )
 from mp_spark.ledger import Ledger
+from mp_spark.presets import render_mapping
 from mp_spark.results import Summary, default_results_path
 from mp_spark.storage import is_local, read_text
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  dry_run=args.dry_run)
         credentials = credentials_from(config, spark, args.dry_run)
         if args.dry_run:
-            print(preview_backfill(spark, config).render())
+            print(render_mapping(config.mapping) + preview_backfill(spark, config).render())
         summary = run_backfill(spark, config, credentials, options)
     except (OSError, ConfigError) as exc:
         return config_error(exc)

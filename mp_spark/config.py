@@ -72,6 +72,8 @@ class MappingConfig:
     spread: list[str] = field(default_factory=list)  # expressions whose entries become properties
     include_columns: list[str] | str = field(default_factory=list)
     exclude_columns: list[str] = field(default_factory=list)  # names, or patterns such as context_*
+    preset: str | None = None  # a vendor's mapping that the keys above override (mp_spark/presets.py)
+    preset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (self.distinct_id or self.device_id or self.user_id):
@@ -104,6 +106,8 @@ class ProfileMappingConfig:
     spread: list[str] = field(default_factory=list)  # expressions whose entries are added to $set
     ip: str | None = None  # people only: without it, updates carry no $ip and are sent with ip=0
     ignore_time: bool = True  # people: a backfill must not move $last_seen
+    preset: str | None = None  # as for events: a vendor's profile mapping (mp_spark/presets.py)
+    preset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind == "people":
@@ -262,6 +266,10 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
         _apply_override(data, override)
     job = _build(JobConfig, data.get("job", {}), prefix="job.")
     mapping = data.get("mapping")
+    if isinstance(mapping, dict) and mapping.get("preset") is not None:
+        from mp_spark.presets import expand_preset  # here, not at the top: presets.py needs ConfigError
+
+        mapping = expand_preset(mapping, job.kind)
     if job.kind in ("people", "groups") and isinstance(mapping, dict):
         mapping = {**mapping, "kind": job.kind}
     mapping_type = {"events": MappingConfig, "lookup_table": LookupTableMappingConfig}.get(job.kind,
