@@ -295,3 +295,9 @@ def test_a_dry_run_prints_the_mapping_the_preset_gave(
     assert yaml.safe_load(mapping_text)["mapping"]["preset_options"]["shape"] == "warehouse"
     assert out.index("mapping from preset segment") < out.index("events as they would be sent")
     assert mixpanel.requests == 0
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "conf" / "presets").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_each_example_config_parses_to_its_preset(path: Path) -> None:
+    assert parse_config(path.read_text()).mapping.preset == path.stem
