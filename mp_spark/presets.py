@@ -353,13 +353,13 @@ def mixpanel(kind: str, options: dict[str, Any]) -> Spec:
         return variant_field("properties", f"$.{name}", type_)
 
     zone = options["project_timezone"]  # projects created before 2023 export their local wall-clock time
-    time: dict[str, Any] = {"time": prop("time", "double"), "time_unit": "s"} if zone == "UTC" else {
+    timing: dict[str, Any] = {"time": prop("time", "double"), "time_unit": "s"} if zone == "UTC" else {
         "time": f"convert_timezone('{zone}', 'UTC', timestampadd(SECOND, {prop('time', 'bigint')}, "
                 "TIMESTAMP_NTZ'1970-01-01 00:00:00'))"}
     return Spec(
         mapping={
             "event": "event",
-            **time,
+            **timing,
             "distinct_id": prop("distinct_id"),
             "device_id": prop("$device_id"),
             "user_id": prop("$user_id"),
