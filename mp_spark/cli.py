@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from mp_spark.config import Config, ConfigError, Credentials, credentials_from_env, parse_config
+from mp_spark.presets import render_mapping
 from mp_spark.preview import Previewer, preview_lookup_table
 from mp_spark.results import RunFiles, Summary, default_results_path, read_text
 from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
@@ -98,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = RunOptions(run_id=run_id, results_path=results_path, dry_run=args.dry_run)
         credentials = credentials or credentials_for(config, args.dry_run)
         previewer = None
+        if args.dry_run:
+            print(render_mapping(config.mapping), end="")
         if args.dry_run and config.job.kind == "lookup_table":
             print(preview_lookup_table(spark, config).render())
         elif args.dry_run:

@@ -68,9 +68,12 @@ class MappingConfig:
     ip: str | None = None  # without it every event carries ip "0", so Mixpanel does not geolocate the cluster
     insert_id: str | None = None
     time_unit: str | None = None
-    properties: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str | None] = field(default_factory=dict)  # None: never send a property of this name
+    spread: list[str] = field(default_factory=list)  # expressions whose entries become properties
     include_columns: list[str] | str = field(default_factory=list)
-    exclude_columns: list[str] = field(default_factory=list)
+    exclude_columns: list[str] = field(default_factory=list)  # names, or patterns such as context_*
+    preset: str | None = None  # a vendor's mapping that the keys above override (mp_spark/presets.py)
+    preset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (self.distinct_id or self.device_id or self.user_id):
@@ -80,9 +83,8 @@ class MappingConfig:
             _require_choice("mapping.time_unit", self.time_unit, TIME_UNITS)
         if isinstance(self.include_columns, str) and self.include_columns != "*":
             raise ConfigError('mapping.include_columns must be "*" or a list of column names')
-        for name, expression in self.properties.items():
-            if not name or not isinstance(expression, str) or not expression.strip():
-                raise ConfigError(f"mapping.properties.{name}: needs a non-empty Spark SQL expression")
+        _require_expressions("mapping.properties", self.properties, allow_null=True)
+        _require_spread(self.spread)
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,15 @@ class ProfileMappingConfig:
     distinct_id: str | None = None
     group_key: str | None = None  # a constant such as "company_id": the group key set up in Mixpanel
     group_id: str | None = None
-    set: dict[str, str] = field(default_factory=dict)
+    set: dict[str, str | None] = field(default_factory=dict)  # None: never set a property of this name
     set_once: dict[str, str] = field(default_factory=dict)
     union: dict[str, str] = field(default_factory=dict)
     unset: list[str] = field(default_factory=list)
+    spread: list[str] = field(default_factory=list)  # expressions whose entries are added to $set
     ip: str | None = None  # people only: without it, updates carry no $ip and are sent with ip=0
     ignore_time: bool = True  # people: a backfill must not move $last_seen
+    preset: str | None = None  # as for events: a vendor's profile mapping (mp_spark/presets.py)
+    preset_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind == "people":
@@ -115,17 +120,20 @@ class ProfileMappingConfig:
                 raise ConfigError("job.kind: groups needs mapping.group_key (a constant) and mapping.group_id")
             if self.distinct_id or self.ip:
                 raise ConfigError("mapping.distinct_id and mapping.ip are for job.kind: people")
-        if not (self.set or self.set_once or self.union or self.unset):
-            raise ConfigError("give at least one of mapping.set, mapping.set_once, mapping.union, mapping.unset")
-        for operation in ("set", "set_once", "union"):
-            for name, expression in getattr(self, operation).items():
-                if not name or not isinstance(expression, str) or not expression.strip():
-                    raise ConfigError(f"mapping.{operation}.{name}: needs a non-empty Spark SQL expression")
+        if not self.operations:
+            raise ConfigError("give at least one of mapping.set, mapping.set_once, mapping.union, mapping.unset "
+                              "(or mapping.spread)")
+        _require_expressions("mapping.set", self.set, allow_null=True)
+        _require_expressions("mapping.set_once", self.set_once)
+        _require_expressions("mapping.union", self.union)
+        _require_spread(self.spread)
 
     @property
     def operations(self) -> list[str]:
         """The operations this mapping sends, in the order each row's updates are sent."""
-        return [name for name in ("set", "set_once", "union", "unset") if getattr(self, name)]
+        sets = any(e is not None for e in self.set.values()) or bool(self.spread)
+        return [name for name in ("set", "set_once", "union", "unset") if getattr(self, name) or
+                (name == "set" and sets)]
 
 
 @dataclass(frozen=True)
@@ -255,6 +263,10 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
         _apply_override(data, override)
     job = _build(JobConfig, data.get("job", {}), prefix="job.")
     mapping = data.get("mapping")
+    if isinstance(mapping, dict) and mapping.get("preset") is not None:
+        from mp_spark.presets import expand_preset  # here, not at the top: presets.py needs ConfigError
+
+        mapping = expand_preset(mapping, job.kind)
     if job.kind in ("people", "groups") and isinstance(mapping, dict):
         mapping = {**mapping, "kind": job.kind}
     mapping_type = {"events": MappingConfig, "lookup_table": LookupTableMappingConfig}.get(job.kind,
@@ -371,6 +383,23 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return {str(k): v for k, v in value.items()}
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
     raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _require_expressions(key: str, expressions: Mapping[str, Any], *, allow_null: bool = False) -> None:
+    for name, expression in expressions.items():
+        if not name or not (_is_expression(expression) or (allow_null and expression is None)):
+            raise ConfigError(f"{key}.{name}: needs a non-empty Spark SQL expression"
+                              + (" (or null: not sent)" if allow_null else ""))
+
+
+def _require_spread(expressions: list[str]) -> None:
+    for i, expression in enumerate(expressions):
+        if not _is_expression(expression):
+            raise ConfigError(f"mapping.spread[{i}]: needs a non-empty Spark SQL expression")
+
+
+def _is_expression(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

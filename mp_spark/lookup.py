@@ -24,9 +24,10 @@ from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, LookupTableMappingConfig
 from mp_spark.endpoints import Endpoint
 from mp_spark.mapping import JSON_OPTIONS, Fitted, fit_value
+from mp_spark.records import source_rows
 from mp_spark.results import RunFiles, Summary, set_aside_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.sources import analysed_expr, read_source
+from mp_spark.sources import analysed_expr
 from mp_spark.tally import OK, PartitionOutcome, Tally
 from mp_spark.transport import DryRunTransport, RequestsTransport
 
@@ -97,7 +98,7 @@ def send_lookup_table(spark: SparkSession, config: Config, endpoint: Endpoint, f
                       dry_run: bool) -> tuple[Summary, PartitionOutcome]:
     """Replace the table in one request from the driver: the run's only partition, and its summary."""
     started = time.monotonic()
-    source = read_source(spark, config.source)
+    source = source_rows(spark, config)
     rows, header = to_lookup_rows(config.mapping)(source)
     body, sendable = table_body(rows, header)
     invalid, trimmed = rows.agg(F.count_if(F.col("invalid").isNotNull()),

@@ -1,15 +1,17 @@
 """Source rows to Mixpanel events, as DataFrame transforms: all the per-row work happens in the JVM.
 
 `to_mixpanel_events` gives one row per source row with the columns `event`, `time` (epoch ms),
-`distinct_id`, `device_id`, `user_id`, `ip`, `insert_id`, `properties` (a struct of everything
-else) and `cut` (the names of properties whose value was cut to fit Mixpanel's limits).
+`distinct_id`, `device_id`, `user_id`, `ip`, `insert_id`, `properties` (a struct of the properties
+whose names the schema fixes), `cut` (the names of properties whose value was cut to fit Mixpanel's
+limits) and, when `mapping.spread` reads names from the data, `spread` (a map of those, as VARIANT).
 `to_json_lines` turns that into the exact JSON line /import receives.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -18,7 +20,7 @@ from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, MappingConfig
 from mp_spark.sources import analysed_expr
-from mp_spark.validation import PLACEHOLDER_IDS
+from mp_spark.validation import MAX_PROPERTIES, PLACEHOLDER_IDS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
                 distinct_id
             )
         ip = analysed_expr(df, mapping.ip, "mapping.ip").cast("string") if mapping.ip else F.lit("0")
-        properties, cut = property_struct(df, mapping)
+        properties = event_properties(df, mapping)
         mapped = df.select(
             event.alias("event"),
             time_ms.alias("time"),
@@ -69,11 +71,15 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
             device_id.alias("device_id"),
             user_id.alias("user_id"),
             ip.alias("ip"),
-            properties.alias("properties"),
-            cut.alias("cut"),
+            properties.fixed.alias("properties"),
+            properties.cut.alias("cut"),
             *([analysed_expr(df, mapping.insert_id, "mapping.insert_id").cast("string").alias("insert_id")]
               if mapping.insert_id else []),
+            *([properties.spread.alias("spread")] if properties.spread is not None else []),
         )
+        if properties.spread is not None:  # a column of its own first, so the spread is computed once per row
+            mapped = (mapped.withColumn("cut", F.concat("cut", "spread.cut"))
+                      .withColumn("spread", F.col("spread.values")))
         return mapped.withColumn("insert_id", insert_id_column(mapped, mapped_id=bool(mapping.insert_id)))
 
     return apply
@@ -96,7 +102,21 @@ def to_json_lines(mapped: DataFrame) -> DataFrame:
         F.col("properties.*"),
     )
     line = F.to_json(F.struct(F.col("event"), properties.alias("properties")), JSON_OPTIONS)
-    return mapped.withColumn("line", line)
+    if "spread" not in mapped.columns:
+        return mapped.withColumn("line", line)
+    return with_entries(mapped.withColumn("line", line).withColumn("entries", F.to_json("spread")))
+
+
+def with_entries(df: DataFrame) -> DataFrame:
+    """`line` (a JSON object whose last field is an object: an event's properties, a profile update's
+    `$set`) with the entries of `entries` (a JSON object, or null) added to that last object."""
+    line, extra = F.col("line"), F.col("entries")
+    head = line.substr(F.lit(1), F.length(line) - 2)  # all but the closing "}}"
+    separator = F.when(head.endswith("{"), F.lit("")).otherwise(F.lit(","))
+    spliced = F.concat(head, separator, extra.substr(F.lit(2), F.length(extra) - 2), F.lit("}}"))
+    # Its own projection (Spark keeps it apart as it reads `line` and `entries` more than once), so
+    # each is computed once per row.
+    return df.withColumn("line", F.when(F.length(extra) > 2, spliced).otherwise(line)).drop("entries")
 
 
 def optional_string(df: DataFrame, expression: str | None, key: str) -> Column:
@@ -142,21 +162,131 @@ def _string_to_ms(text: Column, unit: str | None) -> Column:
     )
 
 
-def property_struct(df: DataFrame, mapping: MappingConfig) -> tuple[Column, Column]:
-    """The event's own properties (`mapping.properties` plus the included source columns), fitted to
-    Mixpanel's types and limits, and the names of those whose value had to be cut in this row."""
-    for name in mapping.properties:
-        if name in RESERVED_PROPERTIES:
+@dataclass(frozen=True)
+class Properties:
+    fixed: Column  # a struct of the properties whose names the schema fixes, fitted to Mixpanel's limits
+    cut: Column  # the names of those whose value had to be cut in this row
+    spread: Column | None  # struct(values: map<string, variant>, cut: array<string>) of the names in the data
+
+
+def event_properties(df: DataFrame, mapping: MappingConfig) -> Properties:
+    """`mapping.properties`, `mapping.spread` and the included source columns, fitted to Mixpanel's types and
+    limits; reserved names are never taken from a spread or a column."""
+    for name, expression in mapping.properties.items():
+        if expression is not None and name in RESERVED_PROPERTIES:
             raise ConfigError(f"mapping.properties.{name}: {name!r} is reserved by Mixpanel"
                               + (f"; set it with mapping.{name.lstrip('$')}" if name in CORE_PROPERTIES else ""))
-    columns = {
-        name: analysed_expr(df, expression, f"mapping.properties.{name}")
-        for name, expression in mapping.properties.items()
-    }
-    for name in included_columns(df, mapping):
-        if name not in columns:
-            columns[name] = F.col(f"`{name}`")
-    return fitted_struct(df, columns)
+    return spread_properties(df, mapping.properties, mapping.spread, named_key="mapping.properties",
+                             spread_key="mapping.spread", columns=included_columns(df, mapping),
+                             reserved=RESERVED_PROPERTIES, room=MAX_PROPERTIES - 1 - len(CORE_PROPERTIES))
+
+
+def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: list[str], *, named_key: str,
+                      spread_key: str, columns: Collection[str] = (), reserved: Collection[str] = (),
+                      room: int | None = None) -> Properties:
+    """Properties from three places; a name is taken by the first of them that has it.
+
+    1. `named` (the config key `named_key`): name -> Spark SQL expression. A name mapped to None is
+       never sent, whatever else has it.
+    2. `spread` (the config key `spread_key`): expressions whose entries become properties. A
+       struct's fields have names the schema fixes; a map, a list of key/value structs, a VARIANT
+       object or a JSON object string has names found row by row, which yield to every fixed name
+       (and the first spread wins).
+    3. `columns`: source columns sent under their own names.
+    `room`: at most this many properties in all; names found in the data beyond it are cut.
+    """
+    blocked = {name for name, expression in named.items() if expression is None} | set(reserved)
+    fixed = {name: analysed_expr(df, expression, f"{named_key}.{name}")
+             for name, expression in named.items() if expression is not None}
+    found: list[Column] = []
+    for i, expression in enumerate(spread):
+        item_key = f"{spread_key}[{i}]"
+        column = analysed_expr(df, expression, item_key)
+        dtype = df.select(column).schema[0].dataType
+        if isinstance(dtype, T.StructType):
+            skipped = [f.name for f in dtype.fields if f.name in reserved]
+            if skipped:
+                log.warning("%s: not sending fields named after reserved Mixpanel properties: %s", item_key,
+                            ", ".join(skipped))
+            for f in dtype.fields:
+                if f.name not in blocked:
+                    fixed.setdefault(f.name, column[f.name])
+        else:
+            found.append(spread_entries(column, dtype, item_key))
+    for name in columns:
+        if name not in blocked:
+            fixed.setdefault(name, F.col(f"`{name}`"))
+    struct, cut = fitted_struct(df, fixed)
+    if not found:
+        return Properties(struct, cut, None)
+    left = None if room is None else max(room - len(fixed), 0)
+    return Properties(struct, cut, merged_entries(F.concat(*found) if len(found) > 1 else found[0],
+                                                  taken=sorted(blocked | set(fixed)), room=left))
+
+
+ENTRY = "struct<key: string, value: variant, cut: boolean>"  # one property found in the data, fitted
+
+
+def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
+    """The entries of a spread value as an array of ENTRY, each value fitted to Mixpanel's limits."""
+    if isinstance(dtype, T.MapType) and isinstance(dtype.keyType, T.StringType):
+        return F.transform(F.map_entries(column), lambda e: fitted_entry(e["key"], e["value"], dtype.valueType))
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StructType) and \
+            {"key", "value"} <= set(dtype.elementType.fieldNames()):
+        value_type = dtype.elementType["value"].dataType
+        return F.transform(column, lambda e: fitted_entry(e["key"].cast("string"), e["value"], value_type))
+    if isinstance(dtype, (T.VariantType, T.StringType)):  # a JSON object: its keys become names
+        values = (F.try_variant_get(column, "$", "map<string,variant>") if isinstance(dtype, T.VariantType)
+                  else F.from_json(column, "map<string,variant>"))  # from_json: a repeated key keeps its last value
+        return F.transform(F.map_entries(values), lambda e: fitted_entry(e["key"], e["value"], T.VariantType()))
+    raise ConfigError(f"{key}: a spread must yield a struct, a map, a list of key/value structs, a VARIANT "
+                      f"object or a JSON object string; got {dtype.simpleString()}")
+
+
+def fitted_entry(name: Column, value: Column, dtype: T.DataType) -> Column:
+    """One ENTRY: a typed value fitted as properties are (fit_value), then as VARIANT within the size limits."""
+    cut = F.lit(False)
+    if not isinstance(dtype, T.VariantType):
+        fitted = fit_value(value, dtype, "", [])
+        if fitted is None:  # a type Mixpanel cannot take at this depth
+            return F.struct(name.alias("key"), F.lit(None).cast("variant").alias("value"), cut.alias("cut"))
+        nested = isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
+        value = F.to_variant_object(fitted.value) if nested else fitted.value.cast("variant")
+        cut = cut if fitted.cut is None else F.coalesce(fitted.cut, F.lit(False))
+    # Found in the data, a value's type is known only row by row: what it is shows in its JSON's first character.
+    json = F.to_json(value)
+    text = F.try_variant_get(value, "$", "string")
+    too_long = json.startswith('"') & (F.octet_length(text) > MAX_STRING_BYTES)
+    too_big = (json.startswith("{") | json.startswith("[")) & (F.octet_length(json) > MAX_CONTAINER_BYTES)
+    fitted_value = F.when(too_long, utf8_prefix(text, MAX_STRING_BYTES).cast("variant")).when(~too_big, value)
+    return F.struct(name.alias("key"), fitted_value.alias("value"),
+                    (cut | F.coalesce(too_long | too_big, F.lit(False))).alias("cut"))
+
+
+def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Column:
+    """struct(values, cut): the entries as a map (no taken names, no nulls, the first of a repeated name,
+    at most `room`) and the names whose value was cut, or left out for its size or for want of room."""
+    usable = F.filter(entries, lambda e: e["key"].isNotNull() & ~e["key"].isin(*taken) & (
+        e["cut"] | (e["value"].isNotNull() & ~F.is_variant_null(e["value"]))))
+    start = F.struct(F.array().cast("array<string>").alias("names"), F.array().cast(f"array<{ENTRY}>").alias("kept"),
+                     F.array().cast("array<string>").alias("cut"))
+
+    def add(acc: Column, e: Column) -> Column:  # one pass, so a repeated name costs no second scan of the row
+        new = ~F.array_contains(acc["names"], e["key"])
+        full = F.lit(False) if room is None else F.size(acc["kept"]) >= room
+        keep = new & e["value"].isNotNull() & ~full
+        return F.struct(
+            F.when(new, F.array_append(acc["names"], e["key"])).otherwise(acc["names"]).alias("names"),
+            F.when(keep, F.array_append(acc["kept"], e)).otherwise(acc["kept"]).alias("kept"),
+            F.when(new & (e["cut"] | (e["value"].isNotNull() & full)), F.array_append(acc["cut"], e["key"]))
+            .otherwise(acc["cut"]).alias("cut"),
+        )
+
+    def finish(acc: Column) -> Column:
+        values = F.map_from_entries(F.transform(acc["kept"], lambda e: F.struct(e["key"], e["value"])))
+        return F.struct(values.alias("values"), acc["cut"].alias("cut"))
+
+    return F.aggregate(usable, start, add, finish)
 
 
 def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Column]:
@@ -187,11 +317,13 @@ def included_columns(df: DataFrame, mapping: MappingConfig) -> list[str]:
     """Source columns sent under their own names; reserved names are left out with a warning."""
     include = mapping.include_columns
     chosen = list(df.columns) if include == "*" else list(include)
-    for key, names in (("mapping.include_columns", chosen), ("mapping.exclude_columns", mapping.exclude_columns)):
+    patterns = [n for n in mapping.exclude_columns if "*" in n]  # such as context_*: may match no column
+    exact = [n for n in mapping.exclude_columns if "*" not in n]
+    for key, names in (("mapping.include_columns", chosen), ("mapping.exclude_columns", exact)):
         unknown = [n for n in names if n not in df.columns]
         if unknown:
             raise ConfigError(f"{key}: unknown column {unknown[0]!r} (source columns: {', '.join(df.columns)})")
-    kept = [n for n in chosen if n not in mapping.exclude_columns]
+    kept = [n for n in chosen if n not in exact and not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     reserved = [n for n in kept if n in RESERVED_PROPERTIES]
     if reserved:
         log.warning("not sending source columns named after reserved Mixpanel properties: %s "
@@ -292,11 +424,13 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
     """A deterministic `$insert_id`, so a rerun sends the same ids and Mixpanel deduplicates them.
 
     Without `mapping.insert_id` it is the first 36 hex digits of a SHA-256 over the event, time,
-    identity (distinct_id, device_id, user_id) and properties. A mapped id that breaks Mixpanel's rule (at most 36 of
-    [0-9a-zA-Z-], not a placeholder such as "0" or "null") is replaced by a hash of itself, which
-    keeps it stable and unique; a null one falls back to the content hash.
+    identity (distinct_id, device_id, user_id) and properties (those found by a spread too). A mapped
+    id that breaks Mixpanel's rule (at most 36 of [0-9a-zA-Z-], not a placeholder such as "0" or
+    "null") is replaced by a hash of itself, which keeps it stable and unique; a null one falls back
+    to the content hash.
     """
-    content = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id", "properties"))
+    content = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id", "properties",
+                                 *(["spread"] if "spread" in mapped.columns else [])))
     derived = F.substring(F.sha2(content, 256), 1, 36)
     if not mapped_id:
         return derived

@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 from mp_spark.config import Config
 from mp_spark.lookup import to_lookup_rows
 from mp_spark.mapping import CORE_PROPERTIES
-from mp_spark.sources import read_source
+from mp_spark.records import source_rows
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
@@ -76,7 +76,7 @@ class Preview:
 
 def preview_lookup_table(spark: SparkSession, config: Config) -> Preview:
     """For --dry-run of a lookup table: its first rows as Mixpanel would read them."""
-    rows, header = to_lookup_rows(config.mapping)(read_source(spark, config.source))
+    rows, header = to_lookup_rows(config.mapping)(source_rows(spark, config))
     names = next(csv.reader([header]))
     lines = [row.line for row in rows.filter(F.col("invalid").isNull()).select("line").limit(5).collect()]
     return Preview([dict(zip(names, next(csv.reader([line])), strict=True)) for line in lines], rows=0,

@@ -1,8 +1,9 @@
 """Source rows to Mixpanel profile updates (job.kind people or groups), as DataFrame transforms.
 
 Each row becomes one update per operation of the mapping, in the order set, set_once, union,
-unset, for example `{"$distinct_id": "u1", "$ignore_time": true, "$set": {"plan": "pro"}}`. Values
-are fitted to Mixpanel's types and limits exactly as event properties are. The project token each
+unset, for example `{"$distinct_id": "u1", "$ignore_time": true, "$set": {"plan": "pro"}}`;
+`mapping.spread` adds the entries it finds to `$set`. Values are fitted to Mixpanel's types and
+limits exactly as event properties are. The project token each
 update must carry is added by the sender on the executor, so it never appears in Spark's plans,
 the Spark UI or the results.
 """
@@ -16,7 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, ProfileMappingConfig
-from mp_spark.mapping import JSON_OPTIONS, fitted_struct
+from mp_spark.mapping import JSON_OPTIONS, fitted_struct, spread_properties, with_entries
 from mp_spark.sources import analysed_expr
 from mp_spark.validation import MAX_EVENT_BYTES, PLACEHOLDER_IDS
 
@@ -41,20 +42,32 @@ def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], D
 
         updates = []
         for operation in mapping.operations:
-            value, cut = operation_value(df, mapping, operation)
+            value, cut, found = operation_value(df, mapping, operation)
             line = F.to_json(F.struct(*identity, value.alias(f"${operation}")), JSON_OPTIONS)
-            updates.append(F.struct(line.alias("line"), (F.size(cut) > 0).alias("trimmed")))
+            if found is not None:  # mapping.spread: names from the data, added to $set below
+                df = df.withColumn(SPREAD, found)
+                cut = F.concat(cut, F.col(f"{SPREAD}.cut"))
+            entries = F.to_json(F.col(f"{SPREAD}.values")) if found is not None else F.lit(None).cast("string")
+            updates.append(F.struct(line.alias("line"), entries.alias("entries"), (F.size(cut) > 0).alias("trimmed")))
         rows = df.select(key.alias("key"), F.explode(F.array(*updates)).alias("update"))
-        return rows.select("key", "update.line", "update.trimmed").withColumn(
+        return with_entries(rows.select("key", "update.line", "update.entries", "update.trimmed")).withColumn(
             "invalid", invalid_reason(F.col("key"), F.col("line"), key_name))
 
     return apply
 
 
-def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str) -> tuple[Column, Column]:
-    """The value of `$<operation>` and the names of the properties cut in it."""
+SPREAD = "__mp_spark_spread"  # a column of its own, so the names found by mapping.spread are computed once
+
+
+def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str
+                    ) -> tuple[Column, Column, Column | None]:
+    """The value of `$<operation>`, the names of the properties cut in it and, for `$set` with
+    `mapping.spread`, those found in the data (spread_properties)."""
     if operation == "unset":
-        return F.array(*[F.lit(name) for name in mapping.unset]), F.array().cast("array<string>")
+        return F.array(*[F.lit(name) for name in mapping.unset]), F.array().cast("array<string>"), None
+    if operation == "set":
+        found = spread_properties(df, mapping.set, mapping.spread, named_key="mapping.set", spread_key="mapping.spread")
+        return found.fixed, found.cut, found.spread
     expressions = getattr(mapping, operation)
     columns = {name: analysed_expr(df, e, f"mapping.{operation}.{name}") for name, e in expressions.items()}
     if operation == "union":
@@ -62,7 +75,7 @@ def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str
             if not isinstance(df.select(column).schema[0].dataType, T.ArrayType):
                 raise ConfigError(f"mapping.union.{name}: $union adds list items, so the expression must "
                                   f"yield an array (e.g. array({expressions[name]}))")
-    return fitted_struct(df, columns)
+    return (*fitted_struct(df, columns), None)
 
 
 def invalid_reason(key: Column, line: Column, key_name: str) -> Column:

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import Config
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
+from mp_spark.presets import prepare_source
 from mp_spark.profiles import to_profile_updates
+from mp_spark.sources import read_source
 from mp_spark.validation import with_invalid_reason
 
 Tap = Callable[[DataFrame], DataFrame]
+
+
+def source_rows(spark: SparkSession, config: Config) -> DataFrame:
+    """The source as the mapping reads it: as stored, or as a `mapping.preset` prepares it."""
+    return read_source(spark, config.source).transform(prepare_source(config))
 
 
 def prepare_events(source: DataFrame, config: Config, now_ms: int, tap: Tap | None = None) -> DataFrame:

@@ -32,11 +32,10 @@ from mp_spark.lookup import send_lookup_table
 from mp_spark.plan import Partition, sending_phases, shuffle_partitions, staging_partitions
 from mp_spark.preview import Previewer
 from mp_spark.progress import Progress
-from mp_spark.records import count_records, prepare_records
+from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, refused_records, set_aside_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.session import prepare_executors
-from mp_spark.sources import read_source
 from mp_spark.tally import OK, OUTCOME_SCHEMA, PartitionOutcome
 from mp_spark.transport import RequestsTransport
 
@@ -91,7 +90,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
     # A resumed run whose records were staged needs nothing from the source any more.
     if manifest.rows is None:
-        source = read_source(spark, config.source)
+        source = source_rows(spark, config)
         records = prepare_records(source, config, manifest.now_ms, tap=previewer.tap if previewer else None)
         phases = record_phases(records, config, manifest.now_ms)
     else:
