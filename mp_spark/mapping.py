@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 SECONDS_BELOW = 10**11  # an epoch number below this is seconds, above it milliseconds (10^11 s is year 5138)
 MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}$"  # Mixpanel's rule for $insert_id
-MIXPANEL_DATE_FORMAT = "yyyy-MM-dd'T'HH:mm:ss"  # Mixpanel's date type: ISO-8601, UTC, no zone
+# Mixpanel's date type is YYYY-MM-DDTHH:MM:SS in UTC: years outside 1-9999 have no such form.
+MIN_YEAR, MAX_YEAR = 1, 9999
 # Mixpanel's limits on property values (reference §3 "Properties", §7): strings are cut at 255
 # bytes; lists and objects hold fewer than 255 items, nest at most 3 levels, and stay within 8 KB.
 MAX_STRING_BYTES = 255
@@ -44,6 +45,38 @@ RESERVED_PROPERTIES = CORE_PROPERTIES + SPECIAL_PROPERTIES
 
 def epoch_ntz() -> Column:
     return F.expr("TIMESTAMP_NTZ'1970-01-01 00:00:00'")
+
+
+# Spark converts a timestamp_ntz through the session time zone in date_format, timestamp_diff and casts
+# to timestamp, and a UTC wall clock that falls in a DST gap of that zone comes out shifted. The helpers
+# below use only what never involves a zone: timestamp_ntz arithmetic and CAST(timestamp_ntz AS STRING).
+
+
+def utc_wall_clock(instant: Column) -> Column:
+    """A timestamp as the timestamp_ntz of its UTC wall-clock time."""
+    return F.timestamp_add("MICROSECOND", F.unix_micros(instant), epoch_ntz())
+
+
+def utc_epoch_ms(wall_clock: Column) -> Column:
+    """A timestamp_ntz read as UTC, as epoch milliseconds (floored, as unix_millis floors a timestamp)."""
+    seconds = (wall_clock - epoch_ntz()).cast("interval second").cast("decimal(20,6)")
+    return F.floor(seconds * 1000).cast("long")
+
+
+def has_four_digit_year(value: Column) -> Column:
+    """True where a date or timestamp_ntz is within years 1-9999."""
+    return F.year(value).between(MIN_YEAR, MAX_YEAR)
+
+
+def mixpanel_date(wall_clock: Column) -> Column:
+    """A UTC wall clock (timestamp_ntz) as Mixpanel's date type, "YYYY-MM-DDTHH:MM:SS" (fraction dropped).
+
+    The cast to string gives "yyyy-MM-dd HH:mm:ss" and the fraction, if any, for years 0-9999 (with
+    a sign beyond): the date and the clock are its first 10 and next 8 characters after the space.
+    """
+    text = wall_clock.cast("string")
+    date_and_clock = F.concat(F.substring(text, 1, 10), F.lit("T"), F.substring(text, 12, 8))
+    return F.when(has_four_digit_year(wall_clock), date_and_clock)
 
 
 def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFrame]:
@@ -112,7 +145,7 @@ def to_epoch_ms(df: DataFrame, mapping: MappingConfig) -> Column:
     if isinstance(dtype, T.TimestampType):
         return F.unix_millis(column)  # an instant: no zone involved
     if isinstance(dtype, T.TimestampNTZType):
-        return F.timestamp_diff("MILLISECOND", epoch_ntz(), column)  # wall-clock time read as UTC
+        return utc_epoch_ms(column)
     if isinstance(dtype, T.DateType):
         return F.unix_date(column).cast("long") * 86_400_000
     if isinstance(dtype, T.NumericType):
@@ -133,12 +166,16 @@ def _number_to_ms(number: Column, unit: str | None) -> Column:
 
 
 def _string_to_ms(text: Column, unit: str | None) -> Column:
-    """Epoch digits as numbers; ISO strings with a zone as instants; zone-less ISO strings as UTC."""
-    has_zone = text.rlike(r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$")  # after a clock time
+    """Epoch digits as numbers; ISO strings with a zone as instants; zone-less ISO strings as UTC.
+
+    A zone follows the clock time: Z, an offset, or a name such as UTC or Europe/Berlin (which the
+    cast to timestamp_ntz would silently ignore).
+    """
+    has_zone = text.rlike(r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?|[a-z]\S*)$")
     return (
         F.when(text.rlike(r"^-?\d+(\.\d+)?$"), _number_to_ms(text, unit))
         .when(has_zone, F.unix_millis(text.try_cast("timestamp")))
-        .otherwise(F.timestamp_diff("MILLISECOND", epoch_ntz(), text.try_cast("timestamp_ntz")))
+        .otherwise(utc_epoch_ms(text.try_cast("timestamp_ntz")))
     )
 
 
@@ -209,8 +246,9 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str],
     """A Spark value rewritten into the JSON Mixpanel understands, within its limits.
 
     Strings over 255 bytes are cut on a character boundary; lists and objects keep their first 254
-    items. What cannot be sent for any row (a list or object nested deeper than 3 levels, struct
-    fields beyond 254) is left out and its path added to `left_out`; None means all of it is.
+    items; dates and times become UTC text, and are left out outside years 1-9999. What cannot be
+    sent for any row (a list or object nested deeper than 3 levels, struct fields beyond 254) is
+    left out and its path added to `left_out`; None means all of it is.
     """
     if not can_send(dtype, level):
         left_out.append(path)
@@ -241,17 +279,18 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str],
         cut = F.greatest(*cuts) if len(cuts) > 1 else (cuts[0] if cuts else None)
         return Fitted(F.when(column.isNotNull(), F.struct(*fields)), cut)
     if isinstance(dtype, T.TimestampType):
-        utc_wall_clock = F.timestamp_add("MICROSECOND", F.unix_micros(column), epoch_ntz())
-        return Fitted(F.date_format(utc_wall_clock, MIXPANEL_DATE_FORMAT), None)
+        return Fitted(mixpanel_date(utc_wall_clock(column)), None)
     if isinstance(dtype, T.TimestampNTZType):
-        return Fitted(F.date_format(column, MIXPANEL_DATE_FORMAT), None)
+        return Fitted(mixpanel_date(column), None)
+    if isinstance(dtype, T.DateType):
+        return Fitted(F.when(has_four_digit_year(column), column), None)  # to_json writes "YYYY-MM-DD"
     if isinstance(dtype, (T.FloatType, T.DoubleType)):
         # NaN and Infinity are not JSON: leave the value out rather than send invalid JSON.
         finite = ~F.isnan(column) & (F.abs(column) != F.lit(float("inf")))
         return Fitted(F.when(finite, column), None)
     if isinstance(dtype, T.BinaryType):
         return Fitted(F.lit(None).cast("string"), None)  # binary blobs are not sent
-    return Fitted(column, None)  # numbers, decimals, booleans, dates: to_json writes them as Mixpanel reads them
+    return Fitted(column, None)  # numbers, decimals, booleans: to_json writes them as Mixpanel reads them
 
 
 def can_send(dtype: T.DataType, level: int) -> bool:
