@@ -1,9 +1,11 @@
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from mp_spark.config import MappingConfig
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.preview import Preview, PropertyProfile, preview_events
+from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
 
 def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> None:
@@ -34,3 +36,25 @@ def test_preview_warns_about_ids_as_properties_too_many_event_names_and_hot_shar
     assert "6,000 distinct event names" in warnings[0] and "'order_id'" in warnings[1]
     assert "$hotshard_events" in warnings[2]
     assert Preview([], 10, 1, [], busiest_user_day=200_000).warnings() == []
+
+
+def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(spark: SparkSession, session_zone: str) -> None:
+    # u1's two events are on two UTC days but one local day in every other zone tested; u2's three
+    # are on one UTC day but two local days in each of them; u3's are days apart. Each event carries
+    # a time in a DST gap or overlap.
+    times = [("u1", "2024-01-02 23:30:00"), ("u1", "2024-01-03 00:30:00"),
+             ("u2", "2024-01-05 00:10:00"), ("u2", "2024-01-05 12:00:00"), ("u2", "2024-01-05 23:50:00"),
+             ("u3", "2024-02-01 12:00:00"), ("u3", "2024-02-03 12:00:00"), ("u3", "2024-02-05 12:00:00")]
+    rows = [(user, wall, gap) for (user, wall), gap in zip(times, DST_WALL_CLOCKS, strict=True)]
+    df = spark.createDataFrame(rows, "user string, wall string, gap string").select(
+        "user", "wall", "gap", F.col("wall").cast("timestamp_ntz").alias("at"),
+        F.col("gap").cast("timestamp_ntz").alias("in_gap"))
+    mapping = MappingConfig(event="'Signup'", time="at", distinct_id="user", include_columns=["wall", "gap", "in_gap"])
+    mapped = df.transform(to_mixpanel_events(mapping))
+    preview = preview_events(mapped, mapped.transform(to_json_lines), samples=len(rows))
+
+    assert preview.busiest_user_day == 3
+    assert sorted(sample["properties"]["gap"] for sample in preview.samples) == sorted(DST_WALL_CLOCKS)
+    for sample in preview.samples:
+        props = sample["properties"]
+        assert (props["time"], props["in_gap"]) == (utc_ms(props["wall"]), mixpanel_date(props["gap"]))
