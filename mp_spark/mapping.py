@@ -9,7 +9,7 @@ else) and `cut` (the names of properties whose value was cut to fit Mixpanel's l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -33,6 +33,11 @@ MAX_STRING_BYTES = 255
 MAX_ITEMS = 254
 MAX_DEPTH = 3
 MAX_CONTAINER_BYTES = 8192
+# Why a value is left out of every row (fit_value's `left_out`), as the warnings say it.
+TOO_DEEP_OR_WIDE = f"values nested deeper than {MAX_DEPTH} levels or beyond {MAX_ITEMS} fields"
+BINARY = "binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead)"
+# The metadata key under which a fitted struct carries its `left_out`, for the dry run to show.
+LEFT_OUT_KEY = "mp_spark.left_out"
 
 # Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
 # name would silently replace them.
@@ -190,18 +195,34 @@ def property_struct(df: DataFrame, mapping: MappingConfig) -> tuple[Column, Colu
         name: analysed_expr(df, expression, f"mapping.properties.{name}")
         for name, expression in mapping.properties.items()
     }
+    refuse_binary(df, columns, "mapping.properties")
     for name in included_columns(df, mapping):
         if name not in columns:
             columns[name] = F.col(f"`{name}`")
     return fitted_struct(df, columns)
 
 
+def value_types(df: DataFrame, columns: Mapping[str, Column]) -> T.StructType:
+    """The Spark type of each named value, resolved against `df`'s schema (no data is read)."""
+    return df.select(*[c.alias(n) for n, c in columns.items()]).schema if columns else T.StructType()
+
+
+def refuse_binary(df: DataFrame, columns: Mapping[str, Column], key: str) -> None:
+    """Values mapped by name under `key` must not be binary: left out, they would vanish unseen."""
+    for f in value_types(df, columns).fields:
+        if isinstance(f.dataType, T.BinaryType):
+            raise ConfigError(f"{key}.{f.name} is binary, and Mixpanel has no type for bytes: "
+                              "send them as text, e.g. hex(...) or base64(...) of the expression")
+
+
 def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Column]:
-    """A struct of the named values fitted to Mixpanel's types and limits, and the names cut in each row."""
-    typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema if columns else T.StructType()
-    left_out: list[str] = []
+    """A struct of the named values fitted to Mixpanel's types and limits, and the names cut in each row.
+
+    What is left out of every row is logged, and carried in the struct's metadata under LEFT_OUT_KEY.
+    """
+    left_out: dict[str, str] = {}
     values, cut_names = [], []
-    for f in typed.fields:
+    for f in value_types(df, columns).fields:
         fitted = fit_value(columns[f.name], f.dataType, f.name, left_out)
         if fitted is None:
             continue
@@ -213,11 +234,23 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Co
         values.append(value.alias(f.name))
         if cut is not None:
             cut_names.append(F.when(cut, F.lit(f.name)))
-    if left_out:
-        log.warning("not sending values nested deeper than %d levels or beyond %d fields: %s",
-                    MAX_DEPTH, MAX_ITEMS, ", ".join(dict.fromkeys(left_out)))
+    warn_left_out(left_out)
     cut = F.array_compact(F.array(*cut_names)) if cut_names else F.array().cast("array<string>")
-    return F.struct(*values), cut
+    # An alias is what carries metadata; the caller's own alias ("properties", "$set") keeps it.
+    return F.struct(*values).alias("fitted", metadata={LEFT_OUT_KEY: left_out}), cut
+
+
+def warn_left_out(left_out: Mapping[str, str]) -> None:
+    for message in left_out_messages(left_out):
+        log.warning("%s", message)
+
+
+def left_out_messages(left_out: Mapping[str, str]) -> list[str]:
+    """One line per reason, naming the paths left out for it: "not sending <reason>: a.b, items[]"."""
+    paths_by_reason: dict[str, list[str]] = {}
+    for path, reason in left_out.items():
+        paths_by_reason.setdefault(reason, []).append(path)
+    return [f"not sending {reason}: {', '.join(paths)}" for reason, paths in paths_by_reason.items()]
 
 
 def included_columns(df: DataFrame, mapping: MappingConfig) -> list[str]:
@@ -242,16 +275,19 @@ class Fitted:
     cut: Column | None  # true where this row's value had to be cut; None for types that never are
 
 
-def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str], level: int = 1) -> Fitted | None:
+def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, str], level: int = 1
+              ) -> Fitted | None:
     """A Spark value rewritten into the JSON Mixpanel understands, within its limits.
 
     Strings over 255 bytes are cut on a character boundary; lists and objects keep their first 254
     items; dates and times become UTC text, and are left out outside years 1-9999. What cannot be
-    sent for any row (a list or object nested deeper than 3 levels, struct fields beyond 254) is
-    left out and its path added to `left_out`; None means all of it is.
+    sent for any row (binary, a list or object nested deeper than 3 levels, struct fields beyond
+    254, a list or map of what cannot be sent) is left out, and `left_out` maps its path to the
+    reason; None means all of it is.
     """
-    if not can_send(dtype, level):
-        left_out.append(path)
+    reason = unsendable(dtype, level)
+    if reason:
+        left_out[path] = reason
         return None
     if isinstance(dtype, T.StringType):
         too_long = F.octet_length(column) > MAX_STRING_BYTES
@@ -269,7 +305,7 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str],
         )
         return Fitted(kept, any_item_cut(F.map_values(column), F.size(column), value_type, level + 1))
     if isinstance(dtype, T.StructType):
-        left_out += [f"{path}.{f.name}" for f in dtype.fields[MAX_ITEMS:]]
+        left_out.update({f"{path}.{f.name}": TOO_DEEP_OR_WIDE for f in dtype.fields[MAX_ITEMS:]})
         fields, cuts = [], []
         for f in dtype.fields[:MAX_ITEMS]:
             fitted = fit_value(column[f.name], f.dataType, f"{path}.{f.name}", left_out, level + 1)
@@ -288,20 +324,20 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str],
         # NaN and Infinity are not JSON: leave the value out rather than send invalid JSON.
         finite = ~F.isnan(column) & (F.abs(column) != F.lit(float("inf")))
         return Fitted(F.when(finite, column), None)
-    if isinstance(dtype, T.BinaryType):
-        return Fitted(F.lit(None).cast("string"), None)  # binary blobs are not sent
     return Fitted(column, None)  # numbers, decimals, booleans: to_json writes them as Mixpanel reads them
 
 
-def can_send(dtype: T.DataType, level: int) -> bool:
-    """Whether a value of this type at this nesting level can be sent (struct fields too deep are dropped alone)."""
+def unsendable(dtype: T.DataType, level: int) -> str | None:
+    """Why no value of this type at this nesting level can be sent, or None (struct fields are dropped alone)."""
+    if isinstance(dtype, T.BinaryType) or (isinstance(dtype, T.MapType) and isinstance(dtype.keyType, T.BinaryType)):
+        return BINARY  # (to_json would write a binary map key as a JVM object id: "[B@436cd83c")
+    if isinstance(dtype, (T.ArrayType, T.MapType, T.StructType)) and level > MAX_DEPTH:
+        return TOO_DEEP_OR_WIDE
     if isinstance(dtype, T.ArrayType):
-        return level <= MAX_DEPTH and can_send(dtype.elementType, level + 1)
+        return unsendable(dtype.elementType, level + 1)
     if isinstance(dtype, T.MapType):
-        return level <= MAX_DEPTH and can_send(dtype.valueType, level + 1)
-    if isinstance(dtype, T.StructType):
-        return level <= MAX_DEPTH
-    return True
+        return unsendable(dtype.valueType, level + 1)
+    return None
 
 
 def any_item_cut(items: Column, size: Column, item_type: T.DataType, item_level: int) -> Column:
@@ -309,7 +345,7 @@ def any_item_cut(items: Column, size: Column, item_type: T.DataType, item_level:
     too_many = size > MAX_ITEMS
 
     def item_cut(item: Column) -> Column | None:
-        return fit_value(item, item_type, "", [], item_level).cut
+        return fit_value(item, item_type, "", {}, item_level).cut
 
     if item_cut(F.lit(None).cast(item_type)) is None:  # items of this type are never cut
         return too_many

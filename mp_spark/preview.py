@@ -7,13 +7,13 @@ what Mixpanel advises against. Everything is computed in Spark, in one aggregati
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mp_spark.mapping import CORE_PROPERTIES
+from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
@@ -36,9 +36,10 @@ class Preview:
     approx_event_names: int
     properties: list[PropertyProfile]
     busiest_user_day: int = 0  # the most events one distinct_id has in one UTC day
+    left_out: dict[str, str] = field(default_factory=dict)  # what no event will carry (path -> why)
 
     def warnings(self) -> list[str]:
-        found = []
+        found = left_out_messages(self.left_out)
         if self.approx_event_names > MAX_EVENT_NAMES:
             found.append(f"about {self.approx_event_names:,} distinct event names: Mixpanel indexes "
                          f"only {MAX_EVENT_NAMES:,}")
@@ -95,7 +96,9 @@ def preview_events(mapped: DataFrame, lines: DataFrame, samples: int = 5) -> Pre
         "distinct_id", F.floor(F.col("time") / 86_400_000)
     ).count()
     busiest = per_user_day.agg(F.max("count")).first()[0] or 0
-    return Preview(sample_lines, rows, totals["event_names"], profiles, busiest)
+    left_out = mapped.schema["properties"].metadata.get(LEFT_OUT_KEY, {})
+    left_out = dict(sorted(left_out.items()))  # the metadata comes back from the JVM in no set order
+    return Preview(sample_lines, rows, totals["event_names"], profiles, busiest, left_out)
 
 
 def json_type(dtype: T.DataType) -> str:

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 import mp_spark.lookup
-from mp_spark.config import LookupTableMappingConfig
+from mp_spark.config import ConfigError, LookupTableMappingConfig
 from mp_spark.lookup import to_lookup_rows
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
@@ -141,3 +141,18 @@ def test_lookup_times_are_rfc3339_utc_in_every_session_zone(spark: SparkSession,
     assert len(lines) == len(DST_WALL_CLOCKS)
     for wall, at, wall_clock, day in lines:
         assert (at, wall_clock, day) == (mixpanel_date(wall) + "Z", mixpanel_date(wall) + "Z", wall[:10])
+
+
+def test_binary_columns_are_refused_when_named_and_left_out_with_a_warning_otherwise(
+    spark: SparkSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = spark.createDataFrame([("sku-1", "Mug", bytearray(b"\x89PNG"))], "sku string, name string, thumb binary")
+    named = LookupTableMappingConfig(lookup_table_id="t", key="sku", columns={"name": "name", "thumb": "thumb"})
+    with pytest.raises(ConfigError, match=r"^mapping\.columns\.thumb is binary.*hex\("):
+        to_lookup_rows(named)(rows)
+
+    with caplog.at_level("WARNING", logger="mp_spark.mapping"):
+        table, header = to_lookup_rows(LookupTableMappingConfig(lookup_table_id="t", key="sku"))(rows)
+    assert (header, [row.line for row in table.collect()]) == ("sku,name", ["sku-1,Mug"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): thumb"]

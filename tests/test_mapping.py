@@ -301,3 +301,30 @@ def test_years_outside_1_to_9999_are_left_out_and_others_have_four_digits(
         assert sent == {"ntz": None, "instant": None, "day": None}
     else:
         assert sent == {"ntz": f"{text}-12-31T23:59:59", "instant": f"{text}-12-31T23:59:59", "day": f"{text}-12-31"}
+
+
+def test_binary_named_in_mapping_properties_is_a_config_error_that_says_how_to_send_it(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, bytearray(b"\x00\xff"))],
+                               "user string, name string, ts long, blob binary")
+    named = MappingConfig(event="name", time="ts", distinct_id="user", properties={"Payload": "blob"})
+    with pytest.raises(ConfigError, match=r"^mapping\.properties\.Payload is binary.*hex\(.*base64\("):
+        df.transform(to_mixpanel_events(named))
+    as_hex = MappingConfig(event="name", time="ts", distinct_id="user", properties={"Payload": "hex(blob)"})
+    assert sent_events(df, as_hex)[0]["properties"]["Payload"] == "00FF"
+
+
+def test_binary_reached_through_include_columns_or_nesting_is_left_out_with_a_warning(
+    spark: SparkSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="mp_spark.mapping"):
+        props, cut = fitted(
+            spark, "blob binary, file struct<name: string, raw: binary>, blobs array<binary>, "
+                   "by_name map<string, binary>, by_bytes map<binary, int>, fine array<int>",
+            bytearray(b"\x00"), {"name": "a.png", "raw": bytearray(b"\x89PNG")}, [bytearray(b"\x01")],
+            {"k": bytearray(b"\x02")}, {b"\x03": 1}, [1],
+        )
+    assert set(props) - {"time", "distinct_id", "$insert_id", "ip"} == {"file", "fine"} and cut == []
+    assert props["file"] == {"name": "a.png"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): "
+        "blob, file.raw, blobs, by_name, by_bytes"]

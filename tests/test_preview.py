@@ -58,3 +58,18 @@ def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(spark: Sp
     for sample in preview.samples:
         props = sample["properties"]
         assert (props["time"], props["in_gap"]) == (utc_ms(props["wall"]), mixpanel_date(props["gap"]))
+
+
+def test_preview_shows_what_no_event_will_carry(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", 1_704_164_645, bytearray(b"\x00"), [[[[1]]]], "x")],
+                               "user string, ts long, blob binary, deep array<array<array<array<int>>>>, plan string")
+    mapped = df.transform(to_mixpanel_events(MappingConfig(event="'Signup'", time="ts", distinct_id="user",
+                                                           include_columns=["blob", "deep", "plan"])))
+    preview = preview_events(mapped, mapped.transform(to_json_lines))
+
+    assert [p.name for p in preview.properties] == ["plan"]
+    assert preview.warnings() == [
+        "not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): blob",
+        "not sending values nested deeper than 3 levels or beyond 254 fields: deep",
+    ]
+    assert "warning: not sending binary values" in preview.render()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from mp_spark.config import ProfileMappingConfig
+from mp_spark.config import ConfigError, ProfileMappingConfig
 from mp_spark.profiles import to_profile_updates
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
@@ -164,3 +164,11 @@ def test_profile_times_are_utc_text_in_every_session_zone(spark: SparkSession, s
             assert update["$set"] == {"at": want, "wall clock": want}
         else:
             assert update["$set_once"] == {"first": [want]}
+
+
+@pytest.mark.parametrize("operation", ["set", "set_once"])
+def test_binary_named_in_a_profile_mapping_is_a_config_error(spark: SparkSession, operation: str) -> None:
+    users = spark.createDataFrame([("u1", bytearray(b"\x00"))], "user_id string, avatar binary")
+    mapping = ProfileMappingConfig(distinct_id="user_id", **{operation: {"Avatar": "avatar"}})
+    with pytest.raises(ConfigError, match=rf"^mapping\.{operation}\.Avatar is binary.*base64\("):
+        users.transform(to_profile_updates(mapping))
