@@ -12,8 +12,8 @@ import http.client
 import select
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from http.server import BaseHTTPRequestHandler
+from socketserver import ThreadingTCPServer
 from urllib.parse import urlsplit
 
 # Headers about one connection, which a proxy must not pass on (RFC 9110, section 7.6.1).
@@ -65,17 +65,12 @@ class ForwardProxy:
             self._tunnels.append(target)
 
 
-class _ProxyServer(ThreadingHTTPServer):
+class _ProxyServer(ThreadingTCPServer):  # not HTTPServer, whose bind looks its own name up in DNS
     daemon_threads = True
 
     def __init__(self, proxy: ForwardProxy) -> None:
         self.proxy = proxy
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall for seconds.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
