@@ -69,7 +69,7 @@ def value_columns(df: DataFrame, mapping: LookupTableMappingConfig) -> dict[str,
         refuse_binary(df, chosen, "mapping.columns")
         return chosen
     others = {f.name: f.dataType for f in df.schema.fields if f.name != mapping.key}
-    left_out = {name: reason for name, dtype in others.items() if (reason := unsendable(dtype, level=1))}
+    left_out = {name: why for name, dtype in others.items() if (why := unsendable(dtype, level=1))}
     warn_left_out(left_out)
     return {name: F.col(f"`{name}`") for name in others if name not in left_out}
 
