@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import yaml
@@ -307,6 +307,9 @@ def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig, k
     )
 
 
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def iso_to_epoch_ms(key: str, text: str) -> int:
     """An ISO 8601 date or timestamp as epoch milliseconds; UTC when it names no zone."""
     try:
@@ -315,7 +318,8 @@ def iso_to_epoch_ms(key: str, text: str) -> int:
         raise ConfigError(f"{key} must be an ISO 8601 date or timestamp such as 2024-01-31, got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+    # Integer arithmetic: int(moment.timestamp() * 1000) is 1 ms short for some times (float rounding).
+    return (moment - UNIX_EPOCH) // timedelta(milliseconds=1)
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 from pyspark.sql import types as T
 
 from mp_spark.batching import Chunk, batches_from_chunks
+from mp_spark.config import ConfigError
 from mp_spark.endpoints import Endpoint
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.tally import OK, OUTCOME_SCHEMA, REJECTION_FIELDS, PartitionOutcome, Rejection, Tally
+from mp_spark.tally import FATAL, OK, OUTCOME_SCHEMA, REJECTION_FIELDS, PartitionOutcome, Rejection, Tally
 from mp_spark.transport import DryRunTransport, RequestsTransport
 
 OUTCOME, REJECTION = "outcome", "rejection"
@@ -56,21 +57,28 @@ def partition_sender(
                 set_aside["trimmed"] += pc.sum(record_batch.column(1)).as_py() or 0
                 yield arrow_chunk(lines.drop_null() if lines.null_count else lines)
 
-        transport = DryRunTransport() if dry_run else RequestsTransport(pool_size=settings.in_flight)
-        sender = BatchSender(endpoint, settings, transport)
-        status, message = OK, None
+        status, message, sent = OK, None, Tally()
         try:
-            batches = batches_from_chunks(chunks(), max_events=settings.max_batch_events,
-                                          max_bytes=settings.max_batch_bytes)
-            for rejections in sender.send(batches):
-                yield rejection_rows(index, rejections)
-        except SendStopped as stopped:
-            status, message = stopped.status, stopped.message
+            # An executor's own environment (spark.executorEnv.*) may name a CA bundle it does not have.
+            transport = DryRunTransport() if dry_run else RequestsTransport(pool_size=settings.in_flight)
+        except ConfigError as exc:
+            status, message = FATAL, f"on an executor: {exc}"
+        else:
+            sender = BatchSender(endpoint, settings, transport)
+            try:
+                batches = batches_from_chunks(chunks(), max_events=settings.max_batch_events,
+                                              max_bytes=settings.max_batch_bytes)
+                for rejections in sender.send(batches):
+                    yield rejection_rows(index, rejections)
+            except SendStopped as stopped:
+                status, message = stopped.status, stopped.message
+            finally:
+                transport.close()
+                sent = sender.tally
+        if status != OK:
             for _ in record_batches:  # the rest of the input is not sent, but Spark expects it read
                 pass
-        finally:
-            transport.close()
-        tally = sender.tally + Tally(**set_aside)
+        tally = sent + Tally(**set_aside)
         outcome = PartitionOutcome(index, tally, status, message, round(time.monotonic() - started, 3))
         yield pa.RecordBatch.from_pylist([{"record": OUTCOME, **outcome.as_row()}], schema=SENT_ARROW_SCHEMA)
 

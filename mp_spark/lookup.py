@@ -23,7 +23,7 @@ from pyspark.sql import types as T
 from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, LookupTableMappingConfig
 from mp_spark.endpoints import Endpoint
-from mp_spark.mapping import JSON_OPTIONS, Fitted, fit_value
+from mp_spark.mapping import JSON_OPTIONS, Fitted, fit_value, refuse_binary, unsendable, value_types, warn_left_out
 from mp_spark.records import source_rows
 from mp_spark.results import RunFiles, Summary, set_aside_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
@@ -41,10 +41,8 @@ def to_lookup_rows(mapping: LookupTableMappingConfig) -> Callable[[DataFrame], t
 
     def apply(df: DataFrame) -> tuple[DataFrame, str]:
         columns = {mapping.key: analysed_expr(df, f"`{mapping.key}`", "mapping.key")}
-        chosen = mapping.columns or {name: f"`{name}`" for name in df.columns if name != mapping.key}
-        columns.update({name: analysed_expr(df, e, f"mapping.columns.{name}") for name, e in chosen.items()})
-        typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema
-        texts = {f.name: csv_text(columns[f.name], f.dataType, f.name) for f in typed.fields}
+        columns.update(value_columns(df, mapping))
+        texts = {f.name: csv_text(columns[f.name], f.dataType, f.name) for f in value_types(df, columns).fields}
         cuts = [F.coalesce(text.cut, F.lit(False)) for text in texts.values() if text.cut is not None]
         header = io.StringIO()
         csv.writer(header, lineterminator="\n").writerow(columns)
@@ -66,12 +64,27 @@ def to_lookup_rows(mapping: LookupTableMappingConfig) -> Callable[[DataFrame], t
     return apply
 
 
+def value_columns(df: DataFrame, mapping: LookupTableMappingConfig) -> dict[str, Column]:
+    """The table's columns after the key: `mapping.columns`, or every other source column that can be
+    sent (the others are left out with a warning, as included columns of events are)."""
+    if mapping.columns:
+        chosen = {name: analysed_expr(df, e, f"mapping.columns.{name}") for name, e in mapping.columns.items()}
+        refuse_binary(df, chosen, "mapping.columns")
+        return chosen
+    others = {f.name: f.dataType for f in df.schema.fields if f.name != mapping.key}
+    left_out = {name: why for name, dtype in others.items() if (why := unsendable(dtype, level=1))}
+    warn_left_out(left_out)
+    return {name: F.col(f"`{name}`") for name in others if name not in left_out}
+
+
 def csv_text(column: Column, dtype: T.DataType, name: str) -> Fitted:
     """A value as the text Mixpanel types in a lookup table (numbers, RFC 3339 times, true/false, JSON
     lists), fitted to its limits as an event property is, and whether it was cut."""
-    fitted = fit_value(column, dtype, name, [])
+    left_out: dict[str, str] = {}
+    fitted = fit_value(column, dtype, name, left_out)
     if fitted is None:
-        raise ConfigError(f"mapping.columns.{name}: nested deeper than Mixpanel takes (3 levels)")
+        raise ConfigError(f"mapping.columns.{name}: {left_out[name]} cannot be sent")
+    warn_left_out(left_out)  # struct fields
     if isinstance(dtype, (T.ArrayType, T.MapType, T.StructType)):
         return Fitted(F.to_json(fitted.value, JSON_OPTIONS), fitted.cut)
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):

@@ -27,13 +27,19 @@ log = logging.getLogger(__name__)
 SECONDS_BELOW = 10**11  # an epoch number below this is seconds, above it milliseconds (10^11 s is year 5138)
 MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}$"  # Mixpanel's rule for $insert_id
-MIXPANEL_DATE_FORMAT = "yyyy-MM-dd'T'HH:mm:ss"  # Mixpanel's date type: ISO-8601, UTC, no zone
+# Mixpanel's date type is YYYY-MM-DDTHH:MM:SS in UTC: years outside 1-9999 have no such form.
+MIN_YEAR, MAX_YEAR = 1, 9999
 # Mixpanel's limits on property values (reference §3 "Properties", §7): strings are cut at 255
 # bytes; lists and objects hold fewer than 255 items, nest at most 3 levels, and stay within 8 KB.
 MAX_STRING_BYTES = 255
 MAX_ITEMS = 254
 MAX_DEPTH = 3
 MAX_CONTAINER_BYTES = 8192
+# Why a value is left out of every row (fit_value's `left_out`), as the warnings say it.
+TOO_DEEP_OR_WIDE = f"values nested deeper than {MAX_DEPTH} levels or beyond {MAX_ITEMS} fields"
+BINARY = "binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead)"
+# The metadata key under which a fitted struct carries its `left_out`, for the dry run to show.
+LEFT_OUT_KEY = "mp_spark.left_out"
 
 # Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
 # name would silently replace them.
@@ -46,6 +52,38 @@ RESERVED_PROPERTIES = CORE_PROPERTIES + SPECIAL_PROPERTIES
 
 def epoch_ntz() -> Column:
     return F.expr("TIMESTAMP_NTZ'1970-01-01 00:00:00'")
+
+
+# Spark converts a timestamp_ntz through the session time zone in date_format, timestamp_diff and casts
+# to timestamp, and a UTC wall clock that falls in a DST gap of that zone comes out shifted. The helpers
+# below use only what never involves a zone: timestamp_ntz arithmetic and CAST(timestamp_ntz AS STRING).
+
+
+def utc_wall_clock(instant: Column) -> Column:
+    """A timestamp as the timestamp_ntz of its UTC wall-clock time."""
+    return F.timestamp_add("MICROSECOND", F.unix_micros(instant), epoch_ntz())
+
+
+def utc_epoch_ms(wall_clock: Column) -> Column:
+    """A timestamp_ntz read as UTC, as epoch milliseconds (floored, as unix_millis floors a timestamp)."""
+    seconds = (wall_clock - epoch_ntz()).cast("interval second").cast("decimal(20,6)")
+    return F.floor(seconds * 1000).cast("long")
+
+
+def has_four_digit_year(value: Column) -> Column:
+    """True where a date or timestamp_ntz is within years 1-9999."""
+    return F.year(value).between(MIN_YEAR, MAX_YEAR)
+
+
+def mixpanel_date(wall_clock: Column) -> Column:
+    """A UTC wall clock (timestamp_ntz) as Mixpanel's date type, "YYYY-MM-DDTHH:MM:SS" (fraction dropped).
+
+    The cast to string gives "yyyy-MM-dd HH:mm:ss" and the fraction, if any, for years 0-9999 (with
+    a sign beyond): the date and the clock are its first 10 and next 8 characters after the space.
+    """
+    text = wall_clock.cast("string")
+    date_and_clock = F.concat(F.substring(text, 1, 10), F.lit("T"), F.substring(text, 12, 8))
+    return F.when(has_four_digit_year(wall_clock), date_and_clock)
 
 
 def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFrame]:
@@ -132,7 +170,7 @@ def to_epoch_ms(df: DataFrame, mapping: MappingConfig) -> Column:
     if isinstance(dtype, T.TimestampType):
         return F.unix_millis(column)  # an instant: no zone involved
     if isinstance(dtype, T.TimestampNTZType):
-        return F.timestamp_diff("MILLISECOND", epoch_ntz(), column)  # wall-clock time read as UTC
+        return utc_epoch_ms(column)
     if isinstance(dtype, T.DateType):
         return F.unix_date(column).cast("long") * 86_400_000
     if isinstance(dtype, T.NumericType):
@@ -153,12 +191,16 @@ def _number_to_ms(number: Column, unit: str | None) -> Column:
 
 
 def _string_to_ms(text: Column, unit: str | None) -> Column:
-    """Epoch digits as numbers; ISO strings with a zone as instants; zone-less ISO strings as UTC."""
-    has_zone = text.rlike(r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?)$")  # after a clock time
+    """Epoch digits as numbers; ISO strings with a zone as instants; zone-less ISO strings as UTC.
+
+    A zone follows the clock time: Z, an offset, or a name such as UTC or Europe/Berlin (which the
+    cast to timestamp_ntz would silently ignore).
+    """
+    has_zone = text.rlike(r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?|[a-z]\S*)$")
     return (
         F.when(text.rlike(r"^-?\d+(\.\d+)?$"), _number_to_ms(text, unit))
         .when(has_zone, F.unix_millis(text.try_cast("timestamp")))
-        .otherwise(F.timestamp_diff("MILLISECOND", epoch_ntz(), text.try_cast("timestamp_ntz")))
+        .otherwise(utc_epoch_ms(text.try_cast("timestamp_ntz")))
     )
 
 
@@ -198,6 +240,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
     blocked = {name for name, expression in named.items() if expression is None} | set(reserved)
     fixed = {name: analysed_expr(df, expression, f"{named_key}.{name}")
              for name, expression in named.items() if expression is not None}
+    refuse_binary(df, fixed, named_key)
     found: list[Column] = []
     for i, expression in enumerate(spread):
         item_key = f"{spread_key}[{i}]"
@@ -289,12 +332,27 @@ def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Co
     return F.aggregate(usable, start, add, finish)
 
 
+def value_types(df: DataFrame, columns: Mapping[str, Column]) -> T.StructType:
+    """The Spark type of each named value, resolved against `df`'s schema (no data is read)."""
+    return df.select(*[c.alias(n) for n, c in columns.items()]).schema if columns else T.StructType()
+
+
+def refuse_binary(df: DataFrame, columns: Mapping[str, Column], key: str) -> None:
+    """Values mapped by name under `key` must not be binary: left out, they would vanish unseen."""
+    for f in value_types(df, columns).fields:
+        if isinstance(f.dataType, T.BinaryType):
+            raise ConfigError(f"{key}.{f.name} is binary, and Mixpanel has no type for bytes: "
+                              "send them as text, e.g. hex(...) or base64(...) of the expression")
+
+
 def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Column]:
-    """A struct of the named values fitted to Mixpanel's types and limits, and the names cut in each row."""
-    typed = df.select(*[c.alias(n) for n, c in columns.items()]).schema if columns else T.StructType()
-    left_out: list[str] = []
+    """A struct of the named values fitted to Mixpanel's types and limits, and the names cut in each row.
+
+    What is left out of every row is logged, and carried in the struct's metadata under LEFT_OUT_KEY.
+    """
+    left_out: dict[str, str] = {}
     values, cut_names = [], []
-    for f in typed.fields:
+    for f in value_types(df, columns).fields:
         fitted = fit_value(columns[f.name], f.dataType, f.name, left_out)
         if fitted is None:
             continue
@@ -306,11 +364,23 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Co
         values.append(value.alias(f.name))
         if cut is not None:
             cut_names.append(F.when(cut, F.lit(f.name)))
-    if left_out:
-        log.warning("not sending values nested deeper than %d levels or beyond %d fields: %s",
-                    MAX_DEPTH, MAX_ITEMS, ", ".join(dict.fromkeys(left_out)))
+    warn_left_out(left_out)
     cut = F.array_compact(F.array(*cut_names)) if cut_names else F.array().cast("array<string>")
-    return F.struct(*values), cut
+    # An alias is what carries metadata; the caller's own alias ("properties", "$set") keeps it.
+    return F.struct(*values).alias("fitted", metadata={LEFT_OUT_KEY: left_out}), cut
+
+
+def warn_left_out(left_out: Mapping[str, str]) -> None:
+    for message in left_out_messages(left_out):
+        log.warning("%s", message)
+
+
+def left_out_messages(left_out: Mapping[str, str]) -> list[str]:
+    """One line per reason, naming the paths left out for it: "not sending <reason>: a.b, items[]"."""
+    paths_by_reason: dict[str, list[str]] = {}
+    for path, reason in left_out.items():
+        paths_by_reason.setdefault(reason, []).append(path)
+    return [f"not sending {reason}: {', '.join(paths)}" for reason, paths in paths_by_reason.items()]
 
 
 def included_columns(df: DataFrame, mapping: MappingConfig) -> list[str]:
@@ -337,15 +407,19 @@ class Fitted:
     cut: Column | None  # true where this row's value had to be cut; None for types that never are
 
 
-def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str], level: int = 1) -> Fitted | None:
+def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, str], level: int = 1
+              ) -> Fitted | None:
     """A Spark value rewritten into the JSON Mixpanel understands, within its limits.
 
     Strings over 255 bytes are cut on a character boundary; lists and objects keep their first 254
-    items. What cannot be sent for any row (a list or object nested deeper than 3 levels, struct
-    fields beyond 254) is left out and its path added to `left_out`; None means all of it is.
+    items; dates and times become UTC text, and are left out outside years 1-9999. What cannot be
+    sent for any row (binary, a list or object nested deeper than 3 levels, struct fields beyond
+    254, a list or map of what cannot be sent) is left out, and `left_out` maps its path to the
+    reason; None means all of it is.
     """
-    if not can_send(dtype, level):
-        left_out.append(path)
+    reason = unsendable(dtype, level)
+    if reason:
+        left_out[path] = reason
         return None
     if isinstance(dtype, T.StringType):
         too_long = F.octet_length(column) > MAX_STRING_BYTES
@@ -363,7 +437,7 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str],
         )
         return Fitted(kept, any_item_cut(F.map_values(column), F.size(column), value_type, level + 1))
     if isinstance(dtype, T.StructType):
-        left_out += [f"{path}.{f.name}" for f in dtype.fields[MAX_ITEMS:]]
+        left_out.update({f"{path}.{f.name}": TOO_DEEP_OR_WIDE for f in dtype.fields[MAX_ITEMS:]})
         fields, cuts = [], []
         for f in dtype.fields[:MAX_ITEMS]:
             fitted = fit_value(column[f.name], f.dataType, f"{path}.{f.name}", left_out, level + 1)
@@ -373,28 +447,29 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: list[str],
         cut = F.greatest(*cuts) if len(cuts) > 1 else (cuts[0] if cuts else None)
         return Fitted(F.when(column.isNotNull(), F.struct(*fields)), cut)
     if isinstance(dtype, T.TimestampType):
-        utc_wall_clock = F.timestamp_add("MICROSECOND", F.unix_micros(column), epoch_ntz())
-        return Fitted(F.date_format(utc_wall_clock, MIXPANEL_DATE_FORMAT), None)
+        return Fitted(mixpanel_date(utc_wall_clock(column)), None)
     if isinstance(dtype, T.TimestampNTZType):
-        return Fitted(F.date_format(column, MIXPANEL_DATE_FORMAT), None)
+        return Fitted(mixpanel_date(column), None)
+    if isinstance(dtype, T.DateType):
+        return Fitted(F.when(has_four_digit_year(column), column), None)  # to_json writes "YYYY-MM-DD"
     if isinstance(dtype, (T.FloatType, T.DoubleType)):
         # NaN and Infinity are not JSON: leave the value out rather than send invalid JSON.
         finite = ~F.isnan(column) & (F.abs(column) != F.lit(float("inf")))
         return Fitted(F.when(finite, column), None)
-    if isinstance(dtype, T.BinaryType):
-        return Fitted(F.lit(None).cast("string"), None)  # binary blobs are not sent
-    return Fitted(column, None)  # numbers, decimals, booleans, dates: to_json writes them as Mixpanel reads them
+    return Fitted(column, None)  # numbers, decimals, booleans: to_json writes them as Mixpanel reads them
 
 
-def can_send(dtype: T.DataType, level: int) -> bool:
-    """Whether a value of this type at this nesting level can be sent (struct fields too deep are dropped alone)."""
+def unsendable(dtype: T.DataType, level: int) -> str | None:
+    """Why no value of this type at this nesting level can be sent, or None (struct fields are dropped alone)."""
+    if isinstance(dtype, T.BinaryType) or (isinstance(dtype, T.MapType) and isinstance(dtype.keyType, T.BinaryType)):
+        return BINARY  # (to_json would write a binary map key as a JVM object id: "[B@436cd83c")
+    if isinstance(dtype, (T.ArrayType, T.MapType, T.StructType)) and level > MAX_DEPTH:
+        return TOO_DEEP_OR_WIDE
     if isinstance(dtype, T.ArrayType):
-        return level <= MAX_DEPTH and can_send(dtype.elementType, level + 1)
+        return unsendable(dtype.elementType, level + 1)
     if isinstance(dtype, T.MapType):
-        return level <= MAX_DEPTH and can_send(dtype.valueType, level + 1)
-    if isinstance(dtype, T.StructType):
-        return level <= MAX_DEPTH
-    return True
+        return unsendable(dtype.valueType, level + 1)
+    return None
 
 
 def any_item_cut(items: Column, size: Column, item_type: T.DataType, item_level: int) -> Column:
@@ -402,7 +477,7 @@ def any_item_cut(items: Column, size: Column, item_type: T.DataType, item_level:
     too_many = size > MAX_ITEMS
 
     def item_cut(item: Column) -> Column | None:
-        return fit_value(item, item_type, "", [], item_level).cut
+        return fit_value(item, item_type, "", {}, item_level).cut
 
     if item_cut(F.lit(None).cast(item_type)) is None:  # items of this type are never cut
         return too_many

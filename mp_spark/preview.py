@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from mp_spark.config import Config
 from mp_spark.lookup import to_lookup_rows
-from mp_spark.mapping import CORE_PROPERTIES
+from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
 from mp_spark.records import source_rows
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
@@ -41,9 +41,10 @@ class Preview:
     approx_event_names: int
     properties: list[PropertyProfile]
     busiest_user_day: int = 0  # the most events one distinct_id has in one UTC day
+    left_out: dict[str, str] = field(default_factory=dict)  # what no event will carry (path -> why)
 
     def warnings(self) -> list[str]:
-        found = []
+        found = left_out_messages(self.left_out)
         if self.approx_event_names > MAX_EVENT_NAMES:
             found.append(f"about {self.approx_event_names:,} distinct event names: Mixpanel indexes "
                          f"only {MAX_EVENT_NAMES:,}")
@@ -94,10 +95,13 @@ class Previewer:
         self._show = show
         self._observation = Observation("mp-spark-property-profile")
         self._fields: list[T.StructField] | None = None
+        self._left_out: dict[str, str] = {}
 
     def tap(self, mapped: DataFrame) -> DataFrame:
         """Observe the profile of the `properties` of `to_mixpanel_events` output as it flows past."""
-        self._fields = mapped.schema["properties"].dataType.fields
+        properties = mapped.schema["properties"]
+        self._fields = properties.dataType.fields
+        self._left_out = dict(sorted(properties.metadata.get(LEFT_OUT_KEY, {}).items()))  # JVM order is none
         aggregates = [F.count(F.lit(1)).alias("rows"), F.approx_count_distinct("event").alias("event_names")]
         for i, f in enumerate(self._fields):
             value = F.col("properties").getField(f.name)
@@ -128,7 +132,7 @@ class Previewer:
         ]
         per_user_day = staged.filter(F.col(self.USER_DAY).isNotNull()).groupBy(self.USER_DAY).count()
         busiest = per_user_day.agg(F.max("count")).first()[0] or 0
-        self._show(Preview(sample_events, rows, totals["event_names"], profiles, busiest))
+        self._show(Preview(sample_events, rows, totals["event_names"], profiles, busiest, self._left_out))
 
 
 def json_type(dtype: T.DataType) -> str:

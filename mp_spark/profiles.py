@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, ProfileMappingConfig
-from mp_spark.mapping import JSON_OPTIONS, fitted_struct, spread_properties, with_entries
+from mp_spark.mapping import JSON_OPTIONS, fitted_struct, refuse_binary, spread_properties, with_entries
 from mp_spark.sources import analysed_expr
 from mp_spark.validation import MAX_EVENT_BYTES, PLACEHOLDER_IDS
 
@@ -70,6 +70,7 @@ def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str
         return found.fixed, found.cut, found.spread
     expressions = getattr(mapping, operation)
     columns = {name: analysed_expr(df, e, f"mapping.{operation}.{name}") for name, e in expressions.items()}
+    refuse_binary(df, columns, f"mapping.{operation}")
     if operation == "union":
         for name, column in columns.items():
             if not isinstance(df.select(column).schema[0].dataType, T.ArrayType):

@@ -179,6 +179,8 @@ class BatchSender:
                 response = self._transport.send(self._endpoint.method, self._endpoint.url, body, self._headers,
                                                 settings.timeout_s)
             except TransportError as exc:
+                if not exc.retryable:  # the same certificate will not verify next time either
+                    raise SendStopped(FATAL_STATUS, f"{self._endpoint.name}: {exc}") from None
                 problem = f"no answer ({exc})"
             else:
                 if not is_retryable(response.status):

@@ -47,6 +47,8 @@ def error_condition(exc: BaseException) -> str | None:
 
 def _read(spark: SparkSession, source: SourceConfig) -> DataFrame:
     reader = spark.read.format(source.format)
+    if source.format == "json":  # a zone-less time read as a `timestamp` (source.schema) is UTC, not local
+        reader = reader.option("timeZone", "UTC")
     if source.version is not None:
         reader = reader.option("versionAsOf", source.version)
     if source.timestamp is not None:

@@ -126,6 +126,21 @@ def spark(request: pytest.FixtureRequest) -> Iterator[SparkSession]:
     session.stop()
 
 
+# Zones whose rules break code that formats or reads times through the session time zone: a DST gap
+# and overlap of an hour (Los Angeles, Berlin), of 30 minutes (Lord Howe), and a whole missing day
+# (Apia skipped 2011-12-30).
+SESSION_ZONES = ["UTC", "America/Los_Angeles", "Europe/Berlin", "Australia/Lord_Howe", "Pacific/Apia"]
+
+
+@pytest.fixture(params=SESSION_ZONES)
+def session_zone(spark: SparkSession, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once in each of SESSION_ZONES as spark.sql.session.timeZone, then restore the session's."""
+    before = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", request.param)
+    yield request.param
+    spark.conf.set("spark.sql.session.timeZone", before)
+
+
 @pytest.fixture
 def mixpanel() -> Iterator[FakeMixpanel]:
     """A Mixpanel-compatible /import server on 127.0.0.1, with strict validation and fault injection."""

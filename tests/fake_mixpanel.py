@@ -39,6 +39,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -532,6 +533,7 @@ class FakeMixpanel:
     """Mixpanel-compatible ingestion server on 127.0.0.1 (ephemeral port), run in a background thread.
 
     Use as a context manager or call start()/stop(). Every statistic attribute returns a thread-safe snapshot.
+    With `certificate` it serves HTTPS instead of HTTP.
     """
 
     def __init__(
@@ -547,6 +549,7 @@ class FakeMixpanel:
         admit_events_per_second: float | None = None,
         max_lookup_table_bytes: int = 100 * 1024 * 1024,
         lookup_put_limit: int = 100,
+        certificate: tuple[str, str] | None = None,
     ) -> None:
         self.project_id = project_id
         self.service_account = service_account
@@ -559,6 +562,11 @@ class FakeMixpanel:
         self.max_lookup_table_bytes = max_lookup_table_bytes  # uncompressed CSV; Mixpanel: 100 MB
         # Mixpanel allows 100 calls per rolling 24 h; the fake counts them from construction or reset()
         self.lookup_put_limit = lookup_put_limit
+        # HTTPS with this (certificate file, key file), both PEM; plain HTTP without
+        self._tls: ssl.SSLContext | None = None
+        if certificate:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*certificate)
         self._lock = threading.Lock()
         self._faults = Faults()
         self._rng = random.Random(0)
@@ -612,8 +620,8 @@ class FakeMixpanel:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. http://127.0.0.1:PORT (clients post to url + "/import?...")."""
-        return f"http://127.0.0.1:{self.port}"
+        """Base URL, e.g. http://127.0.0.1:PORT, or https:// (clients post to url + "/import?...")."""
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
 
     # ---- control -----------------------------------------------------------------------------------------
 
@@ -905,6 +913,20 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall for seconds.
         TCPServer.server_bind(self)
         self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept, and in TLS mode shake hands (a client that refuses the certificate fails here, unanswered)."""
+        conn, address = super().get_request()
+        if self.fake._tls is None:
+            return conn, address
+        conn.settimeout(10)  # the handshake runs in the accepting thread: a silent client must not stall it
+        try:
+            conn = self.fake._tls.wrap_socket(conn, server_side=True)
+        except OSError:
+            conn.close()
+            raise
+        conn.settimeout(None)
+        return conn, address
 
 
 class _Handler(BaseHTTPRequestHandler):

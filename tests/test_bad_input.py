@@ -67,6 +67,7 @@ def source_rows() -> list[dict]:
 
 def test_messy_rows_are_sent_as_documented_or_set_aside_with_a_reason(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     columns = spark.createDataFrame([], SCHEMA).columns
     rows = [tuple(row.get(c) for c in columns) for row in source_rows()]
@@ -108,9 +109,33 @@ def test_messy_rows_are_sent_as_documented_or_set_aside_with_a_reason(
     assert (typical["items"], typical["attrs"], typical["score"]) == ([1, 2, 3], {"k": "v"}, 1.5)
     for left_out in ("blob", "token", "bucket", "$ignore"):
         assert left_out not in typical
+    assert ("not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): blob"
+            in caplog.messages)
     assert "w0" not in typical  # nulls are not sent
     for name in ("nan", "infinity", "minus infinity"):
         assert "score" not in received[name]
     assert received["10 KB string"]["text"] == "x" * 255
     assert received["emoji, RTL and NUL"]["text"] == MIXED_TEXT
     assert len(received["300 items and 300 keys"]["items"]) == len(received["300 items and 300 keys"]["attrs"]) == 254
+
+
+def test_a_binary_column_named_in_mapping_properties_stops_the_run_before_any_request(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "blobs"
+    spark.createDataFrame([("u1", "A", WHEN, bytearray(b"\x00"))],
+                          "user_id string, event_name string, ts timestamp, blob binary").write.parquet(str(source))
+    config = {
+        "source": {"format": "parquet", "path": str(source)},
+        "mapping": {"event": "event_name", "time": "ts", "distinct_id": "user_id", "properties": {"Blob": "blob"}},
+        "mixpanel": {"project_id": mixpanel.project_id, "api_host": mixpanel.url},
+        "job": {"results_path": str(tmp_path / "results")},
+    }
+    (tmp_path / "blobs.json").write_text(json.dumps(config))
+
+    assert run_job(str(tmp_path / "blobs.json")) == 2  # a config error
+
+    error = capsys.readouterr().err
+    assert "mapping.properties.Blob is binary" in error and "hex(...) or base64(...)" in error
+    assert mixpanel.requests == 0

@@ -1,4 +1,5 @@
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,24 @@ def test_profiles_take_only_the_project_token() -> None:
         credentials_from_env(service_account, mixpanel, "people")
     token = credentials_from_env({**service_account, "MP_PROJECT_TOKEN": "tk"}, mixpanel, "people")
     assert (token.kind, token.username) == ("project_token", "tk")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Australia/Lord_Howe", "Pacific/Apia"])
+@pytest.mark.parametrize(("text", "epoch_ms"), [
+    ("2013-03-10T02:30:00", 1_362_882_600_000),  # a wall clock in Los Angeles' DST gap, read as UTC
+    ("2011-12-30", 1_325_203_200_000),  # Apia's missing day: midnight UTC
+    ("2013-10-06 02:15:00Z", 1_381_025_700_000),  # Lord Howe's 30-minute gap
+    ("2013-10-06T07:45:00+05:30", 1_381_025_700_000),
+    ("1987-03-08T23:30:55.665Z", 542_244_655_665),  # exact to the millisecond (a float product is 1 ms short)
+])
+def test_the_time_window_is_exact_utc_whatever_the_process_time_zone(
+    monkeypatch: pytest.MonkeyPatch, zone: str, text: str, epoch_ms: int
+) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        job = parse_config(MINIMAL + f"job: {{time_from: '{text}'}}").job
+    finally:
+        monkeypatch.undo()
+        time.tzset()  # back to the process's zone, for the tests that follow
+    assert job.time_from_ms == epoch_ms

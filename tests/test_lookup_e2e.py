@@ -1,5 +1,6 @@
 """Lookup tables from the same job (job.kind lookup_table), end to end against the fake server."""
 
+import csv
 import datetime as dt
 import json
 from pathlib import Path
@@ -8,8 +9,11 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 import mp_spark.lookup
+from mp_spark.config import ConfigError, LookupTableMappingConfig
+from mp_spark.lookup import to_lookup_rows
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
+from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, wall_clock_rows
 
 pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
 
@@ -129,3 +133,30 @@ def test_a_refused_service_account_exits_2_and_a_failing_mixpanel_exits_3_with_t
     assert mixpanel.requests - before == 1  # the upload is the one request: nothing retried
     error = capsys.readouterr().err
     assert "Mixpanel answered 401" in error and "not-the-secret" not in error
+
+
+def test_lookup_times_are_rfc3339_utc_in_every_session_zone(spark: SparkSession, session_zone: str) -> None:
+    rows = wall_clock_rows(spark, DST_WALL_CLOCKS)
+    mapping = LookupTableMappingConfig(lookup_table_id="t", key="wall",
+                                       columns={"at": "instant", "wall clock": "ntz", "day": "to_date(ntz)"})
+    table, header = to_lookup_rows(mapping)(rows)
+    assert header == "wall,at,wall clock,day"
+    lines = [next(csv.reader([row.line])) for row in table.collect()]
+    assert len(lines) == len(DST_WALL_CLOCKS)
+    for wall, at, wall_clock, day in lines:
+        assert (at, wall_clock, day) == (mixpanel_date(wall) + "Z", mixpanel_date(wall) + "Z", wall[:10])
+
+
+def test_binary_columns_are_refused_when_named_and_left_out_with_a_warning_otherwise(
+    spark: SparkSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = spark.createDataFrame([("sku-1", "Mug", bytearray(b"\x89PNG"))], "sku string, name string, thumb binary")
+    named = LookupTableMappingConfig(lookup_table_id="t", key="sku", columns={"name": "name", "thumb": "thumb"})
+    with pytest.raises(ConfigError, match=r"^mapping\.columns\.thumb is binary.*hex\("):
+        to_lookup_rows(named)(rows)
+
+    with caplog.at_level("WARNING", logger="mp_spark.mapping"):
+        table, header = to_lookup_rows(LookupTableMappingConfig(lookup_table_id="t", key="sku"))(rows)
+    assert (header, [row.line for row in table.collect()]) == ("sku,name", ["sku-1,Mug"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): thumb"]

@@ -1,11 +1,14 @@
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from mp_spark.config import ConfigError, MappingConfig
-from mp_spark.mapping import to_json_lines, to_mixpanel_events
+from mp_spark.config import ConfigError, MappingConfig, SourceConfig
+from mp_spark.mapping import to_epoch_ms, to_json_lines, to_mixpanel_events
+from mp_spark.sources import read_source
 
 MAPPING = MappingConfig(event="name", time="ts", distinct_id="user")
 JAN_2_2024_MS = 1_704_164_645_000  # 2024-01-02T03:04:05Z
@@ -193,3 +196,146 @@ def test_lists_and_maps_keep_254_items_and_big_or_deep_values_are_left_out(spark
     assert "big" not in props and "too_deep" not in props
     assert props["deep"] == deep and props["fine"] == [1, 2]
     assert cut == ["big", "keys", "many"]  # a structural drop (too_deep) applies to every row: logged, not counted
+
+
+# UTC wall clocks that, read as local times of a session zone, do not exist or exist twice.
+DST_WALL_CLOCKS = [
+    "2013-03-10 02:30:00",  # Los Angeles: gap (02:00 -> 03:00)
+    "2013-11-03 01:30:00",  # Los Angeles: overlap (01:00-02:00 twice)
+    "2013-03-31 02:30:00",  # Berlin: gap
+    "2013-10-27 02:30:00",  # Berlin: overlap
+    "2013-10-06 02:15:00",  # Lord Howe: gap of 30 minutes (02:00 -> 02:30)
+    "2014-04-06 01:45:00",  # Lord Howe: overlap (01:30-02:00 twice)
+    "2011-12-30 12:00:00",  # Apia: the whole day was skipped
+    "2013-03-10 02:30:00.999999",  # a fraction of a second: dropped from the text, kept in `time` (floored)
+]
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def wall_clock_rows(spark: SparkSession, wall_clocks: list[str]) -> DataFrame:
+    """One row per UTC wall clock: as text (`wall`), timestamp_ntz (`ntz`) and timestamp (`instant`).
+
+    Built without the session's zone: a string cast to timestamp_ntz is a wall clock, and a string
+    that names its zone is an instant.
+    """
+    df = spark.createDataFrame([(w,) for w in wall_clocks], "wall string")
+    return df.select("wall", F.col("wall").cast("timestamp_ntz").alias("ntz"),
+                     F.concat("wall", F.lit("Z")).cast("timestamp").alias("instant"))
+
+
+def mixpanel_date(wall: str) -> str:
+    """Mixpanel's date type for a UTC wall clock: YYYY-MM-DDTHH:MM:SS, no fraction, no zone."""
+    return wall.replace(" ", "T")[:19]
+
+
+def utc_ms(wall: str) -> int:
+    """A UTC wall clock as epoch milliseconds, floored (as Spark's unix_millis floors)."""
+    return (dt.datetime.fromisoformat(wall).replace(tzinfo=dt.timezone.utc) - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def test_temporal_properties_are_utc_text_at_every_level_in_every_session_zone(
+    spark: SparkSession, session_zone: str
+) -> None:
+    rows = wall_clock_rows(spark, DST_WALL_CLOCKS).select(
+        F.lit("u1").alias("user"), F.lit("A").alias("name"), F.lit(1_704_164_645).alias("ts"), "wall", "ntz",
+        "instant", F.array("ntz").alias("ntz_list"), F.array("instant").alias("instant_list"),
+        F.struct("ntz", "instant").alias("object"), F.create_map(F.lit("at"), "instant").alias("by_name"),
+    )
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns="*",
+                            exclude_columns=["user", "name", "ts"])
+    sent = [event["properties"] for event in sent_events(rows, mapping)]
+    assert sorted(props["wall"] for props in sent) == sorted(DST_WALL_CLOCKS)
+    for props in sent:
+        want = mixpanel_date(props["wall"])
+        assert (props["ntz"], props["instant"]) == (want, want)
+        assert (props["ntz_list"], props["instant_list"]) == ([want], [want])
+        assert props["object"] == {"ntz": want, "instant": want} and props["by_name"] == {"at": want}
+
+
+def test_time_is_the_same_instant_in_every_session_zone(spark: SparkSession, session_zone: str) -> None:
+    def in_india(wall: str) -> str:  # the same instant written with a +05:30 offset
+        local = dt.datetime.fromisoformat(wall) + dt.timedelta(hours=5, minutes=30)
+        return local.isoformat() + "+05:30"
+
+    rows = spark.createDataFrame([(w, in_india(w)) for w in DST_WALL_CLOCKS], "wall string, india string")
+    rows = rows.select("*", F.col("wall").cast("timestamp_ntz").alias("ntz"),
+                       F.concat("wall", F.lit("Z")).cast("timestamp").alias("instant"))
+    forms = {  # mapping.time -> what its epoch ms must be, from the UTC wall clock
+        "ntz": utc_ms,
+        "instant": utc_ms,
+        "wall": utc_ms,  # an ISO string without a zone: UTC
+        "replace(wall, ' ', 'T')": utc_ms,
+        "concat(wall, 'Z')": utc_ms,
+        "india": utc_ms,
+        "concat(wall, ' UTC')": utc_ms,
+        "to_date(wall)": lambda wall: utc_ms(wall[:10]),  # a date: midnight UTC
+        "substr(wall, 1, 10)": lambda wall: utc_ms(wall[:10]),
+    }
+    mappings = [MappingConfig(event="'e'", time=expression, distinct_id="'u'") for expression in forms]
+    got = rows.select("wall", F.array(*[to_epoch_ms(rows, m) for m in mappings]).alias("ms")).collect()
+    for row in got:
+        assert dict(zip(forms, row.ms, strict=True)) == {e: want(row.wall) for e, want in forms.items()}, row.wall
+
+
+def test_a_time_string_that_names_a_region_is_read_in_that_region(spark: SparkSession, session_zone: str) -> None:
+    rows = spark.createDataFrame([("2024-07-01 12:00:00 America/New_York",), ("2024-07-01T12:00:00 Europe/Berlin",)],
+                                 "text string")
+    mapping = MappingConfig(event="'e'", time="text", distinct_id="'u'")
+    got = [row.ms for row in rows.select(to_epoch_ms(rows, mapping).alias("ms")).collect()]
+    assert got == [utc_ms("2024-07-01 16:00:00"), utc_ms("2024-07-01 10:00:00")]
+
+
+@pytest.mark.parametrize(("year", "text"), [
+    (1, "0001"), (99, "0099"), (999, "0999"), (9999, "9999"),  # four digits, zero-padded
+    (0, None), (-1, None), (10000, None),  # no four-digit form: left out
+])
+def test_years_outside_1_to_9999_are_left_out_and_others_have_four_digits(
+    spark: SparkSession, session_zone: str, year: int, text: str | None
+) -> None:
+    rows = spark.sql(f"""SELECT 'u1' AS user, 'A' AS name, 1704164645 AS ts,
+        make_timestamp_ntz({year}, 12, 31, 23, 59, 59.999999) AS ntz,
+        make_timestamp({year}, 12, 31, 23, 59, 59.999999, 'UTC') AS instant,
+        make_date({year}, 12, 31) AS day""")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns=["ntz", "instant", "day"])
+    props = sent_events(rows, mapping)[0]["properties"]
+    sent = {name: props.get(name) for name in ("ntz", "instant", "day")}
+    if text is None:
+        assert sent == {"ntz": None, "instant": None, "day": None}
+    else:
+        assert sent == {"ntz": f"{text}-12-31T23:59:59", "instant": f"{text}-12-31T23:59:59", "day": f"{text}-12-31"}
+
+
+def test_binary_named_in_mapping_properties_is_a_config_error_that_says_how_to_send_it(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, bytearray(b"\x00\xff"))],
+                               "user string, name string, ts long, blob binary")
+    named = MappingConfig(event="name", time="ts", distinct_id="user", properties={"Payload": "blob"})
+    with pytest.raises(ConfigError, match=r"^mapping\.properties\.Payload is binary.*hex\(.*base64\("):
+        df.transform(to_mixpanel_events(named))
+    as_hex = MappingConfig(event="name", time="ts", distinct_id="user", properties={"Payload": "hex(blob)"})
+    assert sent_events(df, as_hex)[0]["properties"]["Payload"] == "00FF"
+
+
+def test_binary_reached_through_include_columns_or_nesting_is_left_out_with_a_warning(
+    spark: SparkSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="mp_spark.mapping"):
+        props, cut = fitted(
+            spark, "blob binary, file struct<name: string, raw: binary>, blobs array<binary>, "
+                   "by_name map<string, binary>, by_bytes map<binary, int>, fine array<int>",
+            bytearray(b"\x00"), {"name": "a.png", "raw": bytearray(b"\x89PNG")}, [bytearray(b"\x01")],
+            {"k": bytearray(b"\x02")}, {b"\x03": 1}, [1],
+        )
+    assert set(props) - {"time", "distinct_id", "$insert_id", "ip"} == {"file", "fine"} and cut == []
+    assert props["file"] == {"name": "a.png"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): "
+        "blob, file.raw, blobs, by_name, by_bytes"]
+
+
+def test_a_json_time_without_a_zone_read_as_a_timestamp_is_utc_in_every_session_zone(
+    spark: SparkSession, session_zone: str, tmp_path: Path,
+) -> None:
+    (tmp_path / "events.json").write_text('{"at": "2013-03-10T02:30:00"}\n{"at": "2013-03-10T02:30:00Z"}\n')
+    source = read_source(spark, SourceConfig(format="json", path=str(tmp_path), schema="at timestamp"))
+    assert [row.ms for row in source.select(F.unix_millis("at").alias("ms")).collect()] == [
+        utc_ms("2013-03-10 02:30:00")] * 2

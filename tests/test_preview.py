@@ -1,20 +1,38 @@
+import time
+from pathlib import Path
+
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from mp_spark.config import MappingConfig
-from mp_spark.mapping import to_json_lines, to_mixpanel_events
-from mp_spark.preview import Preview, PropertyProfile, preview_events
+from mp_spark.config import Config, MappingConfig, SourceConfig
+from mp_spark.preview import Preview, Previewer, PropertyProfile
+from mp_spark.records import prepare_events
+from mp_spark.run import STAGED_COLUMNS
+from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
 
-def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> None:
+def preview_of(source: DataFrame, mapping: MappingConfig, staging: Path) -> Preview:
+    """The preview a dry run shows, taken as the run takes it: observed while the records are written
+    to staging, then read from there."""
+    shown: list[Preview] = []
+    previewer = Previewer(shown.append)
+    config = Config(SourceConfig(format="parquet", path="unused"), mapping)
+    records = prepare_events(source, config, int(time.time() * 1000), tap=previewer.tap)
+    records.select(*STAGED_COLUMNS, *previewer.staged_columns(records)).write.parquet(str(staging))
+    previewer.staged(source.sparkSession.read.parquet(str(staging)), samples=100)
+    (preview,) = shown
+    return preview
+
+
+def test_preview_profiles_properties_and_samples_events(spark: SparkSession, tmp_path: Path) -> None:
     rows = [(f"u{i % 3}", "Signup", 1_704_164_645 + i, "x" * (300 if i == 0 else 5), None if i % 2 else 1.5)
             for i in range(10)]
     df = spark.createDataFrame(rows, "user string, name string, ts long, note string, score double")
-    mapped = df.transform(to_mixpanel_events(MappingConfig(event="name", time="ts", distinct_id="user",
-                                                           include_columns=["note", "score"])))
-    preview = preview_events(mapped, mapped.transform(to_json_lines), samples=3)
+    preview = preview_of(df, MappingConfig(event="name", time="ts", distinct_id="user",
+                                           include_columns=["note", "score"]), tmp_path / "staging")
 
-    assert len(preview.samples) == 3 and preview.samples[0]["event"] == "Signup"
+    assert len(preview.samples) == 10 and preview.samples[0]["event"] == "Signup"
     by_name = {p.name: p for p in preview.properties}
     assert set(by_name) == {"note", "score"}
     assert (by_name["note"].json_type, by_name["note"].cut) == ("string", 1)
@@ -34,3 +52,40 @@ def test_preview_warns_about_ids_as_properties_too_many_event_names_and_hot_shar
     assert "6,000 distinct event names" in warnings[0] and "'order_id'" in warnings[1]
     assert "$hotshard_events" in warnings[2]
     assert Preview([], 10, 1, [], busiest_user_day=200_000).warnings() == []
+
+
+def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(
+    spark: SparkSession, session_zone: str, tmp_path: Path,
+) -> None:
+    # u1's two events are on two UTC days but one local day in every other zone tested; u2's three
+    # are on one UTC day but two local days in each of them; u3's are days apart. Each event carries
+    # a time in a DST gap or overlap.
+    times = [("u1", "2024-01-02 23:30:00"), ("u1", "2024-01-03 00:30:00"),
+             ("u2", "2024-01-05 00:10:00"), ("u2", "2024-01-05 12:00:00"), ("u2", "2024-01-05 23:50:00"),
+             ("u3", "2024-02-01 12:00:00"), ("u3", "2024-02-03 12:00:00"), ("u3", "2024-02-05 12:00:00")]
+    rows = [(user, wall, gap) for (user, wall), gap in zip(times, DST_WALL_CLOCKS, strict=True)]
+    df = spark.createDataFrame(rows, "user string, wall string, gap string").select(
+        "user", "wall", "gap", F.col("wall").cast("timestamp_ntz").alias("at"),
+        F.col("gap").cast("timestamp_ntz").alias("in_gap"))
+    mapping = MappingConfig(event="'Signup'", time="at", distinct_id="user", include_columns=["wall", "gap", "in_gap"])
+    preview = preview_of(df, mapping, tmp_path / "staging")
+
+    assert preview.busiest_user_day == 3
+    assert sorted(sample["properties"]["gap"] for sample in preview.samples) == sorted(DST_WALL_CLOCKS)
+    for sample in preview.samples:
+        props = sample["properties"]
+        assert (props["time"], props["in_gap"]) == (utc_ms(props["wall"]), mixpanel_date(props["gap"]))
+
+
+def test_preview_shows_what_no_event_will_carry(spark: SparkSession, tmp_path: Path) -> None:
+    df = spark.createDataFrame([("u1", 1_704_164_645, bytearray(b"\x00"), [[[[1]]]], "x")],
+                               "user string, ts long, blob binary, deep array<array<array<array<int>>>>, plan string")
+    preview = preview_of(df, MappingConfig(event="'Signup'", time="ts", distinct_id="user",
+                                           include_columns=["blob", "deep", "plan"]), tmp_path / "staging")
+
+    assert [p.name for p in preview.properties] == ["plan"]
+    assert preview.warnings() == [
+        "not sending binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead): blob",
+        "not sending values nested deeper than 3 levels or beyond 254 fields: deep",
+    ]
+    assert "warning: not sending binary values" in preview.render()

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from mp_spark.config import ProfileMappingConfig
+from mp_spark.config import ConfigError, ProfileMappingConfig
 from mp_spark.profiles import to_profile_updates
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
+from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, wall_clock_rows
 
 pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
 
@@ -170,3 +171,25 @@ def test_a_null_value_is_left_out_of_the_update_whatever_the_session_s_json_sett
     finally:
         spark.conf.unset("spark.sql.jsonGenerator.ignoreNullFields")
     assert lines == [{"$distinct_id": "u1", "$ignore_time": True, "$set": {"tier": "gold"}}]
+
+
+def test_profile_times_are_utc_text_in_every_session_zone(spark: SparkSession, session_zone: str) -> None:
+    users = wall_clock_rows(spark, DST_WALL_CLOCKS)
+    mapping = ProfileMappingConfig(distinct_id="wall", set={"at": "instant", "wall clock": "ntz"},
+                                   set_once={"first": "array(instant)"})
+    updates = [json.loads(row.line) for row in users.transform(to_profile_updates(mapping)).collect()]
+    assert len(updates) == 2 * len(DST_WALL_CLOCKS)
+    for update in updates:
+        want = mixpanel_date(update["$distinct_id"])
+        if "$set" in update:
+            assert update["$set"] == {"at": want, "wall clock": want}
+        else:
+            assert update["$set_once"] == {"first": [want]}
+
+
+@pytest.mark.parametrize("operation", ["set", "set_once"])
+def test_binary_named_in_a_profile_mapping_is_a_config_error(spark: SparkSession, operation: str) -> None:
+    users = spark.createDataFrame([("u1", bytearray(b"\x00"))], "user_id string, avatar binary")
+    mapping = ProfileMappingConfig(distinct_id="user_id", **{operation: {"Avatar": "avatar"}})
+    with pytest.raises(ConfigError, match=rf"^mapping\.{operation}\.Avatar is binary.*base64\("):
+        users.transform(to_profile_updates(mapping))

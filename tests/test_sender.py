@@ -88,6 +88,14 @@ def test_send_batch_resends_identical_body_after_retryable_failure(answer: Respo
     assert len(waits) == 2
 
 
+def test_a_certificate_that_does_not_verify_is_not_retried() -> None:
+    refused = TransportError("SSLError: the server's certificate did not verify", retryable=False)
+    transport, waits = ScriptedTransport(refused), []
+    with pytest.raises(SendStopped, match="did not verify") as stopped:
+        send(make_sender(transport, waits), 2)
+    assert stopped.value.status == FATAL and len(transport.bodies) == 1 and waits == []
+
+
 def test_backoff_doubles_from_two_seconds_with_one_to_five_seconds_of_jitter() -> None:
     sender = BatchSender(IMPORT, SenderSettings.for_tasks(MixpanelConfig()), ScriptedTransport(),
                          rng=random.Random(3))
