@@ -9,6 +9,11 @@ then reports events/s, CPU seconds per million events and peak Python worker RSS
   e. the job against a receiver that admits 30k events/s and answers 429 above it (pacing on);
   e0. the same with pacing off, for comparison;
   f. the job end to end with 1M-record partitions (the memory check).
+And the whole command as a user runs it (`python jobs/backfill.py`, JVM start included, wall time,
+several runs each for the spread):
+  s. 2,000 events from Parquet;
+  m. 1M events from Parquet;
+  r. 1M events from Parquet as a dry run, alternating with m.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import requests
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.backfill import RunOptions, run_backfill
 from mp_spark.config import Credentials, parse_config
+from mp_spark.run import RunOptions, run_job
 from mp_spark.session import local_builder
 
 HERE = Path(__file__).resolve().parent
@@ -198,8 +203,9 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
-    parser.add_argument("--only", default="abcdefg", help="scenario letters to run (g is e0)")
+    parser.add_argument("--only", default="abcdefgsmr", help="scenario letters to run (g is e0)")
     parser.add_argument("--pairs", type=int, default=5, help="runs of a and b, alternated (the median pair counts)")
+    parser.add_argument("--commands", type=int, default=5, help="runs of each whole command (s, m, r)")
     args = parser.parse_args()
 
     port = free_port()
@@ -221,10 +227,15 @@ def main() -> None:
         ceiling = receiver_ceiling(url)
         print(f"receiver ceiling: {ceiling:,.0f} events/s (gunzip + count lines, 4 client threads)")
         rows = run_scenarios(spark, args, data, url, receiver.pid)
+        small, million = OUT / "events-2000.parquet", OUT / "events-1000000.parquet"
+        generate(spark, 2000, small)
+        generate(spark, 1_000_000, million)
+        spark.stop()  # the commands start their own Spark, each on the machine's two cores
+        commands = run_commands(args, small, million, url)
     finally:
         receiver.terminate()
-        spark.stop()
     report(rows, args.events, ceiling)
+    report_commands(commands)
 
 
 def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url: str, receiver_pid: int
@@ -240,7 +251,7 @@ def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url
         config = parse_config(job_config(data, url, OUT / "runs" / name, **mixpanel))
         options = RunOptions(run_id=name, results_path=str(OUT / "runs" / name), dry_run=dry_run)
         with Probe(receiver_pid) as probe:
-            summary = run_backfill(spark, config, TOKEN, options)
+            summary = run_job(spark, config, TOKEN, options)
         stats = requests.get(url).json()
         if "admit_events_per_second" in receiver_settings:
             print(f"{name}: thousands of events admitted in each second of sending, ! for each 429:")
@@ -284,6 +295,45 @@ def median_pair(run_a: Callable[[], dict], run_b: Callable[[], dict], pairs: int
     ratios = sorted((a["events_per_second"] / b["events_per_second"], i) for i, (a, b) in enumerate(runs))
     a, b = runs[ratios[len(ratios) // 2][1]]
     return {**a, "a/b of each pair": [round(ratio, 2) for ratio, _ in ratios]}, b
+
+
+def run_commands(args: argparse.Namespace, small: Path, million: Path, url: str) -> dict[str, list[float]]:
+    """Wall seconds of `python jobs/backfill.py` runs, each as a user starts it: a new process, a new JVM."""
+    env = {**os.environ, "MP_PROJECT_TOKEN": TOKEN.username}
+    times: dict[str, list[float]] = {letter: [] for letter in "smr" if letter in args.only}
+
+    def command(letter: str, data: Path, *extra: str) -> None:
+        config = OUT / f"command-{letter}.json"
+        config.write_text(job_config(data, url, OUT / "runs" / f"command-{letter}"))
+        started = time.monotonic()
+        subprocess.run([sys.executable, str(HERE.parent / "jobs" / "backfill.py"), "--config", str(config), *extra],
+                       env=env, check=True, capture_output=True)
+        times[letter].append(round(time.monotonic() - started, 1))
+        print(f"{letter}: {times[letter][-1]} s", flush=True)
+
+    for _ in range(args.commands):
+        if "s" in times:
+            command("s", small)
+        if "m" in times:
+            command("m", million)
+        if "r" in times:
+            command("r", million, "--dry-run")
+    return times
+
+
+def report_commands(times: dict[str, list[float]]) -> None:
+    labels = {"s": "s. 2,000 events (target <= 12 s)", "m": "m. 1M events (target <= 16 s)",
+              "r": "r. 1M events, --dry-run (target: no slower than m)"}
+    lines = ["| whole command, wall s | median | min | max | runs |", "|---|---:|---:|---:|---|"]
+    for letter, runs in times.items():
+        if runs:
+            ordered = sorted(runs)
+            lines.append(f"| {labels[letter]} | {ordered[len(ordered) // 2]} | {ordered[0]} | {ordered[-1]} | "
+                         f"{', '.join(map(str, runs))} |")
+    text = "\n".join(lines)
+    print(text)
+    with (OUT / "results.md").open("a") as results:
+        results.write("\n" + text + "\n")
 
 
 def naive(spark: SparkSession, data: Path, url: str, receiver_pid: int, events: int, configure) -> dict:

@@ -16,10 +16,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from run import OUT, job_config
 
-from mp_spark.backfill import prepare_events
 from mp_spark.batching import Batch, batches_from_chunks, gzip_body
 from mp_spark.config import parse_config
-from mp_spark.partition import arrow_chunk
+from mp_spark.executor import arrow_chunk
+from mp_spark.records import prepare_events
 from mp_spark.session import local_builder
 
 

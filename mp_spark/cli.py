@@ -21,12 +21,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mp_spark.config import Config, ConfigError, Credentials, credentials_from_env, parse_config
+from mp_spark.config import (
+    Config,
+    ConfigError,
+    Credentials,
+    absolute_local,
+    credentials_from_env,
+    parse_config,
+    with_absolute_paths,
+)
 from mp_spark.presets import render_mapping
 from mp_spark.preview import Previewer, preview_lookup_table
 from mp_spark.results import RunFiles, Summary, default_results_path, read_text
 from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
-from mp_spark.session import get_spark
+from mp_spark.session import get_spark, is_connect
 from mp_spark.tally import EXHAUSTED
 
 if TYPE_CHECKING:
@@ -88,12 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             results_path = args.resume if ("/" in args.resume or ":" in args.resume) else \
                 default_results_path(args.resume)
+            if is_connect(spark):  # the server would resolve a relative path from its own working directory
+                results_path = absolute_local(results_path)
             manifest = RunFiles(spark, results_path).read_manifest()
             config = parse_config(json.dumps(manifest.config), args.set)
             options = RunOptions(run_id=manifest.run_id, results_path=results_path, resume=True)
         else:
             if config is None:
                 config = parse_config(read_text(spark, args.config), args.set)
+            if is_connect(spark):  # the server would resolve relative paths from its own working directory
+                config = with_absolute_paths(config)
             run_id = new_run_id()
             results_path = config.job.results_path or default_results_path(run_id)
             options = RunOptions(run_id=run_id, results_path=results_path, dry_run=args.dry_run)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -272,6 +274,21 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
     mapping_type = {"events": MappingConfig, "lookup_table": LookupTableMappingConfig}.get(job.kind,
                                                                                            ProfileMappingConfig)
     return _build(Config, {**data, "mapping": mapping}, prefix="", field_types={"mapping": mapping_type})
+
+
+def absolute_local(path: str | None) -> str | None:
+    """A path without a scheme made absolute from the working directory (a URL as it is)."""
+    return os.path.abspath(path) if path and not urlparse(path).scheme else path
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """`config` with its relative local paths made absolute: for a Spark Connect server, which would
+    otherwise resolve them from its own working directory."""
+    return dataclasses.replace(
+        config,
+        source=dataclasses.replace(config.source, path=absolute_local(config.source.path)),
+        job=dataclasses.replace(config.job, results_path=absolute_local(config.job.results_path)),
+    )
 
 
 def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig, kind: str = "events"

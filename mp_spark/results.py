@@ -175,9 +175,10 @@ class RunFiles:
         """Every outcome row of every attempt, as (attempt, outcome)."""
         try:
             sent = self._spark.read.parquet(self.outcomes)
+            columns = sent.columns  # analysed here: on Spark Connect, reading is lazy
         except AnalysisException:  # nothing was ever sent
             return []
-        if "attempt" not in sent.columns:
+        if "attempt" not in columns:
             return []
         rows = sent.filter(F.col("record") == OUTCOME).drop("record", "field", "insert_id", "event").collect()
         return [(row["attempt"], PartitionOutcome.from_row(row.asDict())) for row in rows]

@@ -234,8 +234,9 @@ def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list
 class Sending:
     """Runs one Spark job per partition, at most `tasks` at once, from as many driver threads.
 
-    The first partition that cannot be sent (401, retries exhausted) stops the others: no new job
-    starts, and the running ones are interrupted (their partitions count as not sent).
+    After the first partition that cannot be sent (401, retries exhausted) no new job starts; the
+    running ones end with outcomes of their own (a task stops at its first 401 too), which are kept.
+    A Spark failure, or Ctrl-C, interrupts them instead (their partitions count as not sent).
     """
 
     def __init__(self, spark: SparkSession, files: RunFiles, endpoint: Endpoint, attempt: str, *, dry_run: bool,
@@ -254,11 +255,13 @@ class Sending:
         lock = threading.Lock()
         outcomes: list[PartitionOutcome] = []
         failures: list[BaseException] = []
-        stopping = threading.Event()
+        stopping = threading.Event()  # no new partition starts
+        interrupted = threading.Event()  # ... and the running ones were interrupted
 
-        def stop() -> None:
-            if not stopping.is_set():
-                stopping.set()
+        def interrupt() -> None:
+            stopping.set()
+            if not interrupted.is_set():
+                interrupted.set()
                 self._spark.interruptTag(self._tag)
 
         def send_some() -> None:
@@ -273,16 +276,16 @@ class Sending:
                     outcome = self.send_partition(partition, settings)
                 except Exception as exc:  # a Spark failure, or this run's own interruption of the job
                     self._progress.finished(None)
-                    if not stopping.is_set():
+                    if not interrupted.is_set():
                         failures.append(exc)
-                        stop()
+                        interrupt()
                     return
                 self._progress.finished(outcome)
                 with lock:
                     outcomes.append(outcome)
                 if outcome.status != OK:
                     log.error("partition %d: %s: %s", outcome.index, outcome.status, outcome.message)
-                    stop()
+                    stopping.set()
 
         threads = [threading.Thread(target=send_some, name=f"mp-spark-send-{i}") for i in range(tasks)]
         for thread in threads:
@@ -291,7 +294,7 @@ class Sending:
             for thread in threads:
                 thread.join()
         except BaseException:  # Ctrl-C or SIGTERM on the driver: stop the jobs rather than wait for them
-            stop()
+            interrupt()
             raise
         if failures:
             raise failures[0]
