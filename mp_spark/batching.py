@@ -11,7 +11,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-try:  # ISA-L: about 10x faster than zlib at level 6 on event JSON, with similar output (see README)
+try:  # ISA-L: about 10x faster than zlib at level 6 on event JSON, with similar output (docs/performance.md)
     from isal import isal_zlib
 except ImportError:  # the `fast` extra is optional: stdlib zlib works everywhere
     isal_zlib = None

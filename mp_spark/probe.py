@@ -12,7 +12,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-NEEDED = ("pyarrow", "pandas", "requests")  # what the sending tasks import besides mp_spark and pyspark
+# What the sending tasks import besides mp_spark and pyspark: module name -> the package that has it
+NEEDED = {"pyarrow": "pyarrow", "pandas": "pandas", "requests": "requests", "yaml": "pyyaml"}
 FOUND_SCHEMA = "python string, mp_spark string, missing array<string>"
 
 
@@ -33,7 +34,7 @@ def look_around(batches: Iterator) -> Iterator:
         try:
             importlib.import_module(name)
         except ImportError:
-            missing.append(name)
+            missing.append(NEEDED[name])
     try:
         version = importlib.import_module("mp_spark").__version__
     except ImportError:

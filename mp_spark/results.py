@@ -6,9 +6,10 @@ session or a Spark Connect one:
   its records are staged, how many there are): what `--resume` starts from.
 - `staging/`: the records to send, mapped, checked and serialized, one Parquet file per partition
   (`phase=0/`, `phase=1/` with job.order recent_first). Cleared when the run has sent everything.
-- `outcomes/attempt=<id>/`: what the sending tasks returned, one outcome row per partition and the
-  records Mixpanel refused; each partition's rows are committed by Spark's writer when it finishes.
-  The partitions with an `ok` outcome are the ones a resumed run does not send again.
+- `outcomes/run=<run id>/attempt=<id>/partition=<index>/`: what the sending tasks returned, one outcome
+  row per partition and the records Mixpanel refused; each partition's rows are committed by Spark's
+  writer when it finishes. The partitions with an `ok` outcome are the ones a resumed run does not
+  send again. (Under its own run id, so that a results path used again needs no clearing first.)
 - `partitions/`, `rejected/`, `summary/`: the results users query (JSON), written at the end.
 - `error/`: the traceback of a run that stopped on something unexpected.
 
@@ -85,8 +86,22 @@ def summarize(*, run_id: str, dry_run: bool, rows_read: int, partitions: int, ou
     )
 
 
+def default_results_root() -> str:
+    """Where runs keep their results unless job.results_path says otherwise."""
+    return os.path.abspath("mp_spark_runs")
+
+
 def default_results_path(run_id: str) -> str:
-    return os.path.abspath(os.path.join("mp_spark_runs", run_id))
+    return os.path.join(default_results_root(), run_id)
+
+
+def add_up(run_id: str, summaries: list[Summary], *, seconds: float, results_path: str) -> Summary:
+    """One summary for several runs (an incremental run's micro-batches): their counts added up."""
+    counted = [f.name for f in dataclasses.fields(Summary) if f.type == "int"]
+    totals = {name: sum(getattr(s, name) for s in summaries) for name in counted}
+    return Summary(run_id=run_id, dry_run=False, complete=all(s.complete for s in summaries), **totals,
+                   seconds=round(seconds, 3), results_path=results_path,
+                   events_per_second=round(totals["imported"] / seconds, 1) if seconds else 0.0)
 
 
 def read_text(spark: SparkSession, path: str) -> str:
@@ -102,7 +117,15 @@ def read_text(spark: SparkSession, path: str) -> str:
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write (or replace) a one-part text dataset."""
-    spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode("overwrite").text(path)
+    literal_rows(spark, [{"value": text}], "value string").write.mode("overwrite").text(path)
+
+
+def literal_rows(spark: SparkSession, rows: list[dict], schema: str) -> DataFrame:
+    """A one-partition DataFrame of a few rows, as a literal in the plan. Unlike createDataFrame, which
+    on classic Spark sends the rows through a Python worker, this runs in the JVM alone: it is the
+    driver's small writes that a short run pays for first."""
+    parsed = F.from_json(F.lit(json.dumps(rows)), f"array<struct<{schema}>>")
+    return spark.range(0, 1, 1, numPartitions=1).select(F.inline(parsed))
 
 
 REJECTED_SCHEMA = ("stage string, field string, message string, insert_id string, partition long, "
@@ -122,7 +145,8 @@ def refused_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str])
     """rejected/ rows for the records Mixpanel refused, in the attempt that sent each partition
     (`sent_in`: partition index -> attempt): a partition stopped midway and sent again later refused
     its records twice, and only the second time counts."""
-    attempts = spark.createDataFrame(list(sent_in.items()), "index long, attempt string")
+    attempts = literal_rows(spark, [{"index": i, "attempt": a} for i, a in sent_in.items()],
+                            "index long, attempt string")
     refused = spark.read.parquet(outcomes).filter(F.col("record") == REJECTION)
     return refused.join(F.broadcast(attempts), ["index", "attempt"]).select(
         F.lit("mixpanel").alias("stage"), "field", "message", "insert_id", F.col("index").alias("partition"),
@@ -133,11 +157,11 @@ def refused_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str])
 class RunFiles:
     """The paths of one run's results, and the reads and writes of each."""
 
-    def __init__(self, spark: SparkSession, results_path: str) -> None:
+    def __init__(self, spark: SparkSession, results_path: str, run_id: str = "") -> None:
         self._spark = spark
         self.path = results_path.rstrip("/")
         self.staging = f"{self.path}/staging"
-        self.outcomes = f"{self.path}/outcomes"
+        self.outcomes = f"{self.path}/outcomes/run={run_id}"
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_text(self._spark, f"{self.path}/run", json.dumps(dataclasses.asdict(manifest)))
@@ -148,10 +172,6 @@ class RunFiles:
         except OSError:
             raise ConfigError(f"--resume: no run to resume at {self.path} (it has no run/ manifest)") from None
         return Manifest(**json.loads(text))
-
-    def clear_outcomes(self) -> None:
-        """A new run in a results path used before keeps none of the earlier run's outcomes."""
-        self._clear(self.outcomes)
 
     def staging_files(self) -> list[str]:
         try:
@@ -165,7 +185,7 @@ class RunFiles:
     def _clear(self, path: str) -> None:
         """Empty a directory through Spark, which has no delete: overwrite it with no rows, which a
         partitioned write leaves without a single data file."""
-        empty = self._spark.createDataFrame([], "unused int, cleared int")
+        empty = literal_rows(self._spark, [], "unused int, cleared int")
         empty.write.mode("overwrite").partitionBy("cleared").parquet(path)
 
     def outcome_path(self, attempt: str) -> str:
@@ -187,12 +207,12 @@ class RunFiles:
         rows = [o.as_row() for o in sorted(outcomes, key=lambda o: o.index)]
         schema = "index long, " + ", ".join(f"{name} long" for name in TALLY_FIELDS) + \
             ", status string, message string, seconds double"
-        self._spark.createDataFrame(rows, schema).coalesce(1).write.mode("overwrite").json(f"{self.path}/partitions")
+        literal_rows(self._spark, rows, schema).write.mode("overwrite").json(f"{self.path}/partitions")
 
     def write_rejected(self, *parts: DataFrame) -> None:
         """rejected/: the records not imported, from `set_aside_records` and `refused_records` (written by
         Spark, never collected; with no parts, an empty dataset replaces an earlier run's)."""
-        rejected = parts[0] if parts else self._spark.createDataFrame([], REJECTED_SCHEMA)
+        rejected = parts[0] if parts else literal_rows(self._spark, [], REJECTED_SCHEMA)
         for part in parts[1:]:
             rejected = rejected.unionByName(part)
         rejected.write.mode("overwrite").json(f"{self.path}/rejected")

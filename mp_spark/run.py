@@ -18,6 +18,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -69,13 +70,14 @@ def new_run_id() -> str:
 
 
 def run_job(spark: SparkSession, config: Config, credentials: Credentials | None, options: RunOptions,
-            previewer: Previewer | None = None) -> Summary:
+            previewer: Previewer | None = None, rows: DataFrame | None = None) -> Summary:
     """Send every record of the source (or, resuming, every partition not sent yet) and write the results.
 
-    A dry run's `previewer` is shown the records as they are staged.
+    A dry run's `previewer` is shown the records as they are staged. `rows`, when given, are sent
+    instead of the configured source's (an incremental run's micro-batch).
     """
     started = time.monotonic()
-    files = RunFiles(spark, options.results_path)
+    files = RunFiles(spark, options.results_path, options.run_id)
     endpoint = endpoint_for(config, credentials)
     if config.job.kind == "lookup_table":  # one request, from the driver
         summary, outcome = send_lookup_table(spark, config, endpoint, files, options.run_id, dry_run=options.dry_run)
@@ -87,28 +89,34 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         manifest = resumable(files.read_manifest(), options)
     else:
         manifest = Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
+        # Written first, so that an earlier run's manifest cannot outlive the staging this run replaces;
+        # a resume of a run stopped before its staging was complete stages its records again.
+        files.write_manifest(manifest)
     # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
     # A resumed run whose records were staged needs nothing from the source any more.
     if manifest.rows is None:
-        source = source_rows(spark, config)
+        source = source_rows(spark, config, rows)
         records = prepare_records(source, config, manifest.now_ms, tap=previewer.tap if previewer else None)
         phases = record_phases(records, config, manifest.now_ms)
     else:
         phases = None
-    if not options.resume:
-        files.write_manifest(manifest)
-        files.clear_outcomes()  # a results path used before keeps none of the earlier run's outcomes
     executors = prepare_executors(spark)
-    if not options.dry_run:
-        check_credentials(endpoint, config.mixpanel, phases or [spark.read.parquet(files.staging)])
-    if phases is not None:
+    check = None if options.dry_run else functools.partial(check_credentials, endpoint, config.mixpanel)
+    if phases is None:
+        if check:
+            check([spark.read.parquet(files.staging)])
+    else:
         extra = previewer.staged_columns(records) if previewer else []
-        rows = stage(spark, source, phases, config, files, extra)
+        rows = stage_while_checking(spark, check and functools.partial(check, phases),
+                                    lambda: stage(spark, source, phases, config, files, extra))
         manifest = dataclasses.replace(manifest, rows=rows, partitions=len(files.staging_files()))
-        files.write_manifest(manifest)
+        files.write_manifest(manifest)  # from here on a resume sends the staged records
         if previewer:
             previewer.staged(spark.read.parquet(files.staging))
     partitions = staging_partitions(files.staging_files())
+    if options.resume and manifest.partitions and not partitions:
+        raise ConfigError(f"--resume: run {manifest.run_id} has sent everything (its staging/ was cleared when "
+                          "it finished): there is nothing to resume")
     if len(partitions) != manifest.partitions:
         raise ConfigError(f"--resume: {files.staging} holds {len(partitions)} partitions, the run staged "
                           f"{manifest.partitions}; start a new run instead")
@@ -206,6 +214,41 @@ def stage(spark: SparkSession, source: DataFrame, phases: list[DataFrame], confi
     writer = spread.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite")
     (writer.partitionBy("phase") if len(phases) > 1 else writer).parquet(files.staging)
     return written.get["rows"]
+
+
+def stage_while_checking(spark: SparkSession, check: Callable[[], None] | None, stage_records: Callable[[], int]
+                         ) -> int:
+    """Stage the records while the credentials are checked on another thread: a big source takes long
+    to stage, and wrong credentials should stop it at once; a small one should not wait for both in turn.
+    A failed check interrupts the staging, and its reason is raised."""
+    if check is None:
+        return stage_records()
+    tag = f"mp-spark-staging-{secrets.token_hex(4)}"
+    failed: list[BaseException] = []
+
+    def checking() -> None:
+        try:
+            check()
+        except BaseException as exc:
+            failed.append(exc)
+            spark.interruptTag(tag)
+
+    checker = threading.Thread(target=checking, name="mp-spark-credentials-check")
+    checker.start()
+    spark.addTag(tag)  # for the operations of this thread: the staging
+    try:
+        rows = stage_records()
+    except Exception:
+        checker.join()
+        if failed:  # the reason the staging was interrupted
+            raise failed[0] from None
+        raise
+    finally:
+        spark.removeTag(tag)
+    checker.join()
+    if failed:
+        raise failed[0]
+    return rows
 
 
 def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list[DataFrame]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -20,7 +21,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import mp_spark
-from mp_spark import probe
+from mp_spark import class_archive, probe
 from mp_spark.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+LOCAL_MASTER = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?$")  # local, local[4], local[*, 4]
 # The probe must run where mp_spark may not be importable yet: ship its code, not a reference to it.
 register_pickle_by_value(probe)
 
@@ -62,6 +64,9 @@ def local_builder(
     # packages; PySpark takes the workers' interpreter from this variable when the context starts.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.master(master)
+    java_options = class_archive.java_options()
+    if java_options:
+        builder = builder.config("spark.driver.extraJavaOptions", java_options)
     if with_delta:
         from delta import configure_spark_with_delta_pip  # a `local` extra, not needed on clusters
 
@@ -86,6 +91,10 @@ def prepare_executors(spark: SparkSession) -> Executors:
 
     Raises ConfigError, naming what is missing, when the executors' Python cannot run the job.
     """
+    master = spark.conf.get("spark.master", "")
+    if not is_connect(spark) and LOCAL_MASTER.match(master):  # the tasks run this very Python
+        threads = LOCAL_MASTER.match(master).group(1) or "1"
+        return Executors(cores=(os.cpu_count() or 1) if threads == "*" else int(threads))
     found = run_probe(spark)
     if found.mp_spark != mp_spark.__version__ and is_connect(spark):
         ship_package(spark)
@@ -97,7 +106,7 @@ def prepare_executors(spark: SparkSession) -> Executors:
         log.warning("the executors run mp_spark %s, this driver %s", found.mp_spark, mp_spark.__version__)
     if found.missing:
         raise ConfigError(f"the executors' Python (version {found.python}) lacks {', '.join(found.missing)}: "
-                          f"install {' '.join(found.missing)} there (README: Running on a cluster)")
+                          f"install {' '.join(found.missing)} there (docs/platforms.md)")
     # spark.range's default partitioning is the cluster's default parallelism, its cores.
     partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
     cores = partition.agg(F.max("partition")).first()[0] + 1
