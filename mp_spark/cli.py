@@ -15,7 +15,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -30,9 +32,10 @@ from mp_spark.config import (
     parse_config,
     with_absolute_paths,
 )
+from mp_spark.incremental import StreamSummary, as_backfill, checkpoint_path, run_stream
 from mp_spark.presets import render_mapping
 from mp_spark.preview import Previewer, preview_lookup_table
-from mp_spark.results import RunFiles, Summary, default_results_path, read_text
+from mp_spark.results import RunFiles, Summary, default_results_path, default_results_root, read_text
 from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
 from mp_spark.session import get_spark, is_connect
 from mp_spark.tally import EXHAUSTED
@@ -90,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_error(exc)
 
     spark = results_path = None
+    incremental = False
     try:
         # Without the config yet (it is remote, or in the run being resumed), Delta may be needed.
         spark = get_spark(args.remote, with_delta=config is None or config.source.format == "delta")
@@ -100,36 +104,76 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results_path = absolute_local(results_path)
             manifest = RunFiles(spark, results_path).read_manifest()
             config = parse_config(json.dumps(manifest.config), args.set)
+            if config.incremental:
+                raise ConfigError("--resume is for backfills: run an incremental job again instead, and it "
+                                  "starts from the micro-batch it has not finished")
             options = RunOptions(run_id=manifest.run_id, results_path=results_path, resume=True)
         else:
             if config is None:
                 config = parse_config(read_text(spark, args.config), args.set)
             if is_connect(spark):  # the server would resolve relative paths from its own working directory
                 config = with_absolute_paths(config)
+            if config.incremental and args.dry_run:
+                print("mp-spark: a dry run of an incremental job previews its whole source, as a backfill; "
+                      "the stream's checkpoint is neither read nor changed")
+                config = as_backfill(config)
             run_id = new_run_id()
             results_path = config.job.results_path or default_results_path(run_id)
             options = RunOptions(run_id=run_id, results_path=results_path, dry_run=args.dry_run)
         credentials = credentials or credentials_for(config, args.dry_run)
-        previewer = None
-        if args.dry_run:
-            print(render_mapping(config.mapping), end="")
-        if args.dry_run and config.job.kind == "lookup_table":
-            print(preview_lookup_table(spark, config).render())
-        elif args.dry_run:
-            previewer = Previewer(lambda preview: print(preview.render(), flush=True))
-        summary = run_job(spark, config, credentials, options, previewer)
+        if config.incremental:
+            incremental = True
+            stream = run_incremental(spark, config, credentials, options)
+            report, summary = format_stream_summary(stream), stream.total
+        else:
+            previewer = None
+            if args.dry_run:
+                print(render_mapping(config.mapping), end="")
+            if args.dry_run and config.job.kind == "lookup_table":
+                print(preview_lookup_table(spark, config).render())
+            elif args.dry_run:
+                previewer = Previewer(lambda preview: print(preview.render(), flush=True))
+            summary = run_job(spark, config, credentials, options, previewer)
+            report = format_summary(summary)
     except (OSError, ConfigError) as exc:
         return config_error(exc)
     except RunStopped as stopped:
-        return run_stopped(stopped, results_path)
+        return run_stopped(stopped, what_next(results_path, incremental))
     except KeyboardInterrupt:
-        print(f"mp-spark: interrupted; finish the run with --resume {results_path}", file=sys.stderr)
+        print(f"mp-spark: interrupted; {what_next(results_path, incremental)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        return unexpected_failure(exc, spark, results_path, credentials)
-    print(format_summary(summary))
+        return unexpected_failure(exc, spark, results_path, credentials, what_next(results_path, incremental))
+    print(report)
     all_imported = summary.balanced and summary.rejected == 0 and summary.invalid == 0
     return EXIT_OK if all_imported else EXIT_NOT_ALL_IMPORTED
+
+
+def what_next(results_path: str | None, incremental: bool) -> str:
+    """What to do once the cause of a stop is fixed."""
+    if incremental:
+        return ("run the job again: it starts from the micro-batch it has not finished (what that batch "
+                "sent is sent again, and Mixpanel keeps one of each)")
+    if results_path is None:
+        return "run the job again"
+    return f"finish the run with --resume {results_path} (partitions that were sent are not sent again)"
+
+
+def run_incremental(spark: SparkSession, config: Config, credentials: Credentials | None, options: RunOptions
+                    ) -> StreamSummary:
+    """job.mode incremental; SIGTERM (a scheduler stopping the job) stops it between micro-batches."""
+    stop = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    except ValueError:  # not the main thread: whoever runs us handles signals
+        previous = None
+    root = config.job.results_path or default_results_root()
+    try:
+        return run_stream(spark, config, credentials, run_id=options.run_id, results_path=options.results_path,
+                          checkpoint=checkpoint_path(config, root), stop=stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run() -> None:
@@ -147,20 +191,19 @@ def config_error(exc: Exception) -> int:
     return EXIT_CONFIG
 
 
-def run_stopped(stopped: RunStopped, results_path: str | None) -> int:
+def run_stopped(stopped: RunStopped, next_step: str) -> int:
     if stopped.summary is not None:
         print(format_summary(stopped.summary))
-    resume = f"finish the run with --resume {results_path} (partitions that were sent are not sent again)"
     if stopped.status == EXHAUSTED:
         print(f"mp-spark: sending failed after every retry ({stopped.message}); when Mixpanel or the network "
-              f"is back, {resume}", file=sys.stderr)
+              f"is back, {next_step}", file=sys.stderr)
         return EXIT_SEND_FAILED
-    print(f"mp-spark: stopped: {stopped.message}\nmp-spark: fix the cause, then {resume}", file=sys.stderr)
+    print(f"mp-spark: stopped: {stopped.message}\nmp-spark: fix the cause, then {next_step}", file=sys.stderr)
     return EXIT_CONFIG
 
 
 def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path: str | None,
-                       credentials: Credentials | None) -> int:
+                       credentials: Credentials | None, next_step: str) -> int:
     """Exit 4: one short paragraph for the reader; the whole traceback in the log and in error/."""
     text = redacted("".join(traceback.format_exception(exc)), credentials)
     log.error("unexpected failure:\n%s", text)
@@ -174,8 +217,7 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
     first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
     print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
           f"mp-spark: this is not a problem the job recognises (a Spark failure, an unreadable source, or a "
-          f"bug); the whole traceback is in the log above{kept}. Fix the cause, then finish the run with "
-          f"--resume {results_path}", file=sys.stderr)
+          f"bug); the whole traceback is in the log above{kept}. Fix the cause, then {next_step}", file=sys.stderr)
     return EXIT_UNEXPECTED
 
 
@@ -189,6 +231,14 @@ def redacted(text: str, credentials: Credentials | None) -> str:
         if len(secret) >= 8:
             text = text.replace(secret, "***")
     return text
+
+
+def format_stream_summary(stream: StreamSummary) -> str:
+    if stream.nothing_new_since is not None:
+        return (f"mp-spark run {stream.total.run_id}: nothing new since {stream.nothing_new_since} "
+                f"(checkpoint {stream.checkpoint_path})")
+    return "\n".join([format_summary(stream.total),
+                      f"  {len(stream.micro_batches)} micro-batches; checkpoint {stream.checkpoint_path}"])
 
 
 def format_summary(s: Summary) -> str:

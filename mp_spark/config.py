@@ -29,6 +29,9 @@ TIME_UNITS = ("s", "ms", "us")
 NULL_DISTINCT_ID = ("invalid", "empty")
 JOB_ORDERS = ("any", "recent_first")
 JOB_KINDS = ("events", "people", "groups", "lookup_table")
+JOB_MODES = ("backfill", "incremental")
+TRIGGERS = ("available_now", "continuous")
+STREAM_ONLY_KEYS = ("trigger", "trigger_interval_s", "checkpoint_path", "max_files_per_batch", "max_bytes_per_batch")
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -46,6 +49,10 @@ class SourceConfig:
     version: int | None = None
     timestamp: str | None = None
     schema: str | None = None
+    # job.mode incremental only: read Delta's change data feed, and where a Delta stream starts
+    change_feed: bool = False
+    starting_version: int | None = None
+    starting_timestamp: str | None = None
 
     def __post_init__(self) -> None:
         _require_choice("source.format", self.format, SOURCE_FORMATS)
@@ -57,6 +64,12 @@ class SourceConfig:
             raise ConfigError("give at most one of source.version or source.timestamp")
         if self.schema is not None and self.format != "json":
             raise ConfigError("source.schema is only used with source.format: json")
+        if self.format != "delta" and (self.change_feed or self.starting_version is not None
+                                       or self.starting_timestamp is not None):
+            raise ConfigError("source.change_feed, source.starting_version and source.starting_timestamp need "
+                              "source.format: delta")
+        if self.starting_version is not None and self.starting_timestamp is not None:
+            raise ConfigError("give at most one of source.starting_version or source.starting_timestamp")
 
 
 @dataclass(frozen=True)
@@ -205,9 +218,31 @@ class JobConfig:
     order: str = "any"  # "recent_first": the last `recent_days` first, as Mixpanel advises
     recent_days: int = 30
     progress_interval_s: float = 10.0  # how often the driver logs progress and records finished partitions
+    # job.mode incremental: read the source as a stream, and send each micro-batch as a backfill is sent
+    mode: str = "backfill"
+    trigger: str = "available_now"  # everything new, then stop; or "continuous": until stopped
+    trigger_interval_s: float = 60.0  # continuous: how often to look for new data
+    checkpoint_path: str | None = None  # the stream's state; default: see mp_spark/incremental.py
+    max_files_per_batch: int | None = None  # caps a micro-batch, so that a first run is paced batch by batch
+    max_bytes_per_batch: str | None = None  # Delta only: such as "1g" (a soft cap: whole files)
 
     def __post_init__(self) -> None:
         _require_range("job.records_per_partition", self.records_per_partition, 1, 100_000_000)
+        _require_choice("job.mode", self.mode, JOB_MODES)
+        _require_choice("job.trigger", self.trigger, TRIGGERS)
+        _require_range("job.trigger_interval_s", self.trigger_interval_s, 0.1, 86_400)
+        if self.max_files_per_batch is not None:
+            _require_range("job.max_files_per_batch", self.max_files_per_batch, 1, 10_000_000)
+        if self.mode == "backfill":
+            stream_keys = [f.name for f in dataclasses.fields(self)
+                           if f.name in STREAM_ONLY_KEYS and getattr(self, f.name) != f.default]
+            if stream_keys:
+                raise ConfigError(f"job.{stream_keys[0]} is for job.mode: incremental")
+        elif self.kind == "lookup_table":
+            raise ConfigError("job.mode: incremental is for events and profiles; a lookup table is replaced "
+                              "whole at every run (job.mode: backfill)")
+        elif self.order != "any":
+            raise ConfigError("job.order is for job.mode: backfill (an incremental run sends what is new)")
         _require_range("job.progress_interval_s", self.progress_interval_s, 0.1, 3600)
         _require_choice("job.order", self.order, JOB_ORDERS)
         _require_choice("job.kind", self.kind, JOB_KINDS)
@@ -235,9 +270,27 @@ class Config:
     mixpanel: MixpanelConfig = field(default_factory=MixpanelConfig)
     job: JobConfig = field(default_factory=JobConfig)
 
+    def __post_init__(self) -> None:
+        incremental = self.job.mode == "incremental"
+        stream_source = self.source.change_feed or self.source.starting_version is not None or \
+            self.source.starting_timestamp is not None
+        if stream_source and not incremental:
+            raise ConfigError("source.change_feed, source.starting_version and source.starting_timestamp are "
+                              "for job.mode: incremental")
+        if incremental and (self.source.version is not None or self.source.timestamp is not None):
+            raise ConfigError("source.version and source.timestamp read one version of a table (job.mode: "
+                              "backfill); an incremental run starts at source.starting_version or "
+                              "source.starting_timestamp")
+        if self.job.max_bytes_per_batch is not None and self.source.format != "delta":
+            raise ConfigError("job.max_bytes_per_batch needs source.format: delta (files: job.max_files_per_batch)")
+
     @property
     def profiles(self) -> bool:
         return self.job.kind in ("people", "groups")
+
+    @property
+    def incremental(self) -> bool:
+        return self.job.mode == "incremental"
 
 
 @dataclass(frozen=True)
@@ -287,7 +340,8 @@ def with_absolute_paths(config: Config) -> Config:
     return dataclasses.replace(
         config,
         source=dataclasses.replace(config.source, path=absolute_local(config.source.path)),
-        job=dataclasses.replace(config.job, results_path=absolute_local(config.job.results_path)),
+        job=dataclasses.replace(config.job, results_path=absolute_local(config.job.results_path),
+                                checkpoint_path=absolute_local(config.job.checkpoint_path)),
     )
 
 

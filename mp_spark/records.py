@@ -22,9 +22,10 @@ from mp_spark.validation import with_invalid_reason
 Tap = Callable[[DataFrame], DataFrame]
 
 
-def source_rows(spark: SparkSession, config: Config) -> DataFrame:
-    """The source as the mapping reads it: as stored, or as a `mapping.preset` prepares it."""
-    return read_source(spark, config.source).transform(prepare_source(config))
+def source_rows(spark: SparkSession, config: Config, rows: DataFrame | None = None) -> DataFrame:
+    """The source (or `rows` read from it) as the mapping reads it: as stored, or as a
+    `mapping.preset` prepares it."""
+    return (read_source(spark, config.source) if rows is None else rows).transform(prepare_source(config))
 
 
 def prepare_events(source: DataFrame, config: Config, now_ms: int, tap: Tap | None = None) -> DataFrame:

@@ -1,12 +1,15 @@
-"""Read the configured source (Parquet, Delta, JSON; a path or a catalog table) into a DataFrame."""
+"""Read the configured source (Parquet, Delta, JSON; a path or a catalog table) into a DataFrame, or,
+for job.mode incremental, open it as a stream."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.config import ConfigError, SourceConfig
+from mp_spark.config import ConfigError, JobConfig, SourceConfig
 
 DELTA_VERSION = "4.4.0"  # the delta-spark release built for Spark 4.0, 4.1 and 4.2 (pyproject.toml pins it)
 
@@ -19,6 +22,45 @@ def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
         if error_condition(exc) == "DATA_SOURCE_NOT_FOUND" and source.format == "delta":
             raise ConfigError(delta_missing(spark.version)) from None
         raise
+
+
+CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+
+
+def open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> DataFrame:
+    """The source as a streaming DataFrame: a Delta table's new commits (or its change data feed), or
+    the new files under a path. Files need a schema, which is the one the files have now unless
+    source.schema gives it: a stream cannot infer one as it goes."""
+    try:
+        return _open_stream(spark, source, job)
+    except Exception as exc:
+        if error_condition(exc) == "DATA_SOURCE_NOT_FOUND" and source.format == "delta":
+            raise ConfigError(delta_missing(spark.version)) from None
+        raise
+
+
+def _open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> DataFrame:
+    reader = spark.readStream.format(source.format)
+    options = {
+        "readChangeFeed": "true" if source.change_feed else None,
+        "startingVersion": source.starting_version, "startingTimestamp": source.starting_timestamp,
+        "maxFilesPerTrigger": job.max_files_per_batch, "maxBytesPerTrigger": job.max_bytes_per_batch,
+        "timeZone": "UTC" if source.format == "json" else None,  # as read_source reads JSON
+    }
+    for name, value in options.items():
+        if value is not None:
+            reader = reader.option(name, str(value))
+    key = "source.path" if source.path is not None else "source.table"
+    try:
+        if source.format != "delta":
+            reader = reader.schema(read_source(spark, dataclasses.replace(source, where=None)).schema)
+        df = reader.load(source.path) if source.path is not None else reader.table(source.table)
+        df.schema  # noqa: B018 - as in _read: a bad path fails here, with the key named
+    except (AnalysisException, ParseException) as exc:
+        raise ConfigError(f"{key}: cannot read {source.format} source as a stream: {first_line(exc)}") from None
+    if source.where:
+        df = df.filter(analysed_expr(df, source.where, "source.where"))
+    return df
 
 
 def delta_missing(spark_version: str) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mp_spark.config import ConfigError, Credentials, credentials_from_env, parse_config
+from mp_spark.incremental import as_backfill, checkpoint_path
 
 MINIMAL = """
 source: {format: parquet, path: /data/events}
@@ -127,7 +128,7 @@ def test_credentials_never_show_in_repr() -> None:
 @pytest.mark.parametrize(
     ("name", "kind"),
     [("sample.yaml", "events"), ("backfill.example.yaml", "events"), ("people.example.yaml", "people"),
-     ("groups.example.yaml", "groups")],
+     ("groups.example.yaml", "groups"), ("incremental.example.yaml", "events")],
 )
 def test_shipped_configs_are_valid(name: str, kind: str) -> None:
     path = Path(__file__).resolve().parents[1] / "conf" / name
@@ -193,3 +194,49 @@ def test_the_time_window_is_exact_utc_whatever_the_process_time_zone(
         monkeypatch.undo()
         time.tzset()  # back to the process's zone, for the tests that follow
     assert job.time_from_ms == epoch_ms
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["job.trigger=continuous"], "job.trigger is for job.mode: incremental"),
+    (["job.checkpoint_path=/tmp/cp"], "job.checkpoint_path is for job.mode: incremental"),
+    (["source.change_feed=true"], "need source.format: delta"),
+    (["source.format=delta", "source.change_feed=true"], "are for job.mode: incremental"),
+    (["job.mode=incremental", "job.order=recent_first"], "job.order is for job.mode: backfill"),
+    (["job.mode=incremental", "job.max_bytes_per_batch=1g"], "job.max_bytes_per_batch needs source.format: delta"),
+    (["job.mode=incremental", "source.format=delta", "source.version=3"], "source.starting_version"),
+    (["job.mode=streaming"], "job.mode must be one of backfill, incremental"),
+    (["job.mode=incremental", "job.trigger=once"], "job.trigger must be one of available_now, continuous"),
+])
+def test_incremental_keys_are_checked_against_the_mode_and_the_source(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(MINIMAL, overrides)
+
+
+def test_a_lookup_table_cannot_be_incremental() -> None:
+    lookup = """
+source: {format: parquet, path: /data/plans}
+mapping: {lookup_table_id: "abc", key: plan_id}
+job: {kind: lookup_table, mode: incremental}
+"""
+    with pytest.raises(ConfigError, match="a lookup table is replaced whole"):
+        parse_config(lookup)
+
+
+def test_the_default_checkpoint_is_stable_for_a_source_and_changes_with_it() -> None:
+    config = parse_config(MINIMAL, ["job.mode=incremental"])
+    path = checkpoint_path(config, "s3://bucket/runs/")
+    assert path == checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", "mapping.event='x'"]),
+                                   "s3://bucket/runs")  # the mapping may change; the stream keeps its place
+    assert re.fullmatch(r"s3://bucket/runs/checkpoints/events-[0-9a-f]{12}", path)
+    moved = parse_config(MINIMAL, ["job.mode=incremental", "source.where=id > 3"])
+    assert checkpoint_path(moved, "s3://bucket/runs") != path
+    assert checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", "job.checkpoint_path=/cp"]), "x") == "/cp"
+
+
+def test_a_dry_run_of_an_incremental_config_previews_it_as_a_backfill() -> None:
+    config = parse_config(MINIMAL, ["source.format=delta", "job.mode=incremental", "source.change_feed=true",
+                                    "job.trigger=continuous", "source.starting_version=4"])
+    backfill = as_backfill(config)
+    assert backfill.job.mode == "backfill" and backfill.job.trigger == "available_now"
+    assert not backfill.source.change_feed and backfill.source.starting_version is None
+    assert backfill.mapping == config.mapping

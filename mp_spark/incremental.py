@@ -1,0 +1,233 @@
+"""job.mode incremental: keep Mixpanel in sync with a growing source, through Structured Streaming.
+
+    source as a stream -> micro-batch -> run_job (exactly as a backfill of those rows) -> commit
+
+Each micro-batch is staged, checked, sent and summed up by `run_job`, with its results under
+`<results_path>/batches/batch=<id>/`. Spark commits a micro-batch to the checkpoint only when
+foreachBatch returns, so a batch whose sending stopped, or a driver that died mid-batch, leaves it
+uncommitted: the next run sends the same rows again, with the same `$insert_id`s, and Mixpanel keeps
+one of each. The whole run's summary (`<results_path>/summary/`) adds up its micro-batches.
+
+The function given to foreachBatch runs in the driver's Python on classic Spark and in the Connect
+server's on Spark Connect: it reports through files under `results_path`, never through memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pyspark.errors import AnalysisException, StreamingQueryException
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from mp_spark.config import STREAM_ONLY_KEYS, Config, ConfigError, Credentials, JobConfig, SourceConfig
+from mp_spark.results import Summary, add_up, read_text, write_text
+from mp_spark.run import RunOptions, RunStopped, run_job
+from mp_spark.session import prepare_executors
+from mp_spark.sources import CHANGE_FEED_COLUMNS, open_stream
+
+log = logging.getLogger(__name__)
+CONFIG_PROBLEM = "config"  # a stopped batch's status when a ConfigError stopped it (else a RunStopped status)
+
+
+def checkpoint_path(config: Config, results_root: str) -> str:
+    """job.checkpoint_path, or `<results_root>/checkpoints/<kind>-<digest of the source>`: the same
+    for every run of a config whose source and kind stay the same (a changed mapping keeps the
+    stream's place; a changed source starts a new stream)."""
+    if config.job.checkpoint_path:
+        return config.job.checkpoint_path
+    source = json.dumps(dataclasses.asdict(config.source), sort_keys=True)
+    digest = hashlib.sha256(f"{config.job.kind}\n{source}".encode()).hexdigest()[:12]
+    return f"{results_root.rstrip('/')}/checkpoints/{config.job.kind}-{digest}"
+
+
+def as_backfill(config: Config) -> Config:
+    """An incremental config as a backfill of its whole source: what a dry run of it previews."""
+    stream_defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)
+                       if f.name in ("mode", *STREAM_ONLY_KEYS)}
+    source_defaults = {name: SourceConfig.__dataclass_fields__[name].default
+                       for name in ("change_feed", "starting_version", "starting_timestamp")}
+    return dataclasses.replace(config, source=dataclasses.replace(config.source, **source_defaults),
+                               job=dataclasses.replace(config.job, **stream_defaults))
+
+
+def changed_rows(batch: DataFrame, config: Config) -> DataFrame:
+    """A change-feed micro-batch as source rows: inserted rows for events; for profiles, each
+    profile's latest post-image (an insert, or an update's new row). Deletes are not sent."""
+    if not config.source.change_feed:
+        return batch
+    if not config.profiles:
+        return batch.filter(F.col("_change_type") == "insert").drop(*CHANGE_FEED_COLUMNS)
+    key = config.mapping.distinct_id if config.job.kind == "people" else config.mapping.group_id
+    latest_first = Window.partitionBy(F.expr(key)).orderBy(F.col("_commit_version").desc())
+    return (batch.filter(F.col("_change_type").isin("insert", "update_postimage"))
+            .withColumn("_mp_spark_latest", F.row_number().over(latest_first))
+            .filter(F.col("_mp_spark_latest") == 1)
+            .drop("_mp_spark_latest", *CHANGE_FEED_COLUMNS))
+
+
+class MicroBatches:
+    """The foreachBatch function: sends one micro-batch as a backfill, under the run's results path.
+
+    A batch that stops (a config or credential problem, retries exhausted) records why in
+    `batches/batch=<id>/stopped/` and raises, so that Spark stops the stream without committing it.
+    """
+
+    def __init__(self, config: Config, credentials: Credentials | None, results_path: str, run_id: str) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.results_path = results_path.rstrip("/")
+        self.run_id = run_id
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        path = batch_path(self.results_path, batch_id)
+        options = RunOptions(run_id=f"{self.run_id}-batch{batch_id}", results_path=path)
+        try:
+            summary = run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))
+        except RunStopped as stopped:
+            record_stop(spark, path, self.run_id, stopped.status, stopped.message)
+            raise
+        except ConfigError as exc:
+            record_stop(spark, path, self.run_id, CONFIG_PROBLEM, str(exc))
+            raise
+        log.info("micro-batch %d: %d rows read, %d imported, %d rejected, %d invalid", batch_id, summary.rows_read,
+                 summary.imported, summary.rejected, summary.invalid)
+
+
+def batch_path(results_path: str, batch_id: int) -> str:
+    return f"{results_path}/batches/batch={batch_id}"
+
+
+def record_stop(spark: SparkSession, path: str, run_id: str, status: str, message: str) -> None:
+    write_text(spark, f"{path}/stopped", json.dumps({"run_id": run_id, "status": status, "message": message}))
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    total: Summary  # the micro-batches' summaries added up
+    micro_batches: list[dict]  # per micro-batch: its id, counts, and the source offsets it read
+    checkpoint_path: str
+    nothing_new_since: str | None = None  # a run that found nothing new: when the stream last read
+
+    def as_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self.total), "mode": "incremental",
+                           "micro_batches": self.micro_batches, "checkpoint_path": self.checkpoint_path,
+                           "nothing_new_since": self.nothing_new_since})
+
+
+def run_stream(spark: SparkSession, config: Config, credentials: Credentials | None, *, run_id: str,
+               results_path: str, checkpoint: str, stop: threading.Event) -> StreamSummary:
+    """Send what is new in the source, micro-batch by micro-batch: everything, then stop (job.trigger
+    available_now), or until `stop` is set (continuous; the running micro-batch is finished first).
+
+    Raises RunStopped or ConfigError as a backfill does, from the micro-batch that stopped.
+    """
+    started = time.monotonic()
+    results_path = results_path.rstrip("/")
+    stream = open_stream(spark, config.source, config.job)
+    prepare_executors(spark)  # on Spark Connect, ships mp_spark before foreachBatch runs it on the server
+    writer = (stream.writeStream.queryName(f"mp-spark-{run_id}")
+              .foreachBatch(MicroBatches(config, credentials, results_path, run_id))
+              .option("checkpointLocation", checkpoint))
+    if config.job.trigger == "available_now":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{config.job.trigger_interval_s} seconds")
+    log.info("incremental run %s: checkpoint %s", run_id, checkpoint)
+    query = writer.start()
+    done: dict[int, dict] = {}
+    try:
+        while query.isActive:
+            if stop.is_set() and not query.status["isTriggerActive"]:
+                log.info("stopping: the stream stops between micro-batches")
+                query.stop()
+            try:
+                query.awaitTermination(1)
+            except StreamingQueryException:
+                break
+            record_progress(spark, query, results_path, done)
+    except BaseException:  # Ctrl-C on the driver: the running micro-batch stays uncommitted
+        query.stop()
+        raise
+    record_progress(spark, query, results_path, done)
+    failure = query.exception()
+    summaries = batch_summaries(spark, results_path, run_id)
+    total = add_up(run_id, summaries, seconds=time.monotonic() - started, results_path=results_path)
+    batches = [done[batch_id] for batch_id in sorted(done)]
+    summary = StreamSummary(total, batches, checkpoint,
+                            None if summaries or failure else last_read(spark, checkpoint))
+    write_text(spark, f"{results_path}/summary", summary.as_json())
+    if failure is not None:
+        raise stopped_by(spark, results_path, run_id, summary) or failure
+    return summary
+
+
+def record_progress(spark: SparkSession, query, results_path: str, done: dict[int, dict]) -> None:
+    """Log each micro-batch the query has finished since the last call, with its counts (from the
+    batch's summary) and the source offsets it read (from the query's progress)."""
+    for report in query.recentProgress:
+        batch_id = report["batchId"]
+        if batch_id in done:
+            continue
+        try:
+            counts = json.loads(read_text(spark, f"{batch_path(results_path, batch_id)}/summary"))
+        except OSError:  # the batch failed: the stop is reported once the query has ended
+            continue
+        done[batch_id] = {"batch_id": batch_id, **{name: counts[name] for name in BATCH_COUNTS},
+                          "sources": [{"description": s["description"], "start": s["startOffset"],
+                                       "end": s["endOffset"]} for s in report["sources"]]}
+        log.info("micro-batch %d: %s, in %.1f s", batch_id,
+                 ", ".join(f"{counts[name]:,} {name.replace('_', ' ')}" for name in BATCH_COUNTS),
+                 report["durationMs"].get("triggerExecution", 0) / 1000)
+
+
+BATCH_COUNTS = ("rows_read", "imported", "rejected", "invalid")
+
+
+def batch_summaries(spark: SparkSession, results_path: str, run_id: str) -> list[Summary]:
+    """The summaries of this run's micro-batches (a results path may hold earlier runs' too)."""
+    try:
+        texts = [row.value for row in spark.read.text(f"{results_path}/batches/*/summary").collect()]
+    except AnalysisException:  # no micro-batch yet
+        return []
+    summaries = [json.loads(text) for text in texts]
+    return [Summary(**s) for s in summaries if s["run_id"].startswith(f"{run_id}-batch")]
+
+
+def stopped_by(spark: SparkSession, results_path: str, run_id: str, summary: StreamSummary
+               ) -> Exception | None:
+    """Why a micro-batch of this run stopped the stream, as the error a backfill would raise; None
+    when nothing recorded it (the failure was unexpected)."""
+    try:
+        rows = spark.read.text(f"{results_path}/batches/*/stopped").collect()
+    except AnalysisException:
+        return None
+    stops = [stop for stop in map(json.loads, (row.value for row in rows)) if stop["run_id"] == run_id]
+    if not stops:
+        return None
+    stop = stops[0]
+    if stop["status"] == CONFIG_PROBLEM:
+        return ConfigError(stop["message"])
+    return RunStopped(stop["status"], stop["message"], summary.total)
+
+
+def last_read(spark: SparkSession, checkpoint: str) -> str:
+    """When the stream last read the source (its latest micro-batch's time), as ISO 8601 UTC; "never"
+    for a stream that has read nothing yet. From the checkpoint's offset log, whose entries' first
+    JSON line holds the batch's timestamp."""
+    try:
+        offsets = spark.read.text(f"{checkpoint}/offsets")
+        latest = offsets.select(F.max(F.get_json_object("value", "$.batchTimestampMs").cast("long"))).first()[0]
+    except AnalysisException:
+        return "never"
+    if latest is None:
+        return "never"
+    return datetime.fromtimestamp(latest / 1000, timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,255 @@
+"""job.mode incremental end to end: real Delta tables and files that grow between runs, the real CLI,
+Structured Streaming on real Spark, and the Mixpanel-compatible server on loopback."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from mp_spark.cli import main
+from tests.fake_mixpanel import FakeMixpanel, Faults
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rows(spark: SparkSession, first: int, count: int) -> DataFrame:
+    """`count` source rows with ids from `first` on: each a distinct event."""
+    return spark.range(first, first + count).select(
+        F.col("id"),
+        F.format_string("user-%03d", F.col("id") % 41).alias("user_id"),
+        F.when(F.col("id") % 2 == 0, "Page View").otherwise("Purchase").alias("event_name"),
+        F.timestamp_seconds(F.lit(1_717_200_000) + F.col("id") * 61).alias("ts"),
+        F.when(F.col("id") % 3 == 0, "pro").otherwise("free").alias("plan"),
+    )
+
+
+def write_config(tmp_path: Path, server: FakeMixpanel, source: dict, **job: object) -> str:
+    config = {
+        "source": source,
+        "mapping": {"event": "event_name", "time": "ts", "distinct_id": "user_id", "insert_id": "concat('row-', id)",
+                    "properties": {"plan": "plan", "row": "id"}},
+        "mixpanel": {"project_id": server.project_id, "api_host": server.url, "max_batch_events": 200},
+        "job": {"mode": "incremental", "records_per_partition": 250, "results_path": str(tmp_path / "results"),
+                **job},
+    }
+    target = tmp_path / "incremental.json"
+    target.write_text(json.dumps(config))
+    return str(target)
+
+
+def delta_table_config(tmp_path: Path, server: FakeMixpanel, first_rows: DataFrame) -> str:
+    """A Delta table of `first_rows` at tmp_path/events, and an incremental config that reads it."""
+    table = str(tmp_path / "events")
+    first_rows.write.format("delta").save(table)
+    return write_config(tmp_path, server, {"format": "delta", "path": table})
+
+
+def run(config: str, *overrides: str) -> int:
+    args = ["--config", config]
+    for override in overrides:
+        args += ["--set", override]
+    return main(args)
+
+
+def summary(tmp_path: Path) -> dict:
+    (part,) = (tmp_path / "results" / "summary").glob("part-*")
+    return json.loads(part.read_text())
+
+
+def commits(tmp_path: Path) -> list[str]:
+    """The micro-batches the stream's checkpoint has committed (its default place under results/)."""
+    found = list((tmp_path / "results" / "checkpoints").glob("events-*/commits/[0-9]*"))
+    return sorted(path.name for path in found)
+
+
+def sent_ids(server: FakeMixpanel) -> list[int]:
+    return sorted(event["properties"]["row"] for event in server.unique_events.values())
+
+
+def add_files(spark: SparkSession, df: DataFrame, fmt: str, target: Path, scratch: Path) -> None:
+    """Add `df` to a directory that a stream reads, as a lake's writer would: each file appears whole."""
+    df.write.format(fmt).save(str(scratch))
+    target.mkdir(exist_ok=True)
+    for part in scratch.glob("part-*"):
+        os.replace(part, target / f"{scratch.name}-{part.name}")
+    shutil.rmtree(scratch)
+
+
+@pytest.mark.connect
+def test_a_delta_table_that_grows_is_sent_once_run_by_run(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 600))
+
+    assert run(config) == 0
+    assert sent_ids(mixpanel) == list(range(600))
+    first = summary(tmp_path)
+    assert first["mode"] == "incremental" and first["rows_read"] == first["imported"] == 600
+    assert len(first["micro_batches"]) == 1 and first["micro_batches"][0]["imported"] == 600
+
+    rows(spark, 600, 150).write.format("delta").mode("append").save(str(tmp_path / "events"))
+    arrived_before = mixpanel.raw_arrivals
+    assert run(config) == 0
+    second = summary(tmp_path)
+    assert second["rows_read"] == second["imported"] == 150
+    assert mixpanel.raw_arrivals - arrived_before == 150 + 1  # the new rows, and the driver's credentials check
+    assert sent_ids(mixpanel) == list(range(750))
+    assert commits(tmp_path) == ["0", "1"]
+
+    requests_before = mixpanel.requests
+    capsys.readouterr()
+    assert run(config) == 0
+    assert "nothing new since 20" in capsys.readouterr().out
+    assert mixpanel.requests == requests_before
+    assert summary(tmp_path)["nothing_new_since"].startswith("20")
+
+
+@pytest.mark.connect
+@pytest.mark.parametrize("fmt", ["parquet", "json"])
+def test_new_files_are_sent_and_old_ones_are_not_sent_again(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, fmt: str,
+) -> None:
+    source = tmp_path / "landing"
+    add_files(spark, rows(spark, 0, 300).repartition(3), fmt, source, tmp_path / "day1")
+    config = write_config(tmp_path, mixpanel, {"format": fmt, "path": str(source)}, max_files_per_batch=2)
+
+    assert run(config) == 0
+    assert sent_ids(mixpanel) == list(range(300))
+    assert len(summary(tmp_path)["micro_batches"]) == 2  # 3 files, at most 2 a micro-batch
+
+    add_files(spark, rows(spark, 300, 100), fmt, source, tmp_path / "day2")
+    assert run(config) == 0
+    assert summary(tmp_path)["imported"] == 100
+    assert sent_ids(mixpanel) == list(range(400))
+
+
+def test_the_change_feed_sends_inserted_rows_only(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    table = str(tmp_path / "events")
+    rows(spark, 0, 200).write.format("delta").option("delta.enableChangeDataFeed", "true").save(table)
+    config = write_config(tmp_path, mixpanel, {"format": "delta", "path": table, "change_feed": True})
+    assert run(config) == 0
+    assert sent_ids(mixpanel) == list(range(200))
+
+    spark.sql(f"UPDATE delta.`{table}` SET plan = 'enterprise' WHERE id < 50")
+    spark.sql(f"DELETE FROM delta.`{table}` WHERE id >= 150")
+    rows(spark, 200, 30).write.format("delta").mode("append").save(table)
+    arrived_before = mixpanel.raw_arrivals
+    assert run(config) == 0
+
+    assert summary(tmp_path)["imported"] == 30
+    assert mixpanel.raw_arrivals - arrived_before == 30 + 1  # and the credentials check
+    assert sent_ids(mixpanel) == list(range(230))
+    assert all(event["properties"]["plan"] != "enterprise" for event in mixpanel.unique_events.values())
+
+
+@pytest.mark.connect
+def test_wrong_credentials_exit_2_before_the_stream_commits_anything(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 300))
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
+
+    assert run(config) == 2
+    assert mixpanel.requests == mixpanel.statuses[401] == 1
+    error = capsys.readouterr().err
+    assert "401" in error and "run the job again" in error and "not-the-secret" not in error
+    assert commits(tmp_path) == []
+
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "sa-secret")
+    assert run(config) == 0
+    assert sent_ids(mixpanel) == list(range(300))
+
+
+def test_a_batch_whose_sending_failed_exits_3_and_is_sent_by_the_next_run(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 300))
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+    fast_retries = ["mixpanel.max_attempts=2", "mixpanel.backoff_initial_s=0.01", "mixpanel.jitter_min_s=0",
+                    "mixpanel.jitter_max_s=0", "mixpanel.check_credentials=false"]
+
+    assert run(config, *fast_retries) == 3
+    assert commits(tmp_path) == []
+
+    mixpanel.set_faults(Faults())
+    assert run(config, *fast_retries) == 0
+    assert sent_ids(mixpanel) == list(range(300))
+    assert commits(tmp_path) == ["0"]
+
+
+def job_process(config: str, log: Path, *overrides: str) -> subprocess.Popen:
+    """The job as a scheduler runs it: its own process (and local Spark), in a session of its own."""
+    env = {**os.environ, "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
+    env.pop("SPARK_REMOTE", None)
+    args = [sys.executable, "jobs/backfill.py", "--config", config]
+    for override in overrides:
+        args += ["--set", override]
+    with log.open("w") as output:
+        return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=output,
+                                stderr=subprocess.STDOUT)
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_driver_killed_mid_batch_loses_and_duplicates_nothing(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 2000))
+    mixpanel.set_faults(Faults(latency_s=1.0))
+    log = tmp_path / "job.log"
+    job = job_process(config, log, "mixpanel.max_in_flight=2", "mixpanel.max_batch_events=50")
+    try:  # 40 requests, 2 at a time, a second each
+        wait_until(lambda: mixpanel.raw_arrivals >= 200 or job.poll() is not None, 300, "the first requests")
+        assert job.poll() is None, log.read_text()
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and its JVM, mid-batch
+    finally:
+        job.wait(timeout=60)
+    assert 200 <= mixpanel.raw_arrivals < 2000
+    assert commits(tmp_path) == []
+
+    mixpanel.set_faults(Faults())
+    assert run(config) == 0
+    assert sent_ids(mixpanel) == list(range(2000))  # every row, each once after dedup
+    assert commits(tmp_path) == ["0"]
+
+
+def test_a_continuous_run_picks_up_new_files_and_stops_on_sigterm(
+    spark: SparkSession, mixpanel: FakeMixpanel, tmp_path: Path,
+) -> None:
+    source = tmp_path / "landing"
+    add_files(spark, rows(spark, 0, 100), "parquet", source, tmp_path / "first")
+    config = write_config(tmp_path, mixpanel, {"format": "parquet", "path": str(source)},
+                          trigger="continuous", trigger_interval_s=1)
+    log = tmp_path / "job.log"
+    job = job_process(config, log)
+    try:
+        wait_until(lambda: len(mixpanel.unique_events) >= 100 or job.poll() is not None, 300, "the first file")
+        add_files(spark, rows(spark, 100, 50), "parquet", source, tmp_path / "second")
+        wait_until(lambda: len(mixpanel.unique_events) >= 150 or job.poll() is not None, 120, "the new file")
+        assert job.poll() is None, log.read_text()
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, log.read_text()
+    assert sent_ids(mixpanel) == list(range(150))
+    assert commits(tmp_path) == ["0", "1"]
+    assert summary(tmp_path)["imported"] == 150
