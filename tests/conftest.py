@@ -1,8 +1,10 @@
 """Fixtures: one real Spark session per test run (classic local Spark, or with --spark-connect a Spark
 Connect client of a local server this run starts), and a Mixpanel-compatible server on loopback.
 
-`make test` runs the suite twice: on classic local Spark, then its end-to-end tests (marked e2e) as a
-Spark Connect client. A process can hold only one kind of session, hence two runs.
+`make test` runs the suite twice: on classic local Spark, then the end-to-end tests marked `connect`
+as a Spark Connect client (a process can hold only one kind of session, hence two runs). Those cover
+each source format, faults, a wrong secret, resume, profiles, lookup tables and incremental runs:
+every path on which the two kinds of session could differ, without running everything twice.
 """
 
 import os
@@ -23,6 +25,12 @@ from tests.fake_mixpanel import FakeMixpanel
 SESSION_TIME_ZONE = "America/Los_Angeles"  # deliberately not UTC: every time must come out the same anyway
 SPARK_BIN = Path(sys.executable).parent  # the venv's spark-submit and spark-class
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"  # the delta-spark pip package's jar for pyspark 4.2
+TEST_SESSION_CONF = {
+    "spark.sql.shuffle.partitions": "2",  # the tests' data is tiny: a task per core, not 200
+    "spark.databricks.delta.snapshotPartitions": "2",  # ... and not 50 for every read of a Delta log
+    "spark.ui.enabled": "false",
+    "spark.sql.session.timeZone": SESSION_TIME_ZONE,
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,16 +39,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "e2e: the whole job end to end (also run as a Spark Connect client)")
-    config.addinivalue_line("markers", "classic_only: needs a classic session (spark-submit, a JVM in process)")
+    config.addinivalue_line("markers", "connect: end to end, also run as a Spark Connect client (--spark-connect)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --spark-connect, only the tests marked `connect` run."""
     if config.getoption("--spark-connect"):
-        skip = pytest.mark.skip(reason="classic Spark only")
-        for item in items:
-            if "classic_only" in item.keywords:
-                item.add_marker(skip)
+        kept = [item for item in items if "connect" in item.keywords]
+        config.hook.pytest_deselected(items=[item for item in items if "connect" not in item.keywords])
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -89,8 +96,7 @@ def connect_server(python_without_mp_spark: Path, tmp_path_factory: pytest.TempP
         str(SPARK_BIN / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
         "--master", "local[2, 4]", "--packages", DELTA_PACKAGE,
         "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", f"spark.connect.grpc.binding.port={port}",
-        "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.ui.enabled=false",
-        "--conf", f"spark.sql.session.timeZone={SESSION_TIME_ZONE}",
+        *[arg for key, value in TEST_SESSION_CONF.items() for arg in ("--conf", f"{key}={value}")],
         *[arg for key, value in DELTA_SQL_CONF.items() for arg in ("--conf", f"{key}={value}")],
         "spark-internal",
     ]
@@ -114,12 +120,7 @@ def spark(request: pytest.FixtureRequest) -> Iterator[SparkSession]:
         yield session
         session.stop()
         return
-    builder = (
-        SparkSession.builder.appName("mp-spark-tests")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.session.timeZone", SESSION_TIME_ZONE)
-    )
+    builder = SparkSession.builder.appName("mp-spark-tests").config(map=TEST_SESSION_CONF)
     session = local_builder(builder, with_delta=True, master="local[2, 4]").getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     yield session

@@ -15,8 +15,6 @@ from pyspark.sql import functions as F
 from mp_spark.cli import main
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
-pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
-
 ROWS = 5000
 CHECK = 1  # the event the driver sends alone first, to check the credentials (sent again with its partition)
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +90,7 @@ def received_keys(server: FakeMixpanel) -> set[tuple]:
     return {key[:3] for key in server.unique_events}
 
 
+@pytest.mark.connect
 @pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
 def test_backfill_imports_every_row_exactly_once(
     spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
@@ -130,6 +129,7 @@ def test_backfill_loses_nothing_under_injected_faults(
     assert summary["rows_read"] == summary["imported"] + summary["rejected"] + summary["invalid"]
 
 
+@pytest.mark.connect
 def test_backfill_sets_aside_invalid_rows_and_records_mixpanel_rejections(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
@@ -171,6 +171,7 @@ def test_backfill_rerun_leaves_the_unique_count_unchanged(
     assert mixpanel.raw_arrivals == 2 * (ROWS + CHECK)
 
 
+@pytest.mark.connect
 def test_backfill_with_wrong_credentials_makes_one_request_and_exits_2(
     sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -183,9 +184,12 @@ def test_backfill_with_wrong_credentials_makes_one_request_and_exits_2(
     assert mixpanel.requests == mixpanel.statuses[401] == 1  # the driver's check, before any executor sends
     error = capsys.readouterr().err
     assert "401" in error and "mixpanel.project_id" in error and "not-the-secret" not in error
-    assert not (tmp_path / "results" / "staging").exists()  # stopped before the records were staged
+    # The staging, which ran while the credentials were checked, was stopped before it was complete.
+    (manifest,) = (tmp_path / "results" / "run").glob("part-*")
+    assert json.loads(manifest.read_text())["rows"] is None
 
 
+@pytest.mark.connect
 @pytest.mark.parametrize("budget", [4, 1])
 def test_a_task_answered_401_is_not_retried(
     sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, budget: int,
@@ -254,6 +258,7 @@ def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
     assert "dry run" in out and "events as they would be sent" in out and "plan" in out
 
 
+@pytest.mark.connect
 def test_quickstart_script_runs_the_bundled_sample(spark: SparkSession, tmp_path: Path) -> None:
     """`python jobs/backfill.py` starts its own local Spark, as a user's first run does (or, in the Spark
     Connect run, finds the server in SPARK_REMOTE)."""
@@ -272,6 +277,7 @@ def test_quickstart_script_runs_the_bundled_sample(spark: SparkSession, tmp_path
     (4, 3),  # 5 partitions, 2 running at once (local[2]): 2 requests in flight per task
     (1, 1),  # fewer than the cores: only 1 task sends at a time
 ])
+@pytest.mark.connect
 def test_backfill_keeps_requests_in_flight_within_the_job_budget(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, budget: int,
     least_seen: int,
@@ -308,6 +314,7 @@ def test_backfill_pacing_cuts_429s_from_a_rate_limited_server(
     assert throttled[True] <= throttled[False] / 3
 
 
+@pytest.mark.connect
 def test_backfill_exits_3_when_mixpanel_keeps_failing(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -355,6 +362,7 @@ def test_backfill_recent_first_sends_the_recent_window_before_older_history(
     assert sorted(indexes) == list(range(len(indexes)))  # the two phases' partitions numbered apart
 
 
+@pytest.mark.connect
 @pytest.mark.parametrize("budget", [2, 1])  # two partitions sending at once; one
 def test_an_interrupted_run_resumes_without_resending_sent_partitions(
     spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
@@ -405,6 +413,7 @@ def test_a_dry_run_cannot_be_resumed_and_leaves_no_finished_partitions_to_a_late
     assert len(mixpanel.unique_events) == ROWS  # nothing skipped as 'finished' by the dry run
 
 
+@pytest.mark.connect
 def test_progress_is_logged_while_the_run_goes(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -422,6 +431,7 @@ def test_progress_is_logged_while_the_run_goes(
     assert "nothing left; 5 of 5 partitions done, 0 sending" in lines[-1]
 
 
+@pytest.mark.connect
 def test_config_is_read_through_spark_when_it_is_a_url(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
@@ -445,6 +455,7 @@ def test_backfill_reads_a_catalog_table(
 
 
 
+@pytest.mark.connect
 def test_an_unexpected_failure_exits_4_with_a_short_paragraph_and_the_traceback_in_the_results(
     mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

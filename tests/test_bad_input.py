@@ -12,8 +12,6 @@ from pyspark.sql import SparkSession
 from tests.fake_mixpanel import FakeMixpanel
 from tests.test_backfill_e2e import run_job, summary_of
 
-pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
-
 NOW = dt.datetime.now(dt.timezone.utc)
 WHEN = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 WIDE = 300  # columns w0..w299: null except in the "wide" row
@@ -65,6 +63,7 @@ def source_rows() -> list[dict]:
     return rows
 
 
+@pytest.mark.connect
 def test_messy_rows_are_sent_as_documented_or_set_aside_with_a_reason(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,

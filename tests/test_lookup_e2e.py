@@ -15,8 +15,6 @@ from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import FAST_RETRIES, run_job, summary_of
 from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, wall_clock_rows
 
-pytestmark = pytest.mark.e2e  # run on classic Spark and as a Spark Connect client
-
 LAUNCHED = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 PRODUCTS = 50
 
@@ -49,6 +47,7 @@ def lookup_config(tmp_path: Path, source_format: str, path: str, server: FakeMix
     return str(target)
 
 
+@pytest.mark.connect
 @pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
 def test_a_lookup_table_is_replaced_with_the_source_key_first(
     product_sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
@@ -117,6 +116,7 @@ def test_lookup_tables_need_a_service_account(
     assert mixpanel.requests == 0
 
 
+@pytest.mark.connect
 def test_a_refused_service_account_exits_2_and_a_failing_mixpanel_exits_3_with_the_reason(
     product_sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],

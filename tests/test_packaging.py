@@ -1,8 +1,8 @@
 """The packaged job as a cluster runs it: `make dist`, then spark-submit with mp_spark only in the zip.
 
-These tests create a fresh virtual environment with the runtime dependencies only (pip's cache makes
-the pyspark download a one-time cost) and run the bundled sample through that environment's
-spark-submit: on local Spark, and on a standalone cluster (a Master and a Worker) as a cluster user does.
+These tests run spark-submit with a Python that has the dependencies but not mp_spark (as a cluster
+has): the bundled sample on a standalone cluster (a Master and a Worker) as a cluster user runs it,
+and a Delta source without Delta's jars.
 """
 
 import email
@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
+from mp_spark import probe
+from tests.conftest import SPARK_BIN, free_port, wait_for_port
 from tests.fake_mixpanel import FakeMixpanel
-
-pytestmark = pytest.mark.classic_only
 
 REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
@@ -37,26 +36,9 @@ def wheel() -> Path:
 
 
 @pytest.fixture(scope="module")
-def runtime_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The python of a fresh virtual environment holding what a cluster provides, and not mp_spark."""
-    root = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
-    python = root / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *runtime_requirements(wheel)],
-                             capture_output=True, text=True, timeout=1800)
-    assert install.returncode == 0, install.stderr[-3000:]
-    return python
-
-
-def runtime_requirements(wheel: Path) -> list[str]:
-    """The wheel's own dependencies, plus the pyspark that the `local` extra pins (the cluster's Spark)."""
-    with zipfile.ZipFile(wheel) as archive:
-        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
-        requirements = email.message_from_bytes(archive.read(name)).get_all("Requires-Dist")
-    # Unconditional ones have no marker; extras look like `pyspark==4.2.0; extra == "local"`.
-    unconditional = [r for r in requirements if ";" not in r]
-    pyspark = [r.split(";")[0].strip() for r in requirements if r.startswith("pyspark")]
-    return unconditional + pyspark
+def runtime_python(wheel: Path, python_without_mp_spark: Path) -> Path:
+    """The Python of a cluster's driver and executors: the dependencies, and not mp_spark."""
+    return python_without_mp_spark
 
 
 def test_dist_zip_holds_exactly_the_wheels_package(wheel: Path) -> None:
@@ -68,6 +50,12 @@ def test_dist_zip_holds_exactly_the_wheels_package(wheel: Path) -> None:
     source_modules = {p.relative_to(REPO).as_posix() for p in (REPO / "mp_spark").glob("*.py")}
     assert zip_files == wheel_modules == source_modules
     assert "mp-spark-backfill = mp_spark.cli:run" in entry_points  # the Databricks python_wheel_task entry point
+    # What the probe asks the executors for is what the wheel requires.
+    with zipfile.ZipFile(wheel) as whl:
+        (metadata,) = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
+        required = email.message_from_bytes(whl.read(metadata)).get_all("Requires-Dist")
+    names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in required if ";" not in r}
+    assert set(probe.NEEDED.values()) <= names
 
 
 def clean_env(runtime_python: Path) -> dict[str, str]:
@@ -76,29 +64,6 @@ def clean_env(runtime_python: Path) -> dict[str, str]:
            if k not in ("PYTHONPATH", "PYTHONHOME", "SPARK_HOME", "SPARK_REMOTE") and not k.startswith("PYSPARK_")}
     env["PYSPARK_PYTHON"] = str(runtime_python)  # the driver's and the workers' interpreter
     return env
-
-
-def test_spark_submit_runs_the_sample_with_mp_spark_from_the_zip(runtime_python: Path, tmp_path: Path) -> None:
-    env = clean_env(runtime_python)
-    # The premise: run from tmp_path, this interpreter cannot import mp_spark. Local Spark starts its
-    # Python workers in the driver's working directory, so they too can only find mp_spark in the zip.
-    assert subprocess.run([str(runtime_python), "-c", "import mp_spark"], cwd=tmp_path, env=env,
-                          capture_output=True).returncode != 0
-
-    result = subprocess.run(
-        [str(runtime_python.parent / "spark-submit"), "--master", "local[2]", "--py-files", str(DIST / "mp_spark.zip"),
-         str(REPO / "jobs" / "backfill.py"), "--config", str(REPO / "conf" / "sample.yaml"), "--dry-run",
-         "--set", f"source.path={REPO / 'data' / 'sample_events.json.gz'}",
-         "--set", f"job.results_path={tmp_path / 'results'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    assert re.search(r"rows read +3,000\n", out) and re.search(r"would import +3,000\n", out)
-    assert re.search(r"invalid +0 ", out) and re.search(r"rejected +0 ", out)
-    # Outcomes from the executors' mp_spark.executor code, unpickled in the workers from the zip.
-    assert "3 partitions, 3 batches, 3 requests, 0 retries" in out
 
 
 def test_a_delta_source_without_delta_s_jars_is_a_config_error_that_names_them(
@@ -111,7 +76,7 @@ def test_a_delta_source_without_delta_s_jars_is_a_config_error_that_names_them(
         "job": {"results_path": str(tmp_path / "results")},
     }))
     result = subprocess.run(
-        [str(runtime_python.parent / "spark-submit"), "--master", "local[1]", "--py-files", str(DIST / "mp_spark.zip"),
+        [str(SPARK_BIN / "spark-submit"), "--master", "local[1]", "--py-files", str(DIST / "mp_spark.zip"),
          str(REPO / "jobs" / "backfill.py"), "--config", str(config), "--dry-run"],
         cwd=tmp_path, env=clean_env(runtime_python), capture_output=True, text=True, timeout=300,
     )
@@ -126,7 +91,7 @@ def test_a_delta_source_without_delta_s_jars_is_a_config_error_that_names_them(
 def standalone_cluster(runtime_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Spark standalone cluster on 127.0.0.1: a Master and one Worker of 2 cores; the master's URL."""
     workdir = tmp_path_factory.mktemp("standalone")
-    spark_class = str(runtime_python.parent / "spark-class")
+    spark_class = str(SPARK_BIN / "spark-class")
     env = {**clean_env(runtime_python), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(workdir / "work")}
     port = free_port()
     processes = []
@@ -155,9 +120,12 @@ def test_spark_submit_to_a_standalone_cluster_imports_every_row(
 ) -> None:
     """As a cluster user runs it: client mode, mp_spark only in the zip, the executors' Python without it."""
     env = {**clean_env(runtime_python), "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
+    # The premise: run from tmp_path, this interpreter cannot import mp_spark; only the zip has it.
+    assert subprocess.run([str(runtime_python), "-c", "import mp_spark"], cwd=tmp_path, env=env,
+                          capture_output=True).returncode != 0
     with FakeMixpanel() as server:
         result = subprocess.run(
-            [str(runtime_python.parent / "spark-submit"), "--master", standalone_cluster,
+            [str(SPARK_BIN / "spark-submit"), "--master", standalone_cluster,
              "--py-files", str(DIST / "mp_spark.zip"), "--conf", f"spark.pyspark.python={runtime_python}",
              "--conf", "spark.executor.memory=1g",
              str(REPO / "jobs" / "backfill.py"), "--config", str(REPO / "conf" / "sample.yaml"),

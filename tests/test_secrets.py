@@ -10,8 +10,6 @@ import pytest
 
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
-pytestmark = pytest.mark.classic_only  # spark-submit, with Spark's event log to search
-
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "Secret-7f3a9c41e2d8b6"  # recognizable, and never used for anything else
 
