@@ -23,17 +23,21 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.errors import AnalysisException, StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from mp_spark import batch_function
+from mp_spark.batch_function import for_each_batch
 from mp_spark.config import STREAM_ONLY_KEYS, Config, ConfigError, Credentials, JobConfig, SourceConfig
 from mp_spark.results import Summary, add_up, read_text, write_text
 from mp_spark.run import RunOptions, RunStopped, run_job
-from mp_spark.session import prepare_executors
+from mp_spark.session import is_connect, package_zip, prepare_executors
 from mp_spark.sources import CHANGE_FEED_COLUMNS, open_stream
 
 log = logging.getLogger(__name__)
+register_pickle_by_value(batch_function)  # it runs where mp_spark may not be importable yet
 CONFIG_PROBLEM = "config"  # a stopped batch's status when a ConfigError stopped it (else a RunStopped status)
 
 
@@ -74,7 +78,8 @@ def changed_rows(batch: DataFrame, config: Config) -> DataFrame:
 
 
 class MicroBatches:
-    """The foreachBatch function: sends one micro-batch as a backfill, under the run's results path.
+    """What the foreachBatch function does (`batch_function`): send one micro-batch as a backfill,
+    under the run's results path.
 
     A batch that stops (a config or credential problem, retries exhausted) records why in
     `batches/batch=<id>/stopped/` and raises, so that Spark stops the stream without committing it.
@@ -133,9 +138,11 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     started = time.monotonic()
     results_path = results_path.rstrip("/")
     stream = open_stream(spark, config.source, config.job)
-    prepare_executors(spark)  # on Spark Connect, ships mp_spark before foreachBatch runs it on the server
-    writer = (stream.writeStream.queryName(f"mp-spark-{run_id}")
-              .foreachBatch(MicroBatches(config, credentials, results_path, run_id))
+    prepare_executors(spark)  # on Spark Connect, ships mp_spark to the executors' Python workers
+    send_batch = for_each_batch(package_zip() if is_connect(spark) else None, json.dumps(dataclasses.asdict(config)),
+                                (credentials.kind, credentials.username, credentials.password) if credentials else None,
+                                results_path, run_id)
+    writer = (stream.writeStream.queryName(f"mp-spark-{run_id}").foreachBatch(send_batch)
               .option("checkpointLocation", checkpoint))
     if config.job.trigger == "available_now":
         writer = writer.trigger(availableNow=True)

@@ -7,6 +7,7 @@ Databricks, EMR or a notebook made; else embedded local Spark for a plain `pytho
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -120,10 +121,16 @@ def run_probe(spark: SparkSession) -> probe.Found:
 
 def ship_package(spark: SparkSession) -> None:
     """Send mp_spark's own modules to the Connect server, for the Python workers of this session."""
-    package = Path(mp_spark.__file__).parent
     archive = Path(tempfile.mkdtemp(prefix="mp-spark-")) / "mp_spark.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
-        for module in sorted(package.glob("*.py")):
-            zipped.write(module, f"mp_spark/{module.name}")
+    archive.write_bytes(package_zip())
     log.info("shipping mp_spark %s to the Spark Connect server", mp_spark.__version__)
     spark.addArtifacts(str(archive), pyfile=True)
+
+
+def package_zip() -> bytes:
+    """mp_spark's own modules as a zip that Python imports from (zipimport)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for module in sorted(Path(mp_spark.__file__).parent.glob("*.py")):
+            zipped.write(module, f"mp_spark/{module.name}")
+    return buffer.getvalue()
