@@ -189,8 +189,7 @@ def test_backfill_with_wrong_credentials_makes_one_request_and_exits_2(
     assert json.loads(manifest.read_text())["rows"] is None
 
 
-@pytest.mark.connect
-@pytest.mark.parametrize("budget", [4, 1])
+@pytest.mark.parametrize("budget", [pytest.param(4, marks=pytest.mark.connect), 1])
 def test_a_task_answered_401_is_not_retried(
     sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, budget: int,
 ) -> None:
@@ -274,10 +273,10 @@ def test_quickstart_script_runs_the_bundled_sample(spark: SparkSession, tmp_path
 
 
 @pytest.mark.parametrize(("budget", "least_seen"), [
-    (4, 3),  # 5 partitions, 2 running at once (local[2]): 2 requests in flight per task
+    # 5 partitions, 2 running at once (local[2]): 2 requests in flight per task
+    pytest.param(4, 3, marks=pytest.mark.connect),
     (1, 1),  # fewer than the cores: only 1 task sends at a time
 ])
-@pytest.mark.connect
 def test_backfill_keeps_requests_in_flight_within_the_job_budget(
     sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, budget: int,
     least_seen: int,
@@ -362,8 +361,7 @@ def test_backfill_recent_first_sends_the_recent_window_before_older_history(
     assert sorted(indexes) == list(range(len(indexes)))  # the two phases' partitions numbered apart
 
 
-@pytest.mark.connect
-@pytest.mark.parametrize("budget", [2, 1])  # two partitions sending at once; one
+@pytest.mark.parametrize("budget", [pytest.param(2, marks=pytest.mark.connect), 1])  # two partitions at once; one
 def test_an_interrupted_run_resumes_without_resending_sent_partitions(
     spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,
     service_account: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: int,

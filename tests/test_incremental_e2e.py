@@ -113,8 +113,7 @@ def test_a_delta_table_that_grows_is_sent_once_run_by_run(
     assert summary(tmp_path)["nothing_new_since"].startswith("20")
 
 
-@pytest.mark.connect
-@pytest.mark.parametrize("fmt", ["parquet", "json"])
+@pytest.mark.parametrize("fmt", ["parquet", pytest.param("json", marks=pytest.mark.connect)])
 def test_new_files_are_sent_and_old_ones_are_not_sent_again(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, fmt: str,
 ) -> None:
@@ -212,10 +211,10 @@ def test_a_driver_killed_mid_batch_loses_and_duplicates_nothing(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
     config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 2000))
-    mixpanel.set_faults(Faults(latency_s=1.0))
+    mixpanel.set_faults(Faults(latency_s=0.5))
     log = tmp_path / "job.log"
     job = job_process(config, log, "mixpanel.max_in_flight=2", "mixpanel.max_batch_events=50")
-    try:  # 40 requests, 2 at a time, a second each
+    try:  # 40 requests, 2 at a time, half a second each
         wait_until(lambda: mixpanel.raw_arrivals >= 200 or job.poll() is not None, 300, "the first requests")
         assert job.poll() is None, log.read_text()
         os.killpg(job.pid, signal.SIGKILL)  # the driver and its JVM, mid-batch

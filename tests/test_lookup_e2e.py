@@ -47,8 +47,7 @@ def lookup_config(tmp_path: Path, source_format: str, path: str, server: FakeMix
     return str(target)
 
 
-@pytest.mark.connect
-@pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
+@pytest.mark.parametrize("source_format", ["parquet", pytest.param("delta", marks=pytest.mark.connect), "json"])
 def test_a_lookup_table_is_replaced_with_the_source_key_first(
     product_sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     source_format: str,

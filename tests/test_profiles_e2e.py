@@ -63,8 +63,7 @@ PEOPLE = {
 }
 
 
-@pytest.mark.connect
-@pytest.mark.parametrize("source_format", ["parquet", "delta", "json"])
+@pytest.mark.parametrize("source_format", ["parquet", "delta", pytest.param("json", marks=pytest.mark.connect)])
 def test_people_profiles_get_every_operation_once_per_user(
     user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
     source_format: str,
@@ -143,8 +142,7 @@ def test_profiles_need_the_project_token(
     assert mixpanel.requests == 0
 
 
-@pytest.mark.connect
-@pytest.mark.parametrize("kind", ["people", "groups"])
+@pytest.mark.parametrize("kind", ["people", pytest.param("groups", marks=pytest.mark.connect)])
 def test_the_driver_checks_with_one_update_before_any_executor_sends(
     user_sources: dict[str, str], mixpanel: FakeMixpanel, project_token: None, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], kind: str,
