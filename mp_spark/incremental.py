@@ -82,7 +82,7 @@ class MicroBatches:
     under the run's results path.
 
     A batch that stops (a config or credential problem, retries exhausted) records why in
-    `batches/batch=<id>/stopped/` and raises, so that Spark stops the stream without committing it.
+    `stops/run=<run id>/` and raises, so that Spark stops the stream without committing it.
     """
 
     def __init__(self, config: Config, credentials: Credentials | None, results_path: str, run_id: str) -> None:
@@ -95,24 +95,28 @@ class MicroBatches:
         spark = batch.sparkSession
         path = batch_path(self.results_path, batch_id)
         options = RunOptions(run_id=f"{self.run_id}-batch{batch_id}", results_path=path)
-        try:
-            summary = run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))
+        try:  # the driver logs the batch's counts once the query reports it done (record_progress)
+            run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))
         except RunStopped as stopped:
-            record_stop(spark, path, self.run_id, stopped.status, stopped.message)
+            record_stop(spark, self.results_path, self.run_id, batch_id, stopped.status, stopped.message)
             raise
         except ConfigError as exc:
-            record_stop(spark, path, self.run_id, CONFIG_PROBLEM, str(exc))
+            record_stop(spark, self.results_path, self.run_id, batch_id, CONFIG_PROBLEM, str(exc))
             raise
-        log.info("micro-batch %d: %d rows read, %d imported, %d rejected, %d invalid", batch_id, summary.rows_read,
-                 summary.imported, summary.rejected, summary.invalid)
 
 
 def batch_path(results_path: str, batch_id: int) -> str:
     return f"{results_path}/batches/batch={batch_id}"
 
 
-def record_stop(spark: SparkSession, path: str, run_id: str, status: str, message: str) -> None:
-    write_text(spark, f"{path}/stopped", json.dumps({"run_id": run_id, "status": status, "message": message}))
+def stop_path(results_path: str, run_id: str) -> str:
+    return f"{results_path}/stops/run={run_id}"
+
+
+def record_stop(spark: SparkSession, results_path: str, run_id: str, batch_id: int, status: str, message: str
+                ) -> None:
+    write_text(spark, stop_path(results_path, run_id),
+               json.dumps({"batch_id": batch_id, "status": status, "message": message}))
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
         writer = writer.trigger(processingTime=f"{config.job.trigger_interval_s} seconds")
     log.info("incremental run %s: checkpoint %s", run_id, checkpoint)
     query = writer.start()
-    done: dict[int, dict] = {}
+    done: dict[int, tuple[Summary, dict]] = {}
     try:
         while query.isActive:
             if stop.is_set() and not query.status["isTriggerActive"]:
@@ -166,64 +170,61 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
         raise
     record_progress(spark, query, results_path, done)
     failure = query.exception()
-    summaries = batch_summaries(spark, results_path, run_id)
-    total = add_up(run_id, summaries, seconds=time.monotonic() - started, results_path=results_path)
-    batches = [done[batch_id] for batch_id in sorted(done)]
-    summary = StreamSummary(total, batches, checkpoint,
-                            None if summaries or failure else last_read(spark, checkpoint))
+    stop = read_stop(spark, results_path, run_id) if failure is not None else None
+    summaries = [summary for summary, _ in done.values()]
+    stopped_batch = batch_summary(spark, results_path, stop["batch_id"]) if stop else None
+    total = add_up(run_id, summaries + ([stopped_batch] if stopped_batch else []),
+                   seconds=time.monotonic() - started, results_path=results_path)
+    summary = StreamSummary(total, [done[batch_id][1] for batch_id in sorted(done)], checkpoint,
+                            None if done or failure else last_read(spark, checkpoint))
     write_text(spark, f"{results_path}/summary", summary.as_json())
     if failure is not None:
-        raise stopped_by(spark, results_path, run_id, summary) or failure
+        raise stop_error(stop, total if summaries or stopped_batch else None) if stop else failure
     return summary
 
 
-def record_progress(spark: SparkSession, query, results_path: str, done: dict[int, dict]) -> None:
-    """Log each micro-batch the query has finished since the last call, with its counts (from the
-    batch's summary) and the source offsets it read (from the query's progress)."""
+def record_progress(spark: SparkSession, query, results_path: str, done: dict[int, tuple[Summary, dict]]) -> None:
+    """Log each micro-batch the query has finished since the last call, and keep its summary and the
+    source offsets it read (from the query's progress)."""
     for report in query.recentProgress:
         batch_id = report["batchId"]
         if batch_id in done:
             continue
-        try:
-            counts = json.loads(read_text(spark, f"{batch_path(results_path, batch_id)}/summary"))
-        except OSError:  # the batch failed: the stop is reported once the query has ended
+        summary = batch_summary(spark, results_path, batch_id)
+        if summary is None:  # the batch failed: its stop is reported once the query has ended
             continue
-        done[batch_id] = {"batch_id": batch_id, **{name: counts[name] for name in BATCH_COUNTS},
-                          "sources": [{"description": s["description"], "start": s["startOffset"],
-                                       "end": s["endOffset"]} for s in report["sources"]]}
+        sources = [{"description": s["description"], "start": s["startOffset"], "end": s["endOffset"]}
+                   for s in report["sources"]]
+        done[batch_id] = (summary, {"batch_id": batch_id, **{name: getattr(summary, name) for name in BATCH_COUNTS},
+                                    "sources": sources})
         log.info("micro-batch %d: %s, in %.1f s", batch_id,
-                 ", ".join(f"{counts[name]:,} {name.replace('_', ' ')}" for name in BATCH_COUNTS),
+                 ", ".join(f"{getattr(summary, name):,} {name.replace('_', ' ')}" for name in BATCH_COUNTS),
                  report["durationMs"].get("triggerExecution", 0) / 1000)
 
 
 BATCH_COUNTS = ("rows_read", "imported", "rejected", "invalid")
 
 
-def batch_summaries(spark: SparkSession, results_path: str, run_id: str) -> list[Summary]:
-    """The summaries of this run's micro-batches (a results path may hold earlier runs' too)."""
+def batch_summary(spark: SparkSession, results_path: str, batch_id: int) -> Summary | None:
     try:
-        texts = [row.value for row in spark.read.text(f"{results_path}/batches/*/summary").collect()]
-    except AnalysisException:  # no micro-batch yet
-        return []
-    summaries = [json.loads(text) for text in texts]
-    return [Summary(**s) for s in summaries if s["run_id"].startswith(f"{run_id}-batch")]
+        return Summary(**json.loads(read_text(spark, f"{batch_path(results_path, batch_id)}/summary")))
+    except OSError:  # the batch stopped before it had a summary
+        return None
 
 
-def stopped_by(spark: SparkSession, results_path: str, run_id: str, summary: StreamSummary
-               ) -> Exception | None:
-    """Why a micro-batch of this run stopped the stream, as the error a backfill would raise; None
-    when nothing recorded it (the failure was unexpected)."""
+def read_stop(spark: SparkSession, results_path: str, run_id: str) -> dict | None:
+    """What `record_stop` recorded for this run, if a micro-batch of it stopped."""
     try:
-        rows = spark.read.text(f"{results_path}/batches/*/stopped").collect()
-    except AnalysisException:
+        return json.loads(read_text(spark, stop_path(results_path, run_id)))
+    except OSError:
         return None
-    stops = [stop for stop in map(json.loads, (row.value for row in rows)) if stop["run_id"] == run_id]
-    if not stops:
-        return None
-    stop = stops[0]
+
+
+def stop_error(stop: dict, total: Summary | None) -> Exception:
+    """A micro-batch's stop as the error a backfill would raise (with the run's totals, if it sent any)."""
     if stop["status"] == CONFIG_PROBLEM:
         return ConfigError(stop["message"])
-    return RunStopped(stop["status"], stop["message"], summary.total)
+    return RunStopped(stop["status"], stop["message"], total)
 
 
 def last_read(spark: SparkSession, checkpoint: str) -> str:
