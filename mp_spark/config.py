@@ -31,7 +31,9 @@ JOB_ORDERS = ("any", "recent_first")
 JOB_KINDS = ("events", "people", "groups", "lookup_table")
 JOB_MODES = ("backfill", "incremental")
 TRIGGERS = ("available_now", "continuous")
-STREAM_ONLY_KEYS = ("trigger", "trigger_interval_s", "checkpoint_path", "max_files_per_batch", "max_bytes_per_batch")
+# The keys that only job.mode incremental takes, in the job and source sections
+STREAM_JOB_KEYS = ("trigger", "trigger_interval_s", "checkpoint_path", "max_files_per_batch", "max_bytes_per_batch")
+STREAM_SOURCE_KEYS = ("change_feed", "starting_version", "starting_timestamp")
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -64,8 +66,7 @@ class SourceConfig:
             raise ConfigError("give at most one of source.version or source.timestamp")
         if self.schema is not None and self.format != "json":
             raise ConfigError("source.schema is only used with source.format: json")
-        if self.format != "delta" and (self.change_feed or self.starting_version is not None
-                                       or self.starting_timestamp is not None):
+        if self.format != "delta" and non_default(self, STREAM_SOURCE_KEYS):
             raise ConfigError("source.change_feed, source.starting_version and source.starting_timestamp need "
                               "source.format: delta")
         if self.starting_version is not None and self.starting_timestamp is not None:
@@ -234,8 +235,7 @@ class JobConfig:
         if self.max_files_per_batch is not None:
             _require_range("job.max_files_per_batch", self.max_files_per_batch, 1, 10_000_000)
         if self.mode == "backfill":
-            stream_keys = [f.name for f in dataclasses.fields(self)
-                           if f.name in STREAM_ONLY_KEYS and getattr(self, f.name) != f.default]
+            stream_keys = non_default(self, STREAM_JOB_KEYS)
             if stream_keys:
                 raise ConfigError(f"job.{stream_keys[0]} is for job.mode: incremental")
         elif self.kind == "lookup_table":
@@ -272,9 +272,7 @@ class Config:
 
     def __post_init__(self) -> None:
         incremental = self.job.mode == "incremental"
-        stream_source = self.source.change_feed or self.source.starting_version is not None or \
-            self.source.starting_timestamp is not None
-        if stream_source and not incremental:
+        if non_default(self.source, STREAM_SOURCE_KEYS) and not incremental:
             raise ConfigError("source.change_feed, source.starting_version and source.starting_timestamp are "
                               "for job.mode: incremental")
         if incremental and (self.source.version is not None or self.source.timestamp is not None):
@@ -304,6 +302,16 @@ class Credentials:
     def authorization_header(self) -> str:
         pair = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def non_default(section: Any, names: Sequence[str]) -> list[str]:
+    """Which of a config section's keys `names` are set to something else than their default."""
+    return [f.name for f in dataclasses.fields(section) if f.name in names and getattr(section, f.name) != f.default]
+
+
+def with_defaults(section: Any, names: Sequence[str]) -> Any:
+    """The config section with its keys `names` back at their defaults."""
+    return dataclasses.replace(section, **{f.name: f.default for f in dataclasses.fields(section) if f.name in names})
 
 
 def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from mp_spark import batch_function
 from mp_spark.batch_function import for_each_batch
-from mp_spark.config import STREAM_ONLY_KEYS, Config, ConfigError, Credentials, JobConfig, SourceConfig
+from mp_spark.config import STREAM_JOB_KEYS, STREAM_SOURCE_KEYS, Config, ConfigError, Credentials, with_defaults
 from mp_spark.results import Summary, add_up, read_text, write_text
 from mp_spark.run import RunOptions, RunStopped, run_job
 from mp_spark.session import is_connect, package_zip, prepare_executors
@@ -54,12 +54,8 @@ def checkpoint_path(config: Config, results_root: str) -> str:
 
 def as_backfill(config: Config) -> Config:
     """An incremental config as a backfill of its whole source: what a dry run of it previews."""
-    stream_defaults = {f.name: f.default for f in dataclasses.fields(JobConfig)
-                       if f.name in ("mode", *STREAM_ONLY_KEYS)}
-    source_defaults = {name: SourceConfig.__dataclass_fields__[name].default
-                       for name in ("change_feed", "starting_version", "starting_timestamp")}
-    return dataclasses.replace(config, source=dataclasses.replace(config.source, **source_defaults),
-                               job=dataclasses.replace(config.job, **stream_defaults))
+    return dataclasses.replace(config, source=with_defaults(config.source, STREAM_SOURCE_KEYS),
+                               job=with_defaults(config.job, ("mode", *STREAM_JOB_KEYS)))
 
 
 def changed_rows(batch: DataFrame, config: Config) -> DataFrame:

@@ -16,8 +16,14 @@ DELTA_VERSION = "4.4.0"  # the delta-spark release built for Spark 4.0, 4.1 and 
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
     """Open the source as a DataFrame; errors name the config key that caused them."""
+    return _naming_missing_delta(spark, source, lambda: _read(spark, source))
+
+
+def _naming_missing_delta(spark: SparkSession, source: SourceConfig, open_source) -> DataFrame:
+    """`open_source()`, with a Spark that lacks Delta Lake for a Delta source as a ConfigError that says
+    how to add it."""
     try:
-        return _read(spark, source)
+        return open_source()
     except Exception as exc:
         if error_condition(exc) == "DATA_SOURCE_NOT_FOUND" and source.format == "delta":
             raise ConfigError(delta_missing(spark.version)) from None
@@ -31,12 +37,7 @@ def open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> Da
     """The source as a streaming DataFrame: a Delta table's new commits (or its change data feed), or
     the new files under a path. Files need a schema, which is the one the files have now unless
     source.schema gives it: a stream cannot infer one as it goes."""
-    try:
-        return _open_stream(spark, source, job)
-    except Exception as exc:
-        if error_condition(exc) == "DATA_SOURCE_NOT_FOUND" and source.format == "delta":
-            raise ConfigError(delta_missing(spark.version)) from None
-        raise
+    return _naming_missing_delta(spark, source, lambda: _open_stream(spark, source, job))
 
 
 def _open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> DataFrame:
