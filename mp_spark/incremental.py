@@ -189,7 +189,7 @@ def record_progress(spark: SparkSession, query, results_path: str, done: dict[in
         summary = batch_summary(spark, results_path, batch_id)
         if summary is None:  # the batch failed: its stop is reported once the query has ended
             continue
-        sources = [{"description": s["description"], "start": s["startOffset"], "end": s["endOffset"]}
+        sources = [{"description": s["description"], "start": offset(s["startOffset"]), "end": offset(s["endOffset"])}
                    for s in report["sources"]]
         done[batch_id] = (summary, {"batch_id": batch_id, **{name: getattr(summary, name) for name in BATCH_COUNTS},
                                     "sources": sources})
@@ -199,6 +199,17 @@ def record_progress(spark: SparkSession, query, results_path: str, done: dict[in
 
 
 BATCH_COUNTS = ("rows_read", "imported", "rejected", "invalid")
+
+
+def offset(reported: object) -> object:
+    """A source offset as the progress report gives it (JSON text for Delta and files), as data, so
+    that the summary holds `{"reservoirVersion": 2, ...}` rather than a string of JSON."""
+    if not isinstance(reported, str):
+        return reported
+    try:
+        return json.loads(reported)
+    except ValueError:
+        return reported
 
 
 def batch_summary(spark: SparkSession, results_path: str, batch_id: int) -> Summary | None:

@@ -95,6 +95,8 @@ def test_a_delta_table_that_grows_is_sent_once_run_by_run(
     first = summary(tmp_path)
     assert first["mode"] == "incremental" and first["rows_read"] == first["imported"] == 600
     assert len(first["micro_batches"]) == 1 and first["micro_batches"][0]["imported"] == 600
+    (read,) = first["micro_batches"][0]["sources"]
+    assert read["start"] is None and read["end"]["reservoirVersion"] == 1  # just after commit 0, the first
 
     rows(spark, 600, 150).write.format("delta").mode("append").save(str(tmp_path / "events"))
     arrived_before = mixpanel.raw_arrivals
