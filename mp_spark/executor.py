@@ -1,17 +1,32 @@
-"""The function every sending task runs (through `mapInArrow`): one partition's lines in, its outcome out.
+"""The function every sending task runs (through `mapInArrow`): its partitions' records in, their
+outcomes out.
 
-A task gets its lines as Arrow string arrays and never builds a Python object per line. It
-returns rows, not exceptions: one row per batch of records Mixpanel refused (`record` =
-"rejection"), then one outcome row for the partition (`record` = "outcome": its tally and status).
-Spark's writer commits the rows of exactly one successful attempt, so a retried task never counts
-twice; a 401 is an outcome too, so Spark does not retry it. Only module-level functions and frozen
-settings cross to the executors (jobs/ runs as __main__ and cannot be pickled by reference).
+A task gets the records of one or more partitions, one partition after another (a coalesced task
+holds several), each row tagged with its partition's index. It gets them as Arrow arrays and never
+builds a Python object per sent line. It returns rows, not exceptions:
+
+- `record` = "rejection": a record Mixpanel refused;
+- `record` = "invalid": a record validation set aside (never sent);
+- `record` = "outcome": one per partition, its tally and status, after its other rows.
+
+Spark's writer commits the rows of exactly one successful attempt of each task, so a retried task
+never counts twice; a 401 is an outcome too, so Spark does not retry it. Once a partition stops
+(401, retries exhausted), the task sends none of its later partitions, and neither do the later
+tasks of the run on the same machine (a note in its temporary directory tells them): so a wrong
+secret or an unreachable Mixpanel costs a round of requests per task sending at that moment, not
+one per partition. Those partitions are `unsent`, and a resume sends them. Only module-level
+functions and frozen settings cross to the executors (jobs/ runs as __main__ and cannot be pickled
+by reference).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,12 +36,12 @@ from mp_spark.batching import Chunk, batches_from_chunks
 from mp_spark.config import ConfigError
 from mp_spark.endpoints import Endpoint
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.tally import FATAL, OK, OUTCOME_SCHEMA, REJECTION_FIELDS, PartitionOutcome, Rejection, Tally
-from mp_spark.transport import DryRunTransport, RequestsTransport
+from mp_spark.tally import FATAL, OK, OUTCOME_SCHEMA, REJECTION_FIELDS, UNSENT, PartitionOutcome, Rejection, Tally
+from mp_spark.transport import DryRunTransport, RequestsTransport, Transport
 
-OUTCOME, REJECTION = "outcome", "rejection"
-# What the sending stage returns: outcome rows and rejection rows in one schema (`message` is both the
-# outcome's and the rejection's).
+OUTCOME, REJECTION, INVALID = "outcome", "rejection", "invalid"
+# What the sending stage returns: outcome, rejection and invalid rows in one schema (`message` is both
+# the outcome's and the rejection's).
 SENT_SCHEMA = T.StructType([
     T.StructField("record", T.StringType()),
     *OUTCOME_SCHEMA.fields,
@@ -34,61 +49,140 @@ SENT_SCHEMA = T.StructType([
 ])
 _ARROW_TYPES = {T.LongType(): pa.int64(), T.StringType(): pa.string(), T.DoubleType(): pa.float64()}
 SENT_ARROW_SCHEMA = pa.schema([(f.name, _ARROW_TYPES[f.dataType]) for f in SENT_SCHEMA.fields])
+# The sending task's input columns, in this order: the partition index; the record's JSON line with its
+# newline, or null for a record validation set aside; 1 where a sent record had a value cut to fit
+# Mixpanel's limits, else 0; and for a record set aside, why (field, message), its key and its line.
+SENDER_INPUT = ("partition", "line", "trimmed", "field", "message", "insert_id", "event")
+STOPPED_NOTES = Path(tempfile.gettempdir()) / "mp-spark-stopped"  # one file per stopped attempt
 
 
 def partition_sender(
-    endpoint: Endpoint, settings: SenderSettings, index: int, *, dry_run: bool
+    endpoint: Endpoint, settings: SenderSettings, attempt: str, *, dry_run: bool
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The function a task runs on partition `index`: one requests.Session per task.
+    """The function a task runs on its partitions: one connection pool per task, one sender per partition."""
 
-    Its input has two columns: the record's JSON line with its newline, or null for a row
-    validation set aside (counted here; the driver writes those to rejected/); and 1 where a sent
-    record had a value cut to fit Mixpanel's limits, else 0.
-    """
-
-    def send_partition(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        started = time.monotonic()
-        set_aside = {"invalid": 0, "trimmed": 0}
-
-        def chunks() -> Iterator[Chunk]:
-            for record_batch in record_batches:
-                lines = record_batch.column(0)
-                set_aside["invalid"] += lines.null_count
-                set_aside["trimmed"] += pc.sum(record_batch.column(1)).as_py() or 0
-                yield arrow_chunk(lines.drop_null() if lines.null_count else lines)
-
-        status, message, sent = OK, None, Tally()
+    def send_task(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        failed: str | None = None  # why no partition can be sent from this task
+        transport: Transport | None = None
         try:
             # An executor's own environment (spark.executorEnv.*) may name a CA bundle it does not have.
             transport = DryRunTransport() if dry_run else RequestsTransport(pool_size=settings.in_flight)
         except ConfigError as exc:
-            status, message = FATAL, f"on an executor: {exc}"
-        else:
-            sender = BatchSender(endpoint, settings, transport)
-            try:
-                batches = batches_from_chunks(chunks(), max_events=settings.max_batch_events,
-                                              max_bytes=settings.max_batch_bytes)
-                for rejections in sender.send(batches):
-                    yield rejection_rows(index, rejections)
-            except SendStopped as stopped:
-                status, message = stopped.status, stopped.message
-            finally:
+            failed = f"on an executor: {exc}"
+        try:
+            for index, slices in itertools.groupby(partition_slices(record_batches), key=lambda s: s[0]):
+                records = (record_batch for _, record_batch in slices)
+                if failed is not None:  # every partition fails alike
+                    outcome = unsent_partition(index, records, FATAL, failed)
+                elif (stopped := stopped_by(attempt)) is not None:
+                    outcome = unsent_partition(index, records, UNSENT, f"not sent: {stopped}; a resume sends it")
+                else:
+                    outcome = yield from send_partition(index, records, endpoint, settings, transport)
+                    if outcome.status != OK:
+                        note_stop(attempt, f"partition {index} stopped the run before it ({outcome.status})")
+                yield outcome_row(outcome)
+        finally:
+            if transport is not None:
                 transport.close()
-                sent = sender.tally
-        if status != OK:
-            for _ in record_batches:  # the rest of the input is not sent, but Spark expects it read
-                pass
-        tally = sent + Tally(**set_aside)
-        outcome = PartitionOutcome(index, tally, status, message, round(time.monotonic() - started, 3))
-        yield pa.RecordBatch.from_pylist([{"record": OUTCOME, **outcome.as_row()}], schema=SENT_ARROW_SCHEMA)
 
-    return send_partition
+    return send_task
+
+
+def stopped_by(attempt: str) -> str | None:
+    """Why a partition of this attempt stopped on this machine, if one did."""
+    try:
+        return (STOPPED_NOTES / attempt).read_text()
+    except OSError:
+        return None
+
+
+def note_stop(attempt: str, why: str) -> None:
+    try:
+        STOPPED_NOTES.mkdir(exist_ok=True)
+        draft = STOPPED_NOTES / f".{attempt}.{os.getpid()}"
+        draft.write_text(why)
+        draft.replace(STOPPED_NOTES / attempt)  # whole, or not at all, to a reader
+    except OSError:  # a read-only temporary directory: later tasks send, and stop, on their own
+        pass
+
+
+def partition_slices(record_batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The input cut where the partition index changes: (index, rows of that partition)."""
+    for record_batch in record_batches:
+        if record_batch.num_rows == 0:
+            continue
+        partitions = record_batch.column(0)
+        changes = pc.indices_nonzero(pc.not_equal(partitions[1:], partitions[:-1])).to_pylist()
+        starts = [0, *(i + 1 for i in changes)]
+        for start, end in zip(starts, [*starts[1:], record_batch.num_rows], strict=True):
+            yield partitions[start].as_py(), record_batch.slice(start, end - start)
+
+
+def send_partition(index: int, record_batches: Iterator[pa.RecordBatch], endpoint: Endpoint,
+                   settings: SenderSettings, transport: Transport) -> Iterator[pa.RecordBatch]:
+    """Send one partition's lines; yields its rejection and invalid rows, and returns its outcome."""
+    started = time.monotonic()
+    seen = {"lines": 0, "invalid": 0, "trimmed": 0}
+    set_aside: list[pa.RecordBatch] = []  # yielded between the sender's answers
+
+    def chunks() -> Iterator[Chunk]:
+        for record_batch in record_batches:
+            lines = record_batch.column(1)
+            if lines.null_count:
+                set_aside.append(invalid_rows(index, record_batch))
+                lines = lines.drop_null()
+            seen["lines"] += len(lines)
+            seen["invalid"] += record_batch.num_rows - len(lines)
+            seen["trimmed"] += pc.sum(record_batch.column(2)).as_py() or 0
+            yield arrow_chunk(lines)
+
+    sender = BatchSender(endpoint, settings, transport)
+    status, message = OK, None
+    try:
+        batches = batches_from_chunks(chunks(), max_events=settings.max_batch_events,
+                                      max_bytes=settings.max_batch_bytes)
+        for rejections in sender.send(batches):
+            yield from drain(set_aside)
+            yield rejection_rows(index, rejections)
+    except SendStopped as stopped:
+        status, message = stopped.status, stopped.message
+        for _ in chunks():  # the rest of the partition is not sent, but counted
+            pass
+    yield from drain(set_aside)
+    sent = sender.tally
+    tally = sent + Tally(invalid=seen["invalid"], trimmed=seen["trimmed"], unsent=seen["lines"] - sent.rows)
+    return PartitionOutcome(index, tally, status, message, round(time.monotonic() - started, 3))
+
+
+def unsent_partition(index: int, record_batches: Iterator[pa.RecordBatch], status: str, message: str
+                     ) -> PartitionOutcome:
+    """The outcome of a partition the task did not send: only how many records it holds."""
+    return PartitionOutcome(index, Tally(unsent=sum(b.num_rows for b in record_batches)), status, message)
+
+
+def drain(pending: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    while pending:
+        yield pending.pop(0)
+
+
+def outcome_row(outcome: PartitionOutcome) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([{"record": OUTCOME, **outcome.as_row()}], schema=SENT_ARROW_SCHEMA)
 
 
 def rejection_rows(index: int, rejections: list[Rejection]) -> pa.RecordBatch:
     rows = [{"record": REJECTION, "index": index, "field": r.field, "message": r.message, "insert_id": r.insert_id,
              "event": r.event} for r in rejections]
     return pa.RecordBatch.from_pylist(rows, schema=SENT_ARROW_SCHEMA)
+
+
+def invalid_rows(index: int, record_batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The rows validation set aside, as output rows, built by Arrow (a partition may hold many)."""
+    invalid = record_batch.filter(pc.is_null(record_batch.column(1)))
+    given = {"record": pa.array([INVALID] * invalid.num_rows, pa.string()),
+             "index": pa.array([index] * invalid.num_rows, pa.int64()),
+             **{name: invalid.column(SENDER_INPUT.index(name)) for name in ("field", "message", "insert_id", "event")}}
+    columns = [given.get(f.name, pa.nulls(invalid.num_rows, f.type)) for f in SENT_ARROW_SCHEMA]
+    return pa.RecordBatch.from_arrays(columns, schema=SENT_ARROW_SCHEMA)
 
 
 def arrow_chunk(lines: pa.Array) -> Chunk:

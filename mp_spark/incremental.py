@@ -2,7 +2,7 @@
 
     source as a stream -> micro-batch -> run_job (exactly as a backfill of those rows) -> commit
 
-Each micro-batch is staged, checked, sent and summed up by `run_job`, with its results under
+Each micro-batch is counted, checked, sent and summed up by `run_job`, with its results under
 `<results_path>/batches/batch=<id>/`. Spark commits a micro-batch to the checkpoint only when
 foreachBatch returns, so a batch whose sending stopped, or a driver that died mid-batch, leaves it
 uncommitted: the next run sends the same rows again, with the same `$insert_id`s, and Mixpanel keeps

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -85,11 +85,9 @@ def preview_lookup_table(spark: SparkSession, config: Config) -> Preview:
 
 
 class Previewer:
-    """--dry-run's look at what would be sent, taken while the run stages its records, so that it costs
-    no pass over the source of its own: the property profile is observed as the events are staged
-    (`tap`), the samples and the busiest user-day are read from the staged records (`staged`)."""
-
-    USER_DAY = "user_day"  # a staged column of dry runs only: the distinct_id and its UTC day
+    """--dry-run's look at what would be sent. The property profile is observed as the events are sent
+    (`tap`), so it costs no pass over the source of its own; the samples come from the first records,
+    and the busiest user-day from the records' distinct_id and time alone (`show`)."""
 
     def __init__(self, show: Callable[[Preview], None]) -> None:
         self._show = show
@@ -109,14 +107,9 @@ class Previewer:
                            F.count_if(F.array_contains("cut", f.name)).alias(f"c{i}")]
         return mapped.observe(self._observation, *aggregates)
 
-    def staged_columns(self, records: DataFrame) -> list[Column]:
-        if "distinct_id" not in records.columns:  # profile updates: samples only
-            return []
-        day = F.floor(F.col("time") / 86_400_000)  # time is epoch ms: a UTC day, whatever the session's zone
-        return [F.when(F.col("distinct_id").isNotNull(), F.concat_ws("|", "distinct_id", day)).alias(self.USER_DAY)]
-
-    def staged(self, staged: DataFrame, samples: int = 5) -> None:
-        lines = staged.filter(F.col("invalid").isNull()).select("line").limit(samples).collect()
+    def show(self, records: DataFrame, samples: int = 5) -> None:
+        """Show the preview of `records` (the run's, without the tap), once the tapped ones are sent."""
+        lines = records.filter(F.col("invalid").isNull()).select("line").limit(samples).collect()
         sample_events = [json.loads(row.line) for row in lines]
         if self._fields is None:
             self._show(Preview(sample_events, rows=0, approx_event_names=0, properties=[]))
@@ -130,7 +123,8 @@ class Previewer:
             for i, f in enumerate(self._fields)
             if f.name not in CORE_PROPERTIES
         ]
-        per_user_day = staged.filter(F.col(self.USER_DAY).isNotNull()).groupBy(self.USER_DAY).count()
+        day = F.floor(F.col("time") / 86_400_000)  # time is epoch ms: a UTC day, whatever the session's zone
+        per_user_day = records.filter(F.col("distinct_id").isNotNull()).groupBy("distinct_id", day).count()
         busiest = per_user_day.agg(F.max("count")).first()[0] or 0
         self._show(Preview(sample_events, rows, totals["event_names"], profiles, busiest, self._left_out))
 

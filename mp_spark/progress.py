@@ -1,7 +1,10 @@
 """The driver's view of a running send: a progress line every `job.progress_interval_s`.
 
-The driver learns how each partition went when its Spark job ends, so progress moves partition by
-partition; the rate and the time left are this attempt's, over the rows still to send.
+A phase is one Spark job whose sending stage has one task per partition (or, coalesced, one per
+share of them). The driver learns how far that stage is from Spark's own task counts, through the
+status tracker on classic Spark and the progress reports of a Spark Connect server, so progress
+moves task by task; rows are estimated from the partitions sent. The rate and the time left are
+this attempt's, over the rows still to send; the summary at the end has the exact counts.
 """
 
 from __future__ import annotations
@@ -12,41 +15,39 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from mp_spark.tally import OK, PartitionOutcome
+from pyspark.sql import SparkSession
+
+from mp_spark.session import is_connect
 
 log = logging.getLogger(__name__)
 
 
 class Progress:
-    def __init__(
-        self,
-        *,
-        total_rows: int,
-        partitions: int,
-        finished_before: list[PartitionOutcome],
-        interval_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, *, total_rows: int, partitions: int, sent_before: int, interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rows_per_partition = total_rows / partitions if partitions else 0.0
         self._total_rows = total_rows
         self._partitions = partitions
         self._interval_s = interval_s
         self._clock = clock
         self._started = clock()
         self._lock = threading.Lock()
-        self._sending = 0
-        self._rows_before = sum(o.tally.rows + o.tally.invalid for o in finished_before)
-        self._done: list[PartitionOutcome] = list(finished_before)
+        self._sent_before = sent_before
+        self._finished = sent_before  # partitions of finished phases, and those sent before this attempt
+        self._phase: tuple[int, int] = (0, 1)  # the running phase: its partitions, its sending tasks
+        self._tasks_done: Callable[[], int] = lambda: 0
 
-    def sending(self) -> None:
+    @contextmanager
+    def phase(self, partitions: int, tasks: int, tasks_done: Callable[[], int]) -> Iterator[None]:
+        """A phase sending `partitions` in `tasks` tasks, whose finished tasks `tasks_done` counts."""
         with self._lock:
-            self._sending += 1
-
-    def finished(self, outcome: PartitionOutcome | None) -> None:
-        """A partition's job ended: with its outcome, or None when it was stopped before it had one."""
-        with self._lock:
-            self._sending -= 1
-            if outcome is not None and outcome.status == OK:
-                self._done.append(outcome)
+            self._phase, self._tasks_done = (partitions, max(tasks, 1)), tasks_done
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._finished += partitions
+                self._phase, self._tasks_done = (0, 1), lambda: 0
 
     @contextmanager
     def running(self) -> Iterator[Progress]:
@@ -68,10 +69,11 @@ class Progress:
 
     def line(self) -> str:
         with self._lock:
-            done, sending = list(self._done), self._sending
-        rows_done = sum(o.tally.rows + o.tally.invalid for o in done)
+            (partitions, tasks), finished, tasks_done = self._phase, self._finished, self._tasks_done
+        done = finished + partitions * min(tasks_done(), tasks) / tasks
+        rows_done = min(round(done * self._rows_per_partition), self._total_rows)
         elapsed = max(self._clock() - self._started, 1e-9)
-        rows_per_s = (rows_done - self._rows_before) / elapsed
+        rows_per_s = (done - self._sent_before) * self._rows_per_partition / elapsed
         left = self._total_rows - rows_done
         if left <= 0:
             eta = "nothing left"
@@ -80,12 +82,45 @@ class Progress:
         else:
             eta = "time left unknown yet"
         percent = rows_done / self._total_rows if self._total_rows else 1.0
-        return (
-            f"progress: {percent:.0%} ({rows_done:,} of {self._total_rows:,} rows): "
-            f"{sum(o.tally.imported for o in done):,} imported, {sum(o.tally.rejected for o in done):,} rejected, "
-            f"{sum(o.tally.invalid for o in done):,} invalid; {rows_per_s:,.0f} rows/s; {eta}; "
-            f"{len(done)} of {self._partitions} partitions done, {sending} sending"
-        )
+        return (f"progress: {percent:.0%} ({int(done)} of {self._partitions} partitions sent, about "
+                f"{rows_done:,} of {self._total_rows:,} rows); {rows_per_s:,.0f} rows/s; {eta}")
+
+
+@contextmanager
+def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callable[[], int]]:
+    """How many tasks of the running job's sending stage (its last, of `tasks` tasks) have finished.
+
+    The job must run in this thread, within the block: on classic Spark it is found by its job group
+    (set here), on Spark Connect by the server's progress reports to this session.
+    """
+    if is_connect(spark):
+        latest = {"done": 0}
+
+        def on_report(*, stages: list | None, **_: object) -> None:  # Spark passes keywords
+            sending = [s for s in stages or [] if s.num_tasks == tasks]
+            if sending:
+                latest["done"] = max(sending, key=lambda s: s.stage_id).num_completed_tasks
+
+        spark.registerProgressHandler(on_report)
+        try:
+            yield lambda: latest["done"]
+        finally:
+            spark.removeProgressHandler(on_report)
+        return
+    context = spark.sparkContext
+    tracker = context.statusTracker()
+
+    def done() -> int:
+        stages = [tracker.getStageInfo(stage) for job in tracker.getJobIdsForGroup(group)
+                  for stage in (tracker.getJobInfo(job).stageIds if tracker.getJobInfo(job) else [])]
+        sending = [s for s in stages if s is not None and s.numTasks == tasks]
+        return max(sending, key=lambda s: s.stageId).numCompletedTasks if sending else 0
+
+    context.setJobGroup(group, "mp-spark: sending")
+    try:
+        yield done
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
 
 
 def _duration(seconds: float) -> str:

@@ -3,13 +3,13 @@ so the path can be anything Spark reaches (local, s3://, abfss://, gs://, /Volum
 session or a Spark Connect one:
 
 - `run/`: the run's manifest (its config, which holds no secret, the moment it took as "now", and once
-  its records are staged, how many there are): what `--resume` starts from.
-- `staging/`: the records to send, mapped, checked and serialized, one Parquet file per partition
-  (`phase=0/`, `phase=1/` with job.order recent_first). Cleared when the run has sent everything.
-- `outcomes/run=<run id>/attempt=<id>/partition=<index>/`: what the sending tasks returned, one outcome
-  row per partition and the records Mixpanel refused; each partition's rows are committed by Spark's
-  writer when it finishes. The partitions with an `ok` outcome are the ones a resumed run does not
-  send again. (Under its own run id, so that a results path used again needs no clearing first.)
+  its records are counted, how many each phase has and over how many partitions they are spread):
+  what `--resume` starts from. A resume reads the source again, which must not have changed.
+- `outcomes/run=<run id>/attempt=<id>/phase=<n>/`: what the sending tasks returned, one outcome row
+  per partition and the records Mixpanel refused or validation set aside; each task's rows are
+  committed by Spark's writer when it finishes. The partitions with an `ok` outcome are the ones a
+  resumed run does not send again. (Under its own run id, so that a results path used again needs no
+  clearing first.)
 - `partitions/`, `rejected/`, `summary/`: the results users query (JSON), written at the end.
 - `error/`: the traceback of a run that stopped on something unexpected.
 
@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import ConfigError
-from mp_spark.executor import OUTCOME, REJECTION
+from mp_spark.executor import INVALID, OUTCOME, REJECTION
 from mp_spark.tally import OK, TALLY_FIELDS, PartitionOutcome, Tally
 
 
@@ -39,8 +39,8 @@ class Manifest:
     config: dict  # the parsed config as plain data (dataclasses.asdict), which parse_config reads back
     now_ms: int  # validation and job.order recent_first judge rows by this moment, in every attempt
     dry_run: bool = False  # nothing was sent: there is nothing to resume
-    rows: int | None = None  # records staged; None until staging/ is complete
-    partitions: int | None = None  # staging files
+    phase_rows: list[int] | None = None  # records counted in each phase; None until counted
+    phase_partitions: list[int] | None = None  # how many partitions each phase's records are spread over
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Summary:
     run_id: str
     dry_run: bool
     complete: bool  # every partition was sent; false for a run that stopped (finish it with --resume)
-    rows_read: int  # records staged: source rows (in the time window), or profile updates
+    rows_read: int  # records: source rows (in the time window), or profile updates
     unsent: int  # of those, the records of partitions not (yet) sent
     imported: int
     rejected: int
@@ -79,7 +79,7 @@ def summarize(*, run_id: str, dry_run: bool, rows_read: int, partitions: int, ou
     return Summary(
         run_id=run_id, dry_run=dry_run, complete=len(sent) == partitions, rows_read=rows_read,
         unsent=rows_read - (tally.rows + tally.invalid),
-        **{name: getattr(tally, name) for name in TALLY_FIELDS if name != "rows"},
+        **{name: getattr(tally, name) for name in TALLY_FIELDS if name not in ("rows", "unsent")},
         partitions=partitions, resumed_partitions=resumed, seconds=round(seconds, 3),
         events_per_second=round((tally.imported - imported_before) / seconds, 1) if seconds else 0.0,
         results_path=results_path,
@@ -133,7 +133,8 @@ REJECTED_SCHEMA = ("stage string, field string, message string, insert_id string
 
 
 def set_aside_records(records: DataFrame) -> DataFrame:
-    """rejected/ rows for the records validation set aside (`invalid`, `key` and `line` columns)."""
+    """rejected/ rows for the records validation set aside (`invalid`, `key` and `line` columns) of a
+    lookup table, which is sent from the driver."""
     return records.filter(F.col("invalid").isNotNull()).select(
         F.lit("validation").alias("stage"), F.col("invalid.field").alias("field"),
         F.col("invalid.message").alias("message"), F.col("key").alias("insert_id"),
@@ -141,17 +142,21 @@ def set_aside_records(records: DataFrame) -> DataFrame:
     )
 
 
-def refused_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str]) -> DataFrame:
-    """rejected/ rows for the records Mixpanel refused, in the attempt that sent each partition
-    (`sent_in`: partition index -> attempt): a partition stopped midway and sent again later refused
-    its records twice, and only the second time counts."""
+def rejected_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str]) -> DataFrame:
+    """rejected/ rows for the records validation set aside and those Mixpanel refused, in the attempt
+    that sent each partition (`sent_in`: partition index -> attempt): a partition stopped midway and
+    sent again later refused its records twice, and only the second time counts."""
     attempts = literal_rows(spark, [{"index": i, "attempt": a} for i, a in sent_in.items()],
                             "index long, attempt string")
-    refused = spark.read.parquet(outcomes).filter(F.col("record") == REJECTION)
-    return refused.join(F.broadcast(attempts), ["index", "attempt"]).select(
-        F.lit("mixpanel").alias("stage"), "field", "message", "insert_id", F.col("index").alias("partition"),
-        "event",
+    not_imported = spark.read.parquet(outcomes).filter(F.col("record").isin(REJECTION, INVALID))
+    return not_imported.join(F.broadcast(attempts), ["index", "attempt"]).select(
+        F.when(F.col("record") == INVALID, "validation").otherwise("mixpanel").alias("stage"), "field", "message",
+        "insert_id", F.col("index").alias("partition"), "event",
     )
+
+
+def outcome_rows(sent: DataFrame) -> list:
+    return sent.filter(F.col("record") == OUTCOME).drop("record", "field", "insert_id", "event").collect()
 
 
 class RunFiles:
@@ -160,7 +165,6 @@ class RunFiles:
     def __init__(self, spark: SparkSession, results_path: str, run_id: str = "") -> None:
         self._spark = spark
         self.path = results_path.rstrip("/")
-        self.staging = f"{self.path}/staging"
         self.outcomes = f"{self.path}/outcomes/run={run_id}"
 
     def write_manifest(self, manifest: Manifest) -> None:
@@ -173,23 +177,8 @@ class RunFiles:
             raise ConfigError(f"--resume: no run to resume at {self.path} (it has no run/ manifest)") from None
         return Manifest(**json.loads(text))
 
-    def staging_files(self) -> list[str]:
-        try:
-            return self._spark.read.parquet(self.staging).inputFiles()
-        except AnalysisException:  # no records at all: Spark wrote no file
-            return []
-
-    def clear_staging(self) -> None:
-        self._clear(self.staging)
-
-    def _clear(self, path: str) -> None:
-        """Empty a directory through Spark, which has no delete: overwrite it with no rows, which a
-        partitioned write leaves without a single data file."""
-        empty = literal_rows(self._spark, [], "unused int, cleared int")
-        empty.write.mode("overwrite").partitionBy("cleared").parquet(path)
-
-    def outcome_path(self, attempt: str) -> str:
-        return f"{self.outcomes}/attempt={attempt}"
+    def phase_path(self, attempt: str, phase: int) -> str:
+        return f"{self.outcomes}/attempt={attempt}/phase={phase}"
 
     def read_outcomes(self) -> list[tuple[str, PartitionOutcome]]:
         """Every outcome row of every attempt, as (attempt, outcome)."""
@@ -200,8 +189,12 @@ class RunFiles:
             return []
         if "attempt" not in columns:
             return []
-        rows = sent.filter(F.col("record") == OUTCOME).drop("record", "field", "insert_id", "event").collect()
-        return [(row["attempt"], PartitionOutcome.from_row(row.asDict())) for row in rows]
+        return [(row["attempt"], PartitionOutcome.from_row(row.asDict())) for row in outcome_rows(sent)]
+
+    def read_phase_outcomes(self, attempt: str, phase: int) -> list[PartitionOutcome]:
+        """The outcomes one attempt wrote for one phase, by partition index."""
+        rows = outcome_rows(self._spark.read.parquet(self.phase_path(attempt, phase)))
+        return sorted((PartitionOutcome.from_row(row.asDict()) for row in rows), key=lambda o: o.index)
 
     def write_partitions(self, outcomes: list[PartitionOutcome]) -> None:
         rows = [o.as_row() for o in sorted(outcomes, key=lambda o: o.index)]

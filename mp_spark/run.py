@@ -1,13 +1,15 @@
-"""The driver's side of a run: stage the records, check the credentials, send every partition from the
+"""The driver's side of a run: count the records, check the credentials, send every partition from the
 executors, and sum up what happened.
 
-    read -> map, validate, serialize -> staging/ (one file per partition) -> plan -> one Spark job per
-    partition, at most `tasks` at once -> outcome rows -> partitions/, rejected/, summary/
+    read -> map, validate, serialize -> count -> plan -> per phase, one Spark job: spread by key over
+    partitions -> at most `tasks` sending at once -> outcome rows -> partitions/, rejected/, summary/
 
-Each partition's job writes the rows its task returned (its outcome, and the records Mixpanel
-refused) to `outcomes/`, and Spark's commit protocol keeps exactly one successful attempt of it; the
-driver learns the outcome from the job's observed metrics, never from exception text. Only the
-DataFrame and SparkSession APIs that classic Spark and Spark Connect share are used.
+The sending tasks' rows (an outcome per partition, and the records Mixpanel refused or validation
+set aside) are written to `outcomes/` by Spark's writer, whose commit protocol keeps exactly one
+successful attempt of each task; the driver reads back the outcome rows, never exception text.
+Sending starts as soon as the shuffle is written: nothing is staged. Only the DataFrame and
+SparkSession APIs that classic Spark and Spark Connect share are used, but for the task counts
+that progress lines read (mp_spark.progress).
 """
 
 from __future__ import annotations
@@ -21,24 +23,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeVar
 
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, Credentials, MixpanelConfig
 from mp_spark.endpoints import Endpoint, endpoint_for
-from mp_spark.executor import OUTCOME, SENT_SCHEMA, partition_sender
+from mp_spark.executor import SENT_SCHEMA, partition_sender
 from mp_spark.lookup import send_lookup_table
-from mp_spark.plan import Partition, sending_phases, shuffle_partitions, staging_partitions
+from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 from mp_spark.preview import Previewer
-from mp_spark.progress import Progress
+from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
-from mp_spark.results import Manifest, RunFiles, Summary, refused_records, set_aside_records, summarize
+from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.session import prepare_executors
-from mp_spark.tally import OK, OUTCOME_SCHEMA, PartitionOutcome
+from mp_spark.tally import OK, UNSENT, PartitionOutcome
 from mp_spark.transport import RequestsTransport
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +54,6 @@ class RunOptions:
     results_path: str
     dry_run: bool = False
     resume: bool = False  # send only the partitions the run has not sent yet
-
-
-STAGED_COLUMNS = ("key", "line", "invalid", "trimmed")
 
 
 class RunStopped(Exception):
@@ -73,8 +75,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             previewer: Previewer | None = None, rows: DataFrame | None = None) -> Summary:
     """Send every record of the source (or, resuming, every partition not sent yet) and write the results.
 
-    A dry run's `previewer` is shown the records as they are staged. `rows`, when given, are sent
-    instead of the configured source's (an incremental run's micro-batch).
+    A dry run's `previewer` is shown what would be sent. `rows`, when given, are sent instead of the
+    configured source's (an incremental run's micro-batch).
     """
     started = time.monotonic()
     files = RunFiles(spark, options.results_path, options.run_id)
@@ -85,72 +87,67 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             raise RunStopped(outcome.status, outcome.message or "", summary)
         return summary
 
-    if options.resume:
-        manifest = resumable(files.read_manifest(), options)
-    else:
-        manifest = Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
-        # Written first, so that an earlier run's manifest cannot outlive the staging this run replaces;
-        # a resume of a run stopped before its staging was complete stages its records again.
-        files.write_manifest(manifest)
+    manifest = resumable(files.read_manifest(), options) if options.resume else \
+        Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
     # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
-    # A resumed run whose records were staged needs nothing from the source any more.
-    if manifest.rows is None:
-        source = source_rows(spark, config, rows)
-        records = prepare_records(source, config, manifest.now_ms, tap=previewer.tap if previewer else None)
-        phases = record_phases(records, config, manifest.now_ms)
-    else:
-        phases = None
-    executors = prepare_executors(spark)
-    check = None if options.dry_run else functools.partial(check_credentials, endpoint, config.mixpanel)
-    if phases is None:
-        if check:
-            check([spark.read.parquet(files.staging)])
-    else:
-        extra = previewer.staged_columns(records) if previewer else []
-        rows = stage_while_checking(spark, check and functools.partial(check, phases),
-                                    lambda: stage(spark, source, phases, config, files, extra))
-        manifest = dataclasses.replace(manifest, rows=rows, partitions=len(files.staging_files()))
-        files.write_manifest(manifest)  # from here on a resume sends the staged records
-        if previewer:
-            previewer.staged(spark.read.parquet(files.staging))
-    partitions = staging_partitions(files.staging_files())
-    if options.resume and manifest.partitions and not partitions:
-        raise ConfigError(f"--resume: run {manifest.run_id} has sent everything (its staging/ was cleared when "
-                          "it finished): there is nothing to resume")
-    if len(partitions) != manifest.partitions:
-        raise ConfigError(f"--resume: {files.staging} holds {len(partitions)} partitions, the run staged "
-                          f"{manifest.partitions}; start a new run instead")
-
+    source = source_rows(spark, config, rows)
+    records = prepare_records(source, config, manifest.now_ms, tap=previewer.tap if previewer else None)
+    phases = record_phases(records, config, manifest.now_ms)
+    check = None if options.dry_run else functools.partial(check_credentials, endpoint, config.mixpanel, phases)
     earlier = files.read_outcomes() if options.resume else []
     sent_before = {outcome.index: (attempt, outcome) for attempt, outcome in earlier if outcome.status == OK}
-    if sent_before:
-        log.info("resuming run %s: %d of %d partitions were sent before and are not sent again", options.run_id,
-                 len(sent_before), len(partitions))
     attempt = new_run_id()
-    progress = Progress(total_rows=manifest.rows, partitions=len(partitions),
-                        finished_before=[outcome for _, outcome in sent_before.values()],
-                        interval_s=config.job.progress_interval_s)
+
+    def count_and_plan() -> tuple[Manifest, list[Phase]]:
+        counted = manifest if manifest.phase_rows is not None else count_phases(manifest, source, phases, config)
+        if counted is not manifest:
+            files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
+        cores = prepare_executors(spark).cores
+        return counted, sending_phases(counted.phase_partitions, set(sent_before), cores=cores,
+                                       max_in_flight=config.mixpanel.max_in_flight)
+
+    # The check ends before anything is sent, so that wrong credentials cost one request.
+    manifest, plan = while_checking(spark, check, count_and_plan)
+    if options.resume and not plan:
+        raise ConfigError(f"--resume: run {manifest.run_id} has sent everything: there is nothing to resume")
+    if sent_before:
+        log.info("resuming run %s: %d of %d partitions were sent before and are not sent again",
+                 options.run_id, len(sent_before), sum(manifest.phase_partitions))
+    progress = Progress(total_rows=sum(manifest.phase_rows), partitions=sum(manifest.phase_partitions),
+                        sent_before=len(sent_before), interval_s=config.job.progress_interval_s)
     sending = Sending(spark, files, endpoint, attempt, dry_run=options.dry_run, progress=progress)
     outcomes: list[PartitionOutcome] = []
     with progress.running():
-        for phase in sending_phases(partitions, set(sent_before), cores=executors.cores,
-                                    max_in_flight=config.mixpanel.max_in_flight):
+        for phase in plan:
             settings = SenderSettings.for_tasks(config.mixpanel, phase.tasks, options.run_id)
             if options.dry_run:  # nothing to pace without a server
                 settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
-            log.info("sending %d partitions, %d at a time, %d requests in flight each", len(phase.partitions),
+            log.info("sending %d partitions, %d at a time, %d requests in flight each", len(phase.to_send),
                      phase.tasks, settings.in_flight)
-            outcomes += sending.send(phase.partitions, settings, phase.tasks)
+            outcomes += sending.send(phase, phases[phase.number], settings)
             if any(o.status != OK for o in outcomes):
                 break
+    if previewer:
+        previewer.show(prepare_records(source, config, manifest.now_ms))
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
                             imported_before=sum(o.tally.imported for _, o in sent_before.values()),
                             seconds=time.monotonic() - started)
     if failed:
-        raise RunStopped(failed[0].status, failed[0].message or "", summary)
+        first = min(failed, key=lambda o: (o.status == UNSENT, o.index))  # the cause, not a partition it stopped
+        raise RunStopped(first.status, first.message or "", summary)
     return summary
+
+
+def count_phases(manifest: Manifest, source: DataFrame, phases: list[DataFrame], config: Config) -> Manifest:
+    """The manifest with each phase's records counted, and so its number of partitions."""
+    if len(phases) == 1:
+        counts = [count_records(source, phases[0], config)]
+    else:
+        counts = [records.count() for records in phases]
+    partitions = [shuffle_partitions(count, config.job.records_per_partition) for count in counts]
+    return dataclasses.replace(manifest, phase_rows=counts, phase_partitions=partitions)
 
 
 def resumable(manifest: Manifest, options: RunOptions) -> Manifest:
@@ -165,22 +162,30 @@ def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
     """partitions/, rejected/ and summary/ for the whole run (every attempt of it); `sent` maps each sent
     partition to the attempt that sent it and its outcome."""
     outcomes = {index: outcome for index, (_, outcome) in sent.items()}
-    summary = summarize(run_id=options.run_id, dry_run=options.dry_run, rows_read=manifest.rows,
-                        partitions=manifest.partitions, outcomes=list(outcomes.values()), resumed=resumed,
-                        imported_before=imported_before, seconds=seconds, results_path=files.path)
-    files.write_partitions([*outcomes.values(), *(o for o in failed if o.index not in outcomes)])
-    refused_in = {index: attempt for index, (attempt, outcome) in sent.items() if outcome.tally.rejected}
-    files.write_rejected(
-        *([set_aside_records(spark.read.parquet(files.staging))] if summary.invalid else []),
-        *([refused_records(spark, files.outcomes, refused_in)] if refused_in else []),
-    )
+    known = {**{o.index: o for o in failed}, **outcomes}
+    summary = summarize(run_id=options.run_id, dry_run=options.dry_run, rows_read=rows_read(manifest, known),
+                        partitions=sum(manifest.phase_partitions), outcomes=list(outcomes.values()),
+                        resumed=resumed, imported_before=imported_before, seconds=seconds, results_path=files.path)
+    files.write_partitions(list(known.values()))
+    not_imported_in = {index: attempt for index, (attempt, outcome) in sent.items()
+                       if outcome.tally.rejected or outcome.tally.invalid}
+    files.write_rejected(*([rejected_records(spark, files.outcomes, not_imported_in)] if not_imported_in else []))
     files.write_summary(summary)
     if not summary.balanced:
-        log.error("accounting mismatch: %d records staged, but %d imported, %d rejected and %d invalid",
-                  summary.rows_read, summary.imported, summary.rejected, summary.invalid)
-    if summary.complete:
-        files.clear_staging()  # everything is sent; the run's copy of the source can go
+        log.error("accounting mismatch: %d records read, but %d imported, %d rejected, %d invalid and %d unsent",
+                  summary.rows_read, summary.imported, summary.rejected, summary.invalid, summary.unsent)
     return summary
+
+
+def rows_read(manifest: Manifest, known: dict[int, PartitionOutcome]) -> int:
+    """The records of the run: a phase's partitions hold as many as its outcomes say (a partition
+    without one is empty), and a phase no attempt has sent yet as many as were counted."""
+    total, first = 0, 0
+    for rows, partitions in zip(manifest.phase_rows, manifest.phase_partitions, strict=True):
+        in_phase = [known[i] for i in range(first, first + partitions) if i in known]
+        total += sum(o.size for o in in_phase) if in_phase else rows
+        first += partitions
+    return total
 
 
 def record_phases(records: DataFrame, config: Config, now_ms: int) -> list[DataFrame]:
@@ -193,37 +198,13 @@ def record_phases(records: DataFrame, config: Config, now_ms: int) -> list[DataF
     return [records.filter(is_recent), records.filter(~is_recent | F.col("time").isNull())]
 
 
-def stage(spark: SparkSession, source: DataFrame, phases: list[DataFrame], config: Config, files: RunFiles,
-          extra: list[Column]) -> int:
-    """Write the records to staging/, each phase spread by `key` over partitions of about
-    `job.records_per_partition` (one file each); the number of records written.
-
-    The count is observed as the files are written (in the stage whose one successful attempt per
-    partition Spark keeps), so it costs no pass of its own.
-    """
-    columns = [*STAGED_COLUMNS, *extra]
-    per_partition = config.job.records_per_partition
-    if len(phases) == 1:
-        count = count_records(source, phases[0], config)
-        spread = phases[0].select(columns).repartition(shuffle_partitions(count, per_partition), "key")
-    else:
-        spread = functools.reduce(DataFrame.unionByName, [
-            records.select(columns).repartition(shuffle_partitions(records.count(), per_partition), "key")
-            .withColumn("phase", F.lit(phase)) for phase, records in enumerate(phases)])
-    written = Observation("mp-spark-staged")
-    writer = spread.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite")
-    (writer.partitionBy("phase") if len(phases) > 1 else writer).parquet(files.staging)
-    return written.get["rows"]
-
-
-def stage_while_checking(spark: SparkSession, check: Callable[[], None] | None, stage_records: Callable[[], int]
-                         ) -> int:
-    """Stage the records while the credentials are checked on another thread: a big source takes long
-    to stage, and wrong credentials should stop it at once; a small one should not wait for both in turn.
-    A failed check interrupts the staging, and its reason is raised."""
+def while_checking(spark: SparkSession, check: Callable[[], None] | None, work: Callable[[], T]) -> T:
+    """Do the work while the credentials are checked on another thread: wrong credentials should stop
+    it at once, and a small source should not wait for both in turn. A failed check interrupts the
+    work, and its reason is raised."""
     if check is None:
-        return stage_records()
-    tag = f"mp-spark-staging-{secrets.token_hex(4)}"
+        return work()
+    tag = f"mp-spark-work-{secrets.token_hex(4)}"
     failed: list[BaseException] = []
 
     def checking() -> None:
@@ -235,12 +216,12 @@ def stage_while_checking(spark: SparkSession, check: Callable[[], None] | None, 
 
     checker = threading.Thread(target=checking, name="mp-spark-credentials-check")
     checker.start()
-    spark.addTag(tag)  # for the operations of this thread: the staging
+    spark.addTag(tag)  # for the operations of this thread: the work
     try:
-        rows = stage_records()
+        done = work()
     except Exception:
         checker.join()
-        if failed:  # the reason the staging was interrupted
+        if failed:  # the reason the work was interrupted
             raise failed[0] from None
         raise
     finally:
@@ -248,7 +229,7 @@ def stage_while_checking(spark: SparkSession, check: Callable[[], None] | None, 
     checker.join()
     if failed:
         raise failed[0]
-    return rows
+    return done
 
 
 def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list[DataFrame]) -> None:
@@ -275,11 +256,10 @@ def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list
 
 
 class Sending:
-    """Runs one Spark job per partition, at most `tasks` at once, from as many driver threads.
+    """Runs one Spark job per phase: the phase's records spread by key over its partitions, each tagged
+    with its index, sent by at most `phase.tasks` tasks at once, to outcome rows written by Spark.
 
-    After the first partition that cannot be sent (401, retries exhausted) no new job starts; the
-    running ones end with outcomes of their own (a task stops at its first 401 too), which are kept.
-    A Spark failure, or Ctrl-C, interrupts them instead (their partitions count as not sent).
+    Ctrl-C (or SIGTERM) on the driver interrupts the job; its partitions then count as not sent.
     """
 
     def __init__(self, spark: SparkSession, files: RunFiles, endpoint: Endpoint, attempt: str, *, dry_run: bool,
@@ -292,73 +272,37 @@ class Sending:
         self._progress = progress
         self._tag = f"mp-spark-{attempt}"
 
-    def send(self, partitions: tuple[Partition, ...], settings: SenderSettings, tasks: int
-             ) -> list[PartitionOutcome]:
-        pending = iter(partitions)
-        lock = threading.Lock()
-        outcomes: list[PartitionOutcome] = []
-        failures: list[BaseException] = []
-        stopping = threading.Event()  # no new partition starts
-        interrupted = threading.Event()  # ... and the running ones were interrupted
-
-        def interrupt() -> None:
-            stopping.set()
-            if not interrupted.is_set():
-                interrupted.set()
-                self._spark.interruptTag(self._tag)
-
-        def send_some() -> None:
-            self._spark.addTag(self._tag)  # tags are per thread
-            while not stopping.is_set():
-                with lock:
-                    partition = next(pending, None)
-                if partition is None:
-                    return
-                self._progress.sending()
-                try:
-                    outcome = self.send_partition(partition, settings)
-                except Exception as exc:  # a Spark failure, or this run's own interruption of the job
-                    self._progress.finished(None)
-                    if not interrupted.is_set():
-                        failures.append(exc)
-                        interrupt()
-                    return
-                self._progress.finished(outcome)
-                with lock:
-                    outcomes.append(outcome)
-                if outcome.status != OK:
-                    log.error("partition %d: %s: %s", outcome.index, outcome.status, outcome.message)
-                    stopping.set()
-
-        threads = [threading.Thread(target=send_some, name=f"mp-spark-send-{i}") for i in range(tasks)]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                thread.join()
-        except BaseException:  # Ctrl-C or SIGTERM on the driver: stop the jobs rather than wait for them
-            interrupt()
-            raise
-        if failures:
-            raise failures[0]
-        return sorted(outcomes, key=lambda o: o.index)
-
-    def send_partition(self, partition: Partition, settings: SenderSettings) -> PartitionOutcome:
-        """One Spark job: the partition's staging file, through one task, to its outcome rows."""
+    def send(self, phase: Phase, records: DataFrame, settings: SenderSettings) -> list[PartitionOutcome]:
         valid = F.col("invalid").isNull()
-        lines = self._spark.read.parquet(partition.path).coalesce(1).select(
+        spread = records.select("key", "line", "invalid", "trimmed").repartition(phase.partitions, "key")
+        # spark_partition_id is not deterministic to Spark, which so keeps it where it is: above the shuffle.
+        tagged = spread.withColumn("partition", F.spark_partition_id() + F.lit(phase.first))
+        if len(phase.to_send) < phase.partitions:  # a resume: the partitions sent before are left out
+            tagged = tagged.filter(F.col("partition").isin(list(phase.to_send)))
+        stage_tasks = phase.tasks if phase.coalesced else phase.partitions
+        if phase.coalesced:
+            tagged = tagged.coalesce(phase.tasks)
+        lines = tagged.select(
+            "partition",
             F.when(valid, F.concat("line", F.lit("\n"))).alias("line"),
             F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte").alias("trimmed"),
+            F.col("invalid.field").alias("field"), F.col("invalid.message").alias("message"),
+            F.when(~valid, F.col("key")).alias("insert_id"), F.when(~valid, F.col("line")).alias("event"),
         )
-        sender = partition_sender(self._endpoint, settings, partition.index, dry_run=self._dry_run)
-        observed = Observation(f"mp-spark-partition-{partition.index}")
-        is_outcome = F.col("record") == OUTCOME
-        metrics = [F.count_if(is_outcome).alias("outcomes"),
-                   *[F.max(F.when(is_outcome, F.col(f.name))).alias(f.name) for f in OUTCOME_SCHEMA.fields]]
-        lines.mapInArrow(sender, SENT_SCHEMA).observe(observed, *metrics).write.mode("append").parquet(
-            f"{self._files.outcome_path(self._attempt)}/partition={partition.index}")
-        row = observed.get
-        if row["outcomes"] != 1:
-            raise RuntimeError(f"partition {partition.index}: its task returned {row['outcomes']} outcomes, not 1")
-        return PartitionOutcome.from_row(row)
-
+        sender = partition_sender(self._endpoint, settings, self._attempt, dry_run=self._dry_run)
+        self._spark.addTag(self._tag)
+        try:
+            with task_counter(self._spark, self._tag, stage_tasks) as tasks_done, \
+                    self._progress.phase(len(phase.to_send), stage_tasks, tasks_done):
+                lines.mapInArrow(sender, SENT_SCHEMA).write.mode("append").parquet(
+                    self._files.phase_path(self._attempt, phase.number))
+        except BaseException:  # Ctrl-C or SIGTERM: stop the job rather than leave it running
+            self._spark.interruptTag(self._tag)
+            raise
+        finally:
+            self._spark.removeTag(self._tag)
+        outcomes = self._files.read_phase_outcomes(self._attempt, phase.number)
+        for outcome in outcomes:
+            if outcome.status not in (OK, UNSENT):
+                log.error("partition %d: %s: %s", outcome.index, outcome.status, outcome.message)
+        return outcomes

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
-OK, FATAL, EXHAUSTED = "ok", "fatal", "exhausted"  # a partition's status: sent; retrying cannot help; retries ran out
+# A partition's status: sent; retrying cannot help; retries ran out; not sent, because a partition
+# before it in the same task stopped (its records are counted in `unsent`, for a resume to send).
+OK, FATAL, EXHAUSTED, UNSENT = "ok", "fatal", "exhausted", "unsent"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Tally:
     retries: int = 0
     raw_bytes: int = 0
     gzip_bytes: int = 0
+    unsent: int = 0  # records of a partition that stopped, or never started, left for a resume to send
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, name) + getattr(other, name) for name in TALLY_FIELDS))
@@ -56,6 +59,11 @@ class PartitionOutcome:
     status: str = OK
     message: str | None = None  # for `fatal` and `exhausted`: what failed
     seconds: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """How many records the partition holds, sent or not."""
+        return self.tally.rows + self.tally.invalid + self.tally.unsent
 
     def as_row(self) -> dict:
         """The flat row of `partitions/` (and of the outcome rows the executors return)."""

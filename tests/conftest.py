@@ -96,6 +96,7 @@ def connect_server(python_without_mp_spark: Path, tmp_path_factory: pytest.TempP
         str(SPARK_BIN / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
         "--master", "local[2, 4]", "--packages", DELTA_PACKAGE,
         "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", f"spark.connect.grpc.binding.port={port}",
+        "--conf", "spark.connect.progress.reportInterval=100ms",  # as often as the progress test's lines
         *[arg for key, value in TEST_SESSION_CONF.items() for arg in ("--conf", f"{key}={value}")],
         *[arg for key, value in DELTA_SQL_CONF.items() for arg in ("--conf", f"{key}={value}")],
         "spark-internal",

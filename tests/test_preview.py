@@ -8,19 +8,18 @@ from pyspark.sql import functions as F
 from mp_spark.config import Config, MappingConfig, SourceConfig
 from mp_spark.preview import Preview, Previewer, PropertyProfile
 from mp_spark.records import prepare_events
-from mp_spark.run import STAGED_COLUMNS
 from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
 
-def preview_of(source: DataFrame, mapping: MappingConfig, staging: Path) -> Preview:
+def preview_of(source: DataFrame, mapping: MappingConfig, out: Path) -> Preview:
     """The preview a dry run shows, taken as the run takes it: observed while the records are written
-    to staging, then read from there."""
+    (as they are sent), then the samples and the busiest user-day from the records without the tap."""
     shown: list[Preview] = []
     previewer = Previewer(shown.append)
     config = Config(SourceConfig(format="parquet", path="unused"), mapping)
-    records = prepare_events(source, config, int(time.time() * 1000), tap=previewer.tap)
-    records.select(*STAGED_COLUMNS, *previewer.staged_columns(records)).write.parquet(str(staging))
-    previewer.staged(source.sparkSession.read.parquet(str(staging)), samples=100)
+    now_ms = int(time.time() * 1000)
+    prepare_events(source, config, now_ms, tap=previewer.tap).write.parquet(str(out))
+    previewer.show(prepare_events(source, config, now_ms), samples=100)
     (preview,) = shown
     return preview
 
@@ -30,7 +29,7 @@ def test_preview_profiles_properties_and_samples_events(spark: SparkSession, tmp
             for i in range(10)]
     df = spark.createDataFrame(rows, "user string, name string, ts long, note string, score double")
     preview = preview_of(df, MappingConfig(event="name", time="ts", distinct_id="user",
-                                           include_columns=["note", "score"]), tmp_path / "staging")
+                                           include_columns=["note", "score"]), tmp_path / "sent")
 
     assert len(preview.samples) == 10 and preview.samples[0]["event"] == "Signup"
     by_name = {p.name: p for p in preview.properties}
@@ -68,7 +67,7 @@ def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(
         "user", "wall", "gap", F.col("wall").cast("timestamp_ntz").alias("at"),
         F.col("gap").cast("timestamp_ntz").alias("in_gap"))
     mapping = MappingConfig(event="'Signup'", time="at", distinct_id="user", include_columns=["wall", "gap", "in_gap"])
-    preview = preview_of(df, mapping, tmp_path / "staging")
+    preview = preview_of(df, mapping, tmp_path / "sent")
 
     assert preview.busiest_user_day == 3
     assert sorted(sample["properties"]["gap"] for sample in preview.samples) == sorted(DST_WALL_CLOCKS)
@@ -81,7 +80,7 @@ def test_preview_shows_what_no_event_will_carry(spark: SparkSession, tmp_path: P
     df = spark.createDataFrame([("u1", 1_704_164_645, bytearray(b"\x00"), [[[[1]]]], "x")],
                                "user string, ts long, blob binary, deep array<array<array<array<int>>>>, plan string")
     preview = preview_of(df, MappingConfig(event="'Signup'", time="ts", distinct_id="user",
-                                           include_columns=["blob", "deep", "plan"]), tmp_path / "staging")
+                                           include_columns=["blob", "deep", "plan"]), tmp_path / "sent")
 
     assert [p.name for p in preview.properties] == ["plan"]
     assert preview.warnings() == [

@@ -1,31 +1,23 @@
-"""The driver's progress line, from partition outcomes, with a clock the test controls."""
+"""The driver's progress line, from finished tasks, with a clock the test controls."""
 
 from mp_spark.progress import Progress
-from mp_spark.tally import EXHAUSTED, PartitionOutcome, Tally
 
 
-def outcome(index: int, rows: int = 100, status: str = "ok") -> PartitionOutcome:
-    return PartitionOutcome(index, Tally(rows=rows, imported=rows - 5, rejected=5, invalid=10), status)
-
-
-def test_the_line_counts_sent_partitions_and_estimates_from_this_attempt_s_rate() -> None:
+def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -> None:
     now = [0.0]
-    progress = Progress(total_rows=1100, partitions=10, finished_before=[outcome(0)], interval_s=10,
-                        clock=lambda: now[0])
-    for _ in range(3):
-        progress.sending()
-    progress.finished(outcome(1))
-    progress.finished(outcome(2, status=EXHAUSTED))  # not sent: counts for nothing
-    now[0] = 2.0
-
-    line = progress.line()
-    # 3 partitions of 110 rows (100 sent + 10 invalid) are done: 2 before, 1 by this attempt in 2 s.
-    assert line.startswith("progress: 20% (220 of 1,100 rows): 190 imported, 10 rejected, 20 invalid; 55 rows/s")
-    assert "about 16 s left; 2 of 10 partitions done, 1 sending" in line
+    done = [0]
+    progress = Progress(total_rows=1000, partitions=10, sent_before=2, interval_s=10, clock=lambda: now[0])
+    with progress.phase(8, 4, lambda: done[0]):  # 8 partitions coalesced into 4 tasks
+        done[0] = 1
+        now[0] = 2.0
+        line = progress.line()
+    # 2 partitions sent before, and 1 task of 4 (2 partitions) by this attempt in 2 s: 100 rows/s.
+    assert line == "progress: 40% (4 of 10 partitions sent, about 400 of 1,000 rows); 100 rows/s; about 6 s left"
+    assert progress.line().startswith("progress: 100% (10 of 10 partitions sent")  # the phase ended
 
 
-def test_a_partition_stopped_without_an_outcome_is_no_longer_sending() -> None:
-    progress = Progress(total_rows=0, partitions=1, finished_before=[], interval_s=10)
-    progress.sending()
-    progress.finished(None)
-    assert progress.line().endswith("nothing left; 0 of 1 partitions done, 0 sending")
+def test_nothing_done_yet_has_no_estimate() -> None:
+    progress = Progress(total_rows=500, partitions=5, sent_before=0, interval_s=10)
+    with progress.phase(5, 5, lambda: 0):
+        assert progress.line().endswith("0 rows/s; time left unknown yet")
+    assert Progress(total_rows=0, partitions=1, sent_before=0, interval_s=10).line().endswith("nothing left")

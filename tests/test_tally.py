@@ -10,13 +10,15 @@ from mp_spark.tally import EXHAUSTED, OUTCOME_SCHEMA, TALLY_FIELDS, PartitionOut
 
 
 def test_tallies_add_field_by_field() -> None:
-    total = Tally(rows=3, imported=2, rejected=1, requests=4) + Tally(rows=5, imported=5, invalid=2, retries=1)
-    assert dataclasses.astuple(total) == (8, 7, 1, 2, 0, 0, 4, 1, 0, 0)
+    total = Tally(rows=3, imported=2, rejected=1, requests=4, unsent=6) + Tally(rows=5, imported=5, invalid=2,
+                                                                               retries=1)
+    assert dataclasses.astuple(total) == (8, 7, 1, 2, 0, 0, 4, 1, 0, 0, 6)
 
 
 def test_an_outcome_round_trips_through_its_row_and_the_schemas_follow_the_fields() -> None:
     outcome = PartitionOutcome(7, Tally(rows=10, imported=9, rejected=1), EXHAUSTED, "gave up", 1.5)
     assert PartitionOutcome.from_row(outcome.as_row()) == outcome
+    assert outcome.size == 10
     assert OUTCOME_SCHEMA.names == list(outcome.as_row())
     assert set(TALLY_FIELDS) < set(SENT_SCHEMA.names)
     assert all(SENT_SCHEMA[name].dataType == T.LongType() for name in TALLY_FIELDS)
