@@ -28,21 +28,24 @@ def shuffle_partitions(rows: int, records_per_partition: int) -> int:
     return max(1, math.ceil(rows / records_per_partition))
 
 
-def sending_phases(phase_partitions: list[int], finished: set[int], *, cores: int, max_in_flight: int
-                   ) -> list[Phase]:
+def sending_phases(phase_partitions: list[int], finished: set[int], *, cores: int, max_in_flight: int,
+                   fixed_cores: bool = False) -> list[Phase]:
     """What to send, phase after phase, leaving out the partitions an earlier attempt finished.
 
     Requests in flight = tasks sending at once x requests per task, and the job-wide budget is
     `max_in_flight`: so no more tasks than that (each keeps at least one request going), and no
-    more than the cluster runs at once, or the budget would be spread over tasks that wait. Where
-    the cluster runs more tasks at once than the budget allows, the partitions are coalesced into
-    that many tasks; otherwise each partition is a task of its own, and Spark runs `cores` at once.
+    more than the cluster runs at once, or the budget would be spread over tasks that wait. On local
+    Spark (`fixed_cores`), which runs `cores` tasks at once for the whole run, each partition is a
+    task of its own, so progress and retries go partition by partition. A cluster may grow during
+    the run, and may already run more tasks at once than the budget allows: there the partitions are
+    coalesced into `tasks` tasks, each sending its share one partition after another.
     """
     phases, first = [], 0
     for number, partitions in enumerate(phase_partitions):
         to_send = tuple(i for i in range(first, first + partitions) if i not in finished)
         if to_send:
             tasks = max(1, min(len(to_send), max_in_flight, cores))
-            phases.append(Phase(number, first, partitions, to_send, tasks, coalesced=cores > tasks))
+            coalesced = tasks < len(to_send) and (cores > tasks or not fixed_cores)
+            phases.append(Phase(number, first, partitions, to_send, tasks, coalesced))
         first += partitions
     return phases

@@ -84,6 +84,7 @@ def is_connect(spark: SparkSession) -> bool:
 @dataclass(frozen=True)
 class Executors:
     cores: int  # tasks the cluster runs at once (its default parallelism)
+    fixed: bool = False  # local Spark, whose cores cannot grow during the run (a cluster's may)
 
 
 def prepare_executors(spark: SparkSession) -> Executors:
@@ -95,7 +96,7 @@ def prepare_executors(spark: SparkSession) -> Executors:
     master = spark.conf.get("spark.master", "")
     if not is_connect(spark) and LOCAL_MASTER.match(master):  # the tasks run this very Python
         threads = LOCAL_MASTER.match(master).group(1) or "1"
-        return Executors(cores=(os.cpu_count() or 1) if threads == "*" else int(threads))
+        return Executors(cores=(os.cpu_count() or 1) if threads == "*" else int(threads), fixed=True)
     found = run_probe(spark)
     if found.mp_spark != mp_spark.__version__ and is_connect(spark):
         ship_package(spark)
@@ -111,7 +112,7 @@ def prepare_executors(spark: SparkSession) -> Executors:
     # spark.range's default partitioning is the cluster's default parallelism, its cores.
     partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
     cores = partition.agg(F.max("partition")).first()[0] + 1
-    return Executors(cores=cores)
+    return Executors(cores=cores, fixed=bool(LOCAL_MASTER.match(master)))  # a Connect server's own master
 
 
 def run_probe(spark: SparkSession) -> probe.Found:

@@ -5,8 +5,8 @@ from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 
 def test_partitions_are_numbered_across_phases_and_a_resume_skips_what_was_sent() -> None:
     assert sending_phases([2, 3], set(), cores=8, max_in_flight=16) == [
-        Phase(0, first=0, partitions=2, to_send=(0, 1), tasks=2, coalesced=True),
-        Phase(1, first=2, partitions=3, to_send=(2, 3, 4), tasks=3, coalesced=True),
+        Phase(0, first=0, partitions=2, to_send=(0, 1), tasks=2, coalesced=False),
+        Phase(1, first=2, partitions=3, to_send=(2, 3, 4), tasks=3, coalesced=False),
     ]
     resumed = sending_phases([2, 3], {0, 1, 3}, cores=8, max_in_flight=16)  # phase 0 has nothing left
     assert [(p.number, p.first, p.partitions, p.to_send, p.tasks) for p in resumed] == [(1, 2, 3, (2, 4), 2)]
@@ -14,15 +14,16 @@ def test_partitions_are_numbered_across_phases_and_a_resume_skips_what_was_sent(
 
 
 def test_tasks_at_once_are_bounded_by_the_budget_the_cores_and_the_work() -> None:
-    def first_phase(partitions: int, cores: int) -> tuple[int, bool]:
-        (phase,) = sending_phases([partitions], set(), cores=cores, max_in_flight=16)
+    def first_phase(partitions: int, cores: int, fixed_cores: bool = False) -> tuple[int, bool]:
+        (phase,) = sending_phases([partitions], set(), cores=cores, max_in_flight=16, fixed_cores=fixed_cores)
         return phase.tasks, phase.coalesced
 
     assert first_phase(100, cores=200) == (16, True)  # a big cluster: the budget, each task sends its share
-    assert first_phase(100, cores=2) == (2, False)  # local[2]: a task per partition, 2 at once, 8 requests each
-    assert first_phase(100, cores=16) == (16, False)
-    assert first_phase(3, cores=200) == (3, True)
-    assert first_phase(100, cores=0) == (1, False)
+    assert first_phase(100, cores=8) == (8, True)  # a small cluster may grow: still no more than 8 tasks
+    assert first_phase(100, cores=2, fixed_cores=True) == (2, False)  # local[2]: a task per partition, 2 at once
+    assert first_phase(100, cores=32, fixed_cores=True) == (16, True)  # local[32]: the budget
+    assert first_phase(3, cores=200) == (3, False)  # a task per partition is already within the budget
+    assert first_phase(100, cores=0) == (1, True)
 
 
 def test_records_are_spread_over_enough_partitions_for_the_size_asked() -> None:
