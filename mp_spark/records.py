@@ -7,8 +7,6 @@ Mixpanel's limits); events also have `time` (epoch ms) and `distinct_id`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -19,8 +17,6 @@ from mp_spark.profiles import to_profile_updates
 from mp_spark.sources import read_source
 from mp_spark.validation import with_invalid_reason
 
-Tap = Callable[[DataFrame], DataFrame]
-
 
 def source_rows(spark: SparkSession, config: Config, rows: DataFrame | None = None) -> DataFrame:
     """The source (or `rows` read from it) as the mapping reads it: as stored, or as a
@@ -28,12 +24,11 @@ def source_rows(spark: SparkSession, config: Config, rows: DataFrame | None = No
     return (read_source(spark, config.source) if rows is None else rows).transform(prepare_source(config))
 
 
-def prepare_events(source: DataFrame, config: Config, now_ms: int, tap: Tap | None = None) -> DataFrame:
+def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
     """Rows outside `job.time_from`/`job.time_to` are not part of the run; rows with no time stay,
-    to be set aside as invalid. `tap` sees the mapped events (`to_mixpanel_events`) on their way."""
+    to be set aside as invalid."""
     events = (
         source.transform(to_mixpanel_events(config.mapping))
-        .transform(tap or (lambda mapped: mapped))
         .transform(to_json_lines)
         .transform(with_invalid_reason(now_ms))
         .select("time", "distinct_id", F.col("insert_id").alias("key"), "line", "invalid",
@@ -47,10 +42,10 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int, tap: Tap | No
     return events
 
 
-def prepare_records(source: DataFrame, config: Config, now_ms: int, tap: Tap | None = None) -> DataFrame:
+def prepare_records(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
     if config.profiles:
         return source.transform(to_profile_updates(config.mapping))
-    return prepare_events(source, config, now_ms, tap)
+    return prepare_events(source, config, now_ms)
 
 
 def count_records(source: DataFrame, records: DataFrame, config: Config) -> int:

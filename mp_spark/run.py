@@ -91,7 +91,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
     # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
     source = source_rows(spark, config, rows)
-    records = prepare_records(source, config, manifest.now_ms, tap=previewer.tap if previewer else None)
+    records = prepare_records(source, config, manifest.now_ms)
     phases = record_phases(records, config, manifest.now_ms)
     check = None if options.dry_run else functools.partial(check_credentials, endpoint, config.mixpanel, phases)
     earlier = files.read_outcomes() if options.resume else []
@@ -102,9 +102,9 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         counted = manifest if manifest.phase_rows is not None else count_phases(manifest, source, phases, config)
         if counted is not manifest:
             files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
-        cores = prepare_executors(spark).cores
-        return counted, sending_phases(counted.phase_partitions, set(sent_before), cores=cores,
-                                       max_in_flight=config.mixpanel.max_in_flight)
+        executors = prepare_executors(spark)
+        return counted, sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
+                                       max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
     manifest, plan = while_checking(spark, check, count_and_plan)
@@ -128,7 +128,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             if any(o.status != OK for o in outcomes):
                 break
     if previewer:
-        previewer.show(prepare_records(source, config, manifest.now_ms))
+        previewer.show(source, records, config, rows=sum(manifest.phase_rows))
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),

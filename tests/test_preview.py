@@ -1,5 +1,4 @@
 import time
-from pathlib import Path
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -11,25 +10,22 @@ from mp_spark.records import prepare_events
 from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
 
-def preview_of(source: DataFrame, mapping: MappingConfig, out: Path) -> Preview:
-    """The preview a dry run shows, taken as the run takes it: observed while the records are written
-    (as they are sent), then the samples and the busiest user-day from the records without the tap."""
+def preview_of(source: DataFrame, mapping: MappingConfig, sample_rows: int = 100_000) -> Preview:
+    """The preview a dry run shows, taken as the run takes it."""
     shown: list[Preview] = []
-    previewer = Previewer(shown.append)
     config = Config(SourceConfig(format="parquet", path="unused"), mapping)
-    now_ms = int(time.time() * 1000)
-    prepare_events(source, config, now_ms, tap=previewer.tap).write.parquet(str(out))
-    previewer.show(prepare_events(source, config, now_ms), samples=100)
+    records = prepare_events(source, config, int(time.time() * 1000))
+    Previewer(shown.append, sample_rows).show(source, records, config, rows=source.count(), samples=100)
     (preview,) = shown
     return preview
 
 
-def test_preview_profiles_properties_and_samples_events(spark: SparkSession, tmp_path: Path) -> None:
+def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> None:
     rows = [(f"u{i % 3}", "Signup", 1_704_164_645 + i, "x" * (300 if i == 0 else 5), None if i % 2 else 1.5)
             for i in range(10)]
     df = spark.createDataFrame(rows, "user string, name string, ts long, note string, score double")
     preview = preview_of(df, MappingConfig(event="name", time="ts", distinct_id="user",
-                                           include_columns=["note", "score"]), tmp_path / "sent")
+                                           include_columns=["note", "score"]))
 
     assert len(preview.samples) == 10 and preview.samples[0]["event"] == "Signup"
     by_name = {p.name: p for p in preview.properties}
@@ -54,7 +50,7 @@ def test_preview_warns_about_ids_as_properties_too_many_event_names_and_hot_shar
 
 
 def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(
-    spark: SparkSession, session_zone: str, tmp_path: Path,
+    spark: SparkSession, session_zone: str,
 ) -> None:
     # u1's two events are on two UTC days but one local day in every other zone tested; u2's three
     # are on one UTC day but two local days in each of them; u3's are days apart. Each event carries
@@ -67,7 +63,7 @@ def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(
         "user", "wall", "gap", F.col("wall").cast("timestamp_ntz").alias("at"),
         F.col("gap").cast("timestamp_ntz").alias("in_gap"))
     mapping = MappingConfig(event="'Signup'", time="at", distinct_id="user", include_columns=["wall", "gap", "in_gap"])
-    preview = preview_of(df, mapping, tmp_path / "sent")
+    preview = preview_of(df, mapping)
 
     assert preview.busiest_user_day == 3
     assert sorted(sample["properties"]["gap"] for sample in preview.samples) == sorted(DST_WALL_CLOCKS)
@@ -76,11 +72,11 @@ def test_preview_samples_and_busiest_day_are_utc_in_every_session_zone(
         assert (props["time"], props["in_gap"]) == (utc_ms(props["wall"]), mixpanel_date(props["gap"]))
 
 
-def test_preview_shows_what_no_event_will_carry(spark: SparkSession, tmp_path: Path) -> None:
+def test_preview_shows_what_no_event_will_carry(spark: SparkSession) -> None:
     df = spark.createDataFrame([("u1", 1_704_164_645, bytearray(b"\x00"), [[[[1]]]], "x")],
                                "user string, ts long, blob binary, deep array<array<array<array<int>>>>, plan string")
     preview = preview_of(df, MappingConfig(event="'Signup'", time="ts", distinct_id="user",
-                                           include_columns=["blob", "deep", "plan"]), tmp_path / "sent")
+                                           include_columns=["blob", "deep", "plan"]))
 
     assert [p.name for p in preview.properties] == ["plan"]
     assert preview.warnings() == [
@@ -88,3 +84,16 @@ def test_preview_shows_what_no_event_will_carry(spark: SparkSession, tmp_path: P
         "not sending values nested deeper than 3 levels or beyond 254 fields: deep",
     ]
     assert "warning: not sending binary values" in preview.render()
+
+
+def test_a_big_source_is_profiled_from_a_sample_and_the_busiest_day_scaled_up(spark: SparkSession) -> None:
+    # 4,000 events of one user on one UTC day, and a sample of about 1,000 of them.
+    df = spark.range(4000).select(F.lit("u1").alias("user"), (F.lit(1_704_164_645) + F.col("id")).alias("ts"),
+                                  F.col("id").cast("string").alias("order_id"))
+    preview = preview_of(df, MappingConfig(event="'Purchase'", time="ts", distinct_id="user",
+                                           include_columns=["order_id"]), sample_rows=1000)
+
+    assert 700 < preview.rows < 1300 and preview.of_rows == 4000 and preview.sampled
+    assert 3000 < preview.busiest_user_day < 5000  # about 1,000 in the sample, for 4,000 in all
+    assert "properties over a sample of" in preview.render() and "of 4,000 rows" in preview.render()
+    assert any("'order_id'" in w and "an id?" in w for w in preview.warnings())  # all distinct in the sample too
