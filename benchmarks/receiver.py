@@ -37,7 +37,9 @@ class State:
             self.tokens = float(self.admit or 0)
             self.refilled = time.monotonic()
             self.events = self.requests = self.throttled = self.in_flight = self.peak_in_flight = 0
-            self.first_at = self.last_at = 0.0  # first request in, last answer out: the sending phase
+            # The sending phase: from the first request of more than one event in (the job's credential
+            # check sends one event alone, before it reads and shuffles the records) to the last answer out.
+            self.first_at = self.last_at = 0.0
             self.timeline = []  # (seconds since the first request, events admitted, or -1 for a 429)
 
     def admit_batch(self, events: int) -> bool:
@@ -84,25 +86,28 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/configure":
             STATE.configure(json.loads(body or b"{}"))
             return self._answer(200, b"{}")
+        arrived = time.monotonic()
         with STATE.lock:
             STATE.requests += 1
-            STATE.first_at = STATE.first_at or time.monotonic()
             STATE.in_flight += 1
             STATE.peak_in_flight = max(STATE.peak_in_flight, STATE.in_flight)
         try:
             raw = zlib.decompress(body, 31) if self.headers.get("Content-Encoding") == "gzip" else body
             # numpy counts newlines 5x faster than bytes.count: the receiver shares the job's 2 cores
             events = int(np.count_nonzero(np.frombuffer(raw, np.uint8) == NEWLINE)) + (not raw.endswith(b"\n"))
+            if events > 1:
+                with STATE.lock:
+                    STATE.first_at = STATE.first_at or arrived
             if STATE.latency_s:
                 time.sleep(STATE.latency_s)
             if not STATE.admit_batch(events):
                 with STATE.lock:
                     STATE.throttled += 1
-                    STATE.timeline.append((round(time.monotonic() - STATE.first_at, 2), -1))
+                    STATE.timeline.append((round(time.monotonic() - (STATE.first_at or arrived), 2), -1))
                 return self._answer(429, RATE_LIMITED)
             with STATE.lock:
                 STATE.events += events
-                STATE.timeline.append((round(time.monotonic() - STATE.first_at, 2), events))
+                STATE.timeline.append((round(time.monotonic() - (STATE.first_at or arrived), 2), events))
             self._answer(200, OK_BODY.format(events).encode())
         finally:
             with STATE.lock:
