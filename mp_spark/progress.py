@@ -33,7 +33,7 @@ class Progress:
         self._started = clock()
         self._lock = threading.Lock()
         self._sent_before = sent_before
-        self._finished = sent_before  # partitions of finished phases, and those sent before this attempt
+        self._finished = sent_before  # partitions sent: by earlier attempts, and in this one's finished phases
         self._phase: tuple[int, int] = (0, 1)  # the running phase: its partitions, its sending tasks
         self._tasks_done: Callable[[], int] = lambda: 0
 
@@ -46,8 +46,12 @@ class Progress:
             yield
         finally:
             with self._lock:
-                self._finished += partitions
                 self._phase, self._tasks_done = (0, 1), lambda: 0
+
+    def sent(self, partitions: int) -> None:
+        """A phase ended, and its outcomes say how many of its partitions were sent."""
+        with self._lock:
+            self._finished += partitions
 
     @contextmanager
     def running(self) -> Iterator[Progress]:

@@ -302,6 +302,7 @@ class Sending:
         finally:
             self._spark.removeTag(self._tag)
         outcomes = self._files.read_phase_outcomes(self._attempt, phase.number)
+        self._progress.sent(sum(o.status == OK for o in outcomes))
         for outcome in outcomes:
             if outcome.status not in (OK, UNSENT):
                 log.error("partition %d: %s: %s", outcome.index, outcome.status, outcome.message)

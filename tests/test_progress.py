@@ -13,7 +13,9 @@ def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -
         line = progress.line()
     # 2 partitions sent before, and 1 task of 4 (2 partitions) by this attempt in 2 s: 100 rows/s.
     assert line == "progress: 40% (4 of 10 partitions sent, about 400 of 1,000 rows); 100 rows/s; about 6 s left"
-    assert progress.line().startswith("progress: 100% (10 of 10 partitions sent")  # the phase ended
+    assert progress.line().startswith("progress: 20% (2 of 10 partitions sent")  # ended: its outcomes tell
+    progress.sent(7)  # one partition of the 8 was not sent
+    assert progress.line().startswith("progress: 90% (9 of 10 partitions sent, about 900 of 1,000 rows)")
 
 
 def test_nothing_done_yet_has_no_estimate() -> None:
