@@ -178,8 +178,8 @@ def rejection_rows(index: int, rejections: list[Rejection]) -> pa.RecordBatch:
 def invalid_rows(index: int, record_batch: pa.RecordBatch) -> pa.RecordBatch:
     """The rows validation set aside, as output rows, built by Arrow (a partition may hold many)."""
     invalid = record_batch.filter(pc.is_null(record_batch.column(1)))
-    given = {"record": pa.array([INVALID] * invalid.num_rows, pa.string()),
-             "index": pa.array([index] * invalid.num_rows, pa.int64()),
+    given = {"record": pa.repeat(pa.scalar(INVALID, pa.string()), invalid.num_rows),
+             "index": pa.repeat(pa.scalar(index, pa.int64()), invalid.num_rows),
              **{name: invalid.column(SENDER_INPUT.index(name)) for name in ("field", "message", "insert_id", "event")}}
     columns = [given.get(f.name, pa.nulls(invalid.num_rows, f.type)) for f in SENT_ARROW_SCHEMA]
     return pa.RecordBatch.from_arrays(columns, schema=SENT_ARROW_SCHEMA)
