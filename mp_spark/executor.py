@@ -7,6 +7,8 @@ builds a Python object per sent line. It returns rows, not exceptions:
 
 - `record` = "rejection": a record Mixpanel refused;
 - `record` = "invalid": a record validation set aside (never sent);
+- `record` = "sample": in a dry run, one of the partition's first lines, for the preview (`event`);
+- `record` = "profile": in a dry run, a sampled record's fingerprints for the preview's profile;
 - `record` = "outcome": one per partition, its tally and status, after its other rows.
 
 Spark's writer commits the rows of exactly one successful attempt of each task, so a retried task
@@ -39,20 +41,25 @@ from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.tally import FATAL, OK, OUTCOME_SCHEMA, REJECTION_FIELDS, UNSENT, PartitionOutcome, Rejection, Tally
 from mp_spark.transport import DryRunTransport, RequestsTransport, Transport
 
-OUTCOME, REJECTION, INVALID = "outcome", "rejection", "invalid"
-# What the sending stage returns: outcome, rejection and invalid rows in one schema (`message` is both
-# the outcome's and the rejection's).
+OUTCOME, REJECTION, INVALID, SAMPLE, PROFILE = "outcome", "rejection", "invalid", "sample", "profile"
+SAMPLES_PER_PARTITION = 5  # a dry run's preview shows the first of them
+PROFILE_TYPE = T.ArrayType(T.LongType())  # mp_spark.preview.profile_column
+# What the sending stage returns: outcome, rejection, invalid, sample and profile rows in one schema
+# (`message` is both the outcome's and the rejection's).
 SENT_SCHEMA = T.StructType([
     T.StructField("record", T.StringType()),
     *OUTCOME_SCHEMA.fields,
     *[T.StructField(name, T.StringType()) for name in REJECTION_FIELDS if name != "message"],
+    T.StructField("profile", PROFILE_TYPE),
 ])
-_ARROW_TYPES = {T.LongType(): pa.int64(), T.StringType(): pa.string(), T.DoubleType(): pa.float64()}
+_ARROW_TYPES = {T.LongType(): pa.int64(), T.StringType(): pa.string(), T.DoubleType(): pa.float64(),
+                PROFILE_TYPE: pa.list_(pa.int64())}
 SENT_ARROW_SCHEMA = pa.schema([(f.name, _ARROW_TYPES[f.dataType]) for f in SENT_SCHEMA.fields])
 # The sending task's input columns, in this order: the partition index; the record's JSON line with its
 # newline, or null for a record validation set aside; 1 where a sent record had a value cut to fit
-# Mixpanel's limits, else 0; and for a record set aside, why (field, message), its key and its line.
-SENDER_INPUT = ("partition", "line", "trimmed", "field", "message", "insert_id", "event")
+# Mixpanel's limits, else 0; for a record set aside, why (field, message), its key and its line; and in
+# a dry run, the fingerprints of a record in the preview's sample (else null).
+SENDER_INPUT = ("partition", "line", "trimmed", "field", "message", "insert_id", "event", "profile")
 STOPPED_NOTES = Path(tempfile.gettempdir()) / "mp-spark-stopped"  # one file per stopped attempt
 
 
@@ -77,7 +84,8 @@ def partition_sender(
                 elif (stopped := stopped_by(attempt)) is not None:
                     outcome = unsent_partition(index, records, UNSENT, f"not sent: {stopped}; a resume sends it")
                 else:
-                    outcome = yield from send_partition(index, records, endpoint, settings, transport)
+                    outcome = yield from send_partition(index, records, endpoint, settings, transport,
+                                                        samples=SAMPLES_PER_PARTITION if dry_run else 0)
                     if outcome.status != OK:
                         note_stop(attempt, f"partition {index} stopped the run before it ({outcome.status})")
                 yield outcome_row(outcome)
@@ -119,18 +127,24 @@ def partition_slices(record_batches: Iterator[pa.RecordBatch]) -> Iterator[tuple
 
 
 def send_partition(index: int, record_batches: Iterator[pa.RecordBatch], endpoint: Endpoint,
-                   settings: SenderSettings, transport: Transport) -> Iterator[pa.RecordBatch]:
-    """Send one partition's lines; yields its rejection and invalid rows, and returns its outcome."""
+                   settings: SenderSettings, transport: Transport, samples: int = 0) -> Iterator[pa.RecordBatch]:
+    """Send one partition's lines; yields its rejection and invalid rows (and in a dry run its first
+    `samples` lines and its records' profile rows), and returns its outcome."""
     started = time.monotonic()
     seen = {"lines": 0, "invalid": 0, "trimmed": 0}
     set_aside: list[pa.RecordBatch] = []  # yielded between the sender's answers
 
     def chunks() -> Iterator[Chunk]:
         for record_batch in record_batches:
+            profiles = record_batch.column(SENDER_INPUT.index("profile"))
+            if profiles.null_count < len(profiles):
+                set_aside.append(profile_rows(index, profiles.drop_null()))
             lines = record_batch.column(1)
             if lines.null_count:
                 set_aside.append(invalid_rows(index, record_batch))
                 lines = lines.drop_null()
+            if seen["lines"] < samples:
+                set_aside.append(sample_rows(index, lines.slice(0, samples - seen["lines"])))
             seen["lines"] += len(lines)
             seen["invalid"] += record_batch.num_rows - len(lines)
             seen["trimmed"] += pc.sum(record_batch.column(2)).as_py() or 0
@@ -178,11 +192,24 @@ def rejection_rows(index: int, rejections: list[Rejection]) -> pa.RecordBatch:
 def invalid_rows(index: int, record_batch: pa.RecordBatch) -> pa.RecordBatch:
     """The rows validation set aside, as output rows, built by Arrow (a partition may hold many)."""
     invalid = record_batch.filter(pc.is_null(record_batch.column(1)))
-    given = {"record": pa.repeat(pa.scalar(INVALID, pa.string()), invalid.num_rows),
-             "index": pa.repeat(pa.scalar(index, pa.int64()), invalid.num_rows),
-             **{name: invalid.column(SENDER_INPUT.index(name)) for name in ("field", "message", "insert_id", "event")}}
-    columns = [given.get(f.name, pa.nulls(invalid.num_rows, f.type)) for f in SENT_ARROW_SCHEMA]
-    return pa.RecordBatch.from_arrays(columns, schema=SENT_ARROW_SCHEMA)
+    return output_rows(INVALID, index, invalid.num_rows, {
+        name: invalid.column(SENDER_INPUT.index(name)) for name in ("field", "message", "insert_id", "event")})
+
+
+def sample_rows(index: int, lines: pa.Array) -> pa.RecordBatch:
+    return output_rows(SAMPLE, index, len(lines), {"event": lines})
+
+
+def profile_rows(index: int, profiles: pa.Array) -> pa.RecordBatch:
+    return output_rows(PROFILE, index, len(profiles), {"profile": profiles})
+
+
+def output_rows(record: str, index: int, count: int, columns: dict[str, pa.Array]) -> pa.RecordBatch:
+    """`count` output rows of one kind for one partition: the given columns, the others null."""
+    given = {"record": pa.repeat(pa.scalar(record, pa.string()), count),
+             "index": pa.repeat(pa.scalar(index, pa.int64()), count), **columns}
+    return pa.RecordBatch.from_arrays([given.get(f.name, pa.nulls(count, f.type)) for f in SENT_ARROW_SCHEMA],
+                                      schema=SENT_ARROW_SCHEMA)
 
 
 def arrow_chunk(lines: pa.Array) -> Chunk:

@@ -1,7 +1,8 @@
 """Look before you send: sample events as /import would receive them, and a profile of their properties.
 
 Events are immutable once in Mixpanel, so `--dry-run` shows what would be sent and warns about
-what Mixpanel advises against. Everything is computed in Spark, alongside the run's own work.
+what Mixpanel advises against. The sending tasks pass on what the preview needs (their first lines,
+and fingerprints of a sample of the records), so the source is read once, as in a real run.
 """
 
 from __future__ import annotations
@@ -11,19 +12,24 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import Config
+from mp_spark.executor import PROFILE_TYPE
 from mp_spark.lookup import to_lookup_rows
-from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages, to_mixpanel_events
+from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
 from mp_spark.records import source_rows
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
 HOT_SHARD_EVENTS_PER_DAY = 200_000  # more for one distinct_id in a day: Mixpanel renames them $hotshard_events
 PROFILE_SAMPLE_ROWS = 100_000  # about this many source rows are profiled
+PROFILE_SAMPLE_VALUES = 5_000_000  # ... and fewer when they hold more values than this
+SAMPLE_BUCKETS = 1_000_000  # a record is in the sample by its key's hash modulo this
 
 
 @dataclass(frozen=True)
@@ -93,54 +99,79 @@ def preview_lookup_table(spark: SparkSession, config: Config) -> Preview:
 
 
 class Previewer:
-    """--dry-run's look at what would be sent, once it is sent: the first records as samples, and the
-    property profile and the busiest user-day from a sample of the source of at most `sample_rows`
-    rows (a profile of every row cost a 1M-event dry run more than half again its time)."""
+    """--dry-run's look at what would be sent, from the sending tasks' own rows: their first records
+    as samples, and the fingerprints of a sample of at most `sample_rows` records, which profile the
+    properties and the busiest user-day (a second read of the source for them cost a 1M-event dry run
+    about a sixth of its time)."""
 
     def __init__(self, show: Callable[[Preview], None], sample_rows: int = PROFILE_SAMPLE_ROWS) -> None:
         self._show = show
         self._sample_rows = sample_rows
 
-    def show(self, source: DataFrame, records: DataFrame, config: Config, rows: int, samples: int = 5) -> None:
-        """Show the preview of the run whose `source` gave `records`, `rows` of them."""
-        lines = records.filter(F.col("invalid").isNull()).select("line").limit(samples).collect()
-        sample_events = [json.loads(row.line) for row in lines]
+    def profile_column(self, records: DataFrame, config: Config, rows: int) -> Column:
+        """What the sending tasks pass on of each of the `rows` records for the profile: null, or for
+        an event in the sample its fingerprints: [event, distinct_id, UTC day, each property's value,
+        then 1 for each property that was cut, else 0]. Values are 64-bit hashes (lists and objects
+        by their JSON): two values hashing alike are too rare to move a count. The sample is taken
+        by the record's key, so a retried task samples the same records."""
         if config.profiles:  # profile updates: samples only
+            return F.lit(None).cast(PROFILE_TYPE)
+        fields = profiled_fields(records.schema["properties"])
+        # Each property costs 16 bytes per sampled record: wide events are sampled thinner.
+        wanted = min(self._sample_rows, max(1_000, PROFILE_SAMPLE_VALUES // (len(fields) + 3)))
+        share = round(min(1.0, wanted / max(rows, 1)) * SAMPLE_BUCKETS)
+        in_sample = F.pmod(F.xxhash64("key"), F.lit(SAMPLE_BUCKETS)) < share
+        properties = [F.col("properties").getField(f.name) for f in fields]
+        return F.when(in_sample, F.array(
+            fingerprint(F.col("event"), T.StringType()), fingerprint(F.col("distinct_id"), T.StringType()),
+            F.floor(F.col("time") / 86_400_000),  # time is epoch ms: a UTC day, whatever the session's zone
+            *[fingerprint(value, f.dataType) for value, f in zip(properties, fields, strict=True)],
+            *[F.array_contains("cut", f.name).cast("long") for f in fields],
+        ))
+
+    def show(self, records: DataFrame, config: Config, rows: int, samples: list[str], profiles: pa.ChunkedArray
+             ) -> None:
+        """Show the preview of a run of `rows` records, from the lines its sending tasks sampled and the
+        `profiles` they passed on (the values of `profile_column`)."""
+        sample_events = [json.loads(line) for line in samples]
+        if config.profiles:
             self._show(Preview(sample_events, rows=0, approx_event_names=0, properties=[]))
             return
-        fraction = min(1.0, self._sample_rows / rows) if rows else 1.0
-        sampled = source if fraction >= 1.0 else source.sample(fraction=fraction, seed=20_240_601)
-        mapped = sampled.transform(to_mixpanel_events(config.mapping)).select(
-            "event", "properties", "cut", "distinct_id", "time").cache()  # read by two queries
-        try:
-            self._show(self._profile(mapped, fraction, rows, sample_events))
-        finally:
-            mapped.unpersist()
+        self._show(profile(records.schema["properties"], profiles, rows, sample_events))
 
-    @staticmethod
-    def _profile(mapped: DataFrame, fraction: float, rows: int, sample_events: list[dict]) -> Preview:
-        properties = mapped.schema["properties"]
-        fields = properties.dataType.fields
-        left_out = dict(sorted(properties.metadata.get(LEFT_OUT_KEY, {}).items()))  # JVM order is none
-        aggregates = [F.count(F.lit(1)).alias("rows"), F.approx_count_distinct("event").alias("event_names")]
-        for i, f in enumerate(fields):
-            value = F.col("properties").getField(f.name)
-            aggregates += [F.count(value).alias(f"n{i}"), F.approx_count_distinct(value).alias(f"d{i}"),
-                           F.count_if(F.array_contains("cut", f.name)).alias(f"c{i}")]
-        totals = mapped.agg(*aggregates).first()
-        profiled = totals["rows"]
-        profiles = [
-            PropertyProfile(name=f.name, json_type=json_type(f.dataType),
-                            null_share=1 - totals[f"n{i}"] / profiled if profiled else 0.0,
-                            approx_distinct=totals[f"d{i}"], cut=totals[f"c{i}"])
-            for i, f in enumerate(fields)
-            if f.name not in CORE_PROPERTIES
-        ]
-        day = F.floor(F.col("time") / 86_400_000)  # time is epoch ms: a UTC day, whatever the session's zone
-        per_user_day = mapped.filter(F.col("distinct_id").isNotNull()).groupBy("distinct_id", day).count()
-        busiest = per_user_day.agg(F.max("count")).first()[0] or 0
-        return Preview(sample_events, profiled, totals["event_names"], profiles, round(busiest / fraction), left_out,
-                       of_rows=rows)
+
+def profiled_fields(properties: T.StructField) -> list[T.StructField]:
+    return [f for f in properties.dataType.fields if f.name not in CORE_PROPERTIES]
+
+
+def profile(properties: T.StructField, profiles: pa.ChunkedArray, rows: int, sample_events: list[dict]) -> Preview:
+    """The preview from the fingerprints of a sample of a run's `rows` events, counted in Arrow on the driver."""
+    fields = profiled_fields(properties)
+    left_out = dict(sorted(properties.metadata.get(LEFT_OUT_KEY, {}).items()))  # JVM order is none
+    profiled = len(profiles)
+
+    def column(position: int) -> pa.ChunkedArray:
+        return pc.list_element(profiles, position) if profiled else pa.chunked_array([], pa.int64())
+
+    properties_at, cut_at = 3, 3 + len(fields)
+    profiles_of = [
+        PropertyProfile(name=f.name, json_type=json_type(f.dataType),
+                        null_share=column(properties_at + i).null_count / profiled if profiled else 0.0,
+                        approx_distinct=pc.count_distinct(column(properties_at + i)).as_py(),
+                        cut=pc.sum(column(cut_at + i)).as_py() or 0)
+        for i, f in enumerate(fields)
+    ]
+    users = pa.table({"user": column(1), "day": column(2)}).filter(pc.is_valid(column(1)))
+    per_user_day = users.group_by(["user", "day"]).aggregate([("user", "count")])["user_count"]
+    busiest = pc.max(per_user_day).as_py() or 0
+    return Preview(sample_events, profiled, pc.count_distinct(column(0)).as_py(), profiles_of,
+                   round(busiest * rows / profiled) if profiled else 0, left_out, of_rows=rows)
+
+
+def fingerprint(value: Column, dtype: T.DataType) -> Column:
+    """A 64-bit hash of a value (lists and objects by their JSON), null for null."""
+    nested = isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
+    return F.when(value.isNotNull(), F.xxhash64(F.to_json(value) if nested else value))
 
 
 def json_type(dtype: T.DataType) -> str:

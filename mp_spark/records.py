@@ -2,7 +2,8 @@
 
 Every record has `key` (the `$insert_id`, or the profile's id), `line` (its JSON as Mixpanel
 receives it), `invalid` (null, or why the job sets it aside) and `trimmed` (a value was cut to fit
-Mixpanel's limits); events also have `time` (epoch ms) and `distinct_id`.
+Mixpanel's limits); events also have `time` (epoch ms) and `distinct_id`, and for a dry run's
+profile `event`, `properties` and `cut` as mapped (a query that does not read them does not compute them).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def prepare_events(source: DataFrame, config: Config, now_ms: int) -> DataFrame:
         .transform(to_json_lines)
         .transform(with_invalid_reason(now_ms))
         .select("time", "distinct_id", F.col("insert_id").alias("key"), "line", "invalid",
-                (F.size("cut") > 0).alias("trimmed"))
+                (F.size("cut") > 0).alias("trimmed"), "event", "properties", "cut")
     )
     time_ms, job = F.col("time"), config.job
     if job.time_from_ms is not None:

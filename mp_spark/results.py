@@ -24,12 +24,14 @@ import json
 import os
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import ConfigError
-from mp_spark.executor import INVALID, OUTCOME, REJECTION
+from mp_spark.executor import INVALID, OUTCOME, PROFILE, REJECTION, SAMPLE
 from mp_spark.tally import OK, TALLY_FIELDS, PartitionOutcome, Tally
 
 
@@ -195,6 +197,15 @@ class RunFiles:
         """The outcomes one attempt wrote for one phase, by partition index."""
         rows = outcome_rows(self._spark.read.parquet(self.phase_path(attempt, phase)))
         return sorted((PartitionOutcome.from_row(row.asDict()) for row in rows), key=lambda o: o.index)
+
+    def read_preview(self, attempt: str, samples: int) -> tuple[list[str], pa.ChunkedArray]:
+        """What a dry run's sending tasks passed on for the preview: the first `samples` lines of its
+        first partitions, and the profile rows' fingerprints."""
+        rows = self._spark.read.parquet(f"{self.outcomes}/attempt={attempt}").filter(
+            F.col("record").isin(SAMPLE, PROFILE)).select("record", "index", "event", "profile").toArrow()
+        is_sample = pc.equal(rows["record"], SAMPLE)
+        lines = rows.filter(is_sample).sort_by("index")["event"].to_pylist()
+        return lines[:samples], rows.filter(pc.invert(is_sample))["profile"]
 
     def write_partitions(self, outcomes: list[PartitionOutcome]) -> None:
         rows = [o.as_row() for o in sorted(outcomes, key=lambda o: o.index)]

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, Credentials, MixpanelConfig
 from mp_spark.endpoints import Endpoint, endpoint_for
-from mp_spark.executor import SENT_SCHEMA, partition_sender
+from mp_spark.executor import PROFILE_TYPE, SAMPLES_PER_PARTITION, SENT_SCHEMA, partition_sender
 from mp_spark.lookup import send_lookup_table
 from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 from mp_spark.preview import Previewer
@@ -115,7 +115,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
                  options.run_id, len(sent_before), sum(manifest.phase_partitions))
     progress = Progress(total_rows=sum(manifest.phase_rows), partitions=sum(manifest.phase_partitions),
                         sent_before=len(sent_before), interval_s=config.job.progress_interval_s)
-    sending = Sending(spark, files, endpoint, attempt, dry_run=options.dry_run, progress=progress)
+    profile = previewer.profile_column(records, config, sum(manifest.phase_rows)) if previewer else None
+    sending = Sending(spark, files, endpoint, attempt, dry_run=options.dry_run, progress=progress, profile=profile)
     outcomes: list[PartitionOutcome] = []
     with progress.running():
         for phase in plan:
@@ -128,7 +129,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             if any(o.status != OK for o in outcomes):
                 break
     if previewer:
-        previewer.show(source, records, config, rows=sum(manifest.phase_rows))
+        previewer.show(records, config, sum(manifest.phase_rows), *files.read_preview(attempt, SAMPLES_PER_PARTITION))
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
@@ -263,18 +264,22 @@ class Sending:
     """
 
     def __init__(self, spark: SparkSession, files: RunFiles, endpoint: Endpoint, attempt: str, *, dry_run: bool,
-                 progress: Progress) -> None:
+                 progress: Progress, profile: Column | None = None) -> None:
+        """`profile` (a dry run's preview's) is what the tasks pass on of each record for the profile."""
         self._spark = spark
         self._files = files
         self._endpoint = endpoint
         self._attempt = attempt
+        self._profile = profile
         self._dry_run = dry_run
         self._progress = progress
         self._tag = f"mp-spark-{attempt}"
 
     def send(self, phase: Phase, records: DataFrame, settings: SenderSettings) -> list[PartitionOutcome]:
         valid = F.col("invalid").isNull()
-        spread = records.select("key", "line", "invalid", "trimmed").repartition(phase.partitions, "key")
+        profile = F.lit(None).cast(PROFILE_TYPE) if self._profile is None else self._profile
+        spread = records.select("key", "line", "invalid", "trimmed", profile.alias("profile")).repartition(
+            phase.partitions, "key")
         # spark_partition_id is not deterministic to Spark, which so keeps it where it is: above the shuffle.
         tagged = spread.withColumn("partition", F.spark_partition_id() + F.lit(phase.first))
         if len(phase.to_send) < phase.partitions:  # a resume: the partitions sent before are left out
@@ -287,7 +292,7 @@ class Sending:
             F.when(valid, F.concat("line", F.lit("\n"))).alias("line"),
             F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte").alias("trimmed"),
             F.col("invalid.field").alias("field"), F.col("invalid.message").alias("message"),
-            F.when(~valid, F.col("key")).alias("insert_id"), F.when(~valid, F.col("line")).alias("event"),
+            F.when(~valid, F.col("key")).alias("insert_id"), F.when(~valid, F.col("line")).alias("event"), "profile",
         )
         sender = partition_sender(self._endpoint, settings, self._attempt, dry_run=self._dry_run)
         self._spark.addTag(self._tag)

@@ -240,7 +240,7 @@ def test_backfill_with_project_token_auth(
 
 
 def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
-    sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for name in ("MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN"):
@@ -252,7 +252,10 @@ def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
     summary = summary_of(tmp_path)
     assert summary["dry_run"] is True and summary["imported"] == ROWS and summary["gzip_bytes"] > 0
     out = capsys.readouterr().out
-    assert "dry run" in out and "events as they would be sent" in out and "plan" in out
+    assert "dry run" in out and "5 events as they would be sent" in out and "plan" in out
+    shown = [json.loads(line) for line in out.splitlines() if line.startswith('  {"event"')]
+    keys = {(e["event"], e["properties"]["distinct_id"], e["properties"]["time"]) for e in shown}
+    assert len(keys) == 5 and keys <= expected_keys(events)  # source rows, as the sending tasks saw them
 
 
 @pytest.mark.connect

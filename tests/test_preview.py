@@ -1,5 +1,6 @@
 import time
 
+import pyarrow.compute as pc
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -11,11 +12,17 @@ from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
 
 def preview_of(source: DataFrame, mapping: MappingConfig, sample_rows: int = 100_000) -> Preview:
-    """The preview a dry run shows, taken as the run takes it."""
+    """The preview a dry run shows, from what its sending tasks would pass on: every line, and the
+    profile column's values."""
     shown: list[Preview] = []
     config = Config(SourceConfig(format="parquet", path="unused"), mapping)
     records = prepare_events(source, config, int(time.time() * 1000))
-    Previewer(shown.append, sample_rows).show(source, records, config, rows=source.count(), samples=100)
+    previewer = Previewer(shown.append, sample_rows)
+    rows = records.count()
+    passed_on = records.select(F.when(F.col("invalid").isNull(), F.col("line")).alias("line"),
+                               previewer.profile_column(records, config, rows).alias("profile")).toArrow()
+    lines = [line for line in passed_on["line"].to_pylist() if line is not None]
+    previewer.show(records, config, rows, lines, passed_on.filter(pc.is_valid(passed_on["profile"]))["profile"])
     (preview,) = shown
     return preview
 
@@ -87,13 +94,14 @@ def test_preview_shows_what_no_event_will_carry(spark: SparkSession) -> None:
 
 
 def test_a_big_source_is_profiled_from_a_sample_and_the_busiest_day_scaled_up(spark: SparkSession) -> None:
-    # 4,000 events of one user on one UTC day, and a sample of about 1,000 of them.
+    # 4,000 events of one user on one UTC day, and a sample of about 1,200 of them (over the 1,000 rows
+    # that a cardinality warning needs).
     df = spark.range(4000).select(F.lit("u1").alias("user"), (F.lit(1_704_164_645) + F.col("id")).alias("ts"),
                                   F.col("id").cast("string").alias("order_id"))
     preview = preview_of(df, MappingConfig(event="'Purchase'", time="ts", distinct_id="user",
-                                           include_columns=["order_id"]), sample_rows=1000)
+                                           include_columns=["order_id"]), sample_rows=1200)
 
-    assert 700 < preview.rows < 1300 and preview.of_rows == 4000 and preview.sampled
-    assert 3000 < preview.busiest_user_day < 5000  # about 1,000 in the sample, for 4,000 in all
+    assert 1000 < preview.rows < 1400 and preview.of_rows == 4000 and preview.sampled
+    assert 3000 < preview.busiest_user_day < 5000  # about 1,200 in the sample, for 4,000 in all
     assert "properties over a sample of" in preview.render() and "of 4,000 rows" in preview.render()
     assert any("'order_id'" in w and "an id?" in w for w in preview.warnings())  # all distinct in the sample too
