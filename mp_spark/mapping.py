@@ -363,9 +363,12 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Co
             cut = too_big if cut is None else (cut | too_big)
         values.append(value.alias(f.name))
         if cut is not None:
-            cut_names.append(F.when(cut, F.lit(f.name)))
+            cut_names.append((f.name, cut))
     warn_left_out(left_out)
-    cut = F.array_compact(F.array(*cut_names)) if cut_names else F.array().cast("array<string>")
+    # Concatenated, not filtered: a lambda (array_compact's) would keep Spark from compiling the projection.
+    none = F.array().cast("array<string>")
+    cut = F.concat(*[F.when(is_cut, F.array(F.lit(name))).otherwise(none) for name, is_cut in cut_names]) \
+        if cut_names else none
     # An alias is what carries metadata; the caller's own alias ("properties", "$set") keeps it.
     return F.struct(*values).alias("fitted", metadata={LEFT_OUT_KEY: left_out}), cut
 
