@@ -19,7 +19,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import Config
-from mp_spark.executor import PROFILE_TYPE
 from mp_spark.lookup import to_lookup_rows
 from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
 from mp_spark.records import source_rows
@@ -108,26 +107,27 @@ class Previewer:
         self._show = show
         self._sample_rows = sample_rows
 
-    def profile_column(self, records: DataFrame, config: Config, rows: int) -> Column:
-        """What the sending tasks pass on of each of the `rows` records for the profile: null, or for
-        an event in the sample its fingerprints: [event, distinct_id, UTC day, each property's value,
-        then 1 for each property that was cut, else 0]. Values are 64-bit hashes (lists and objects
+    def profile_column(self, records: DataFrame, config: Config, rows: int) -> Column | None:
+        """What the sending tasks pass on of each of the `rows` records for the profile (None for
+        profile updates, which are not profiled): null, or for an event in the sample its
+        fingerprints as a JSON list: [event, distinct_id, UTC day, each property's value, then 1 for
+        each property that was cut, else 0]. Values are 64-bit hashes (lists and objects
         by their JSON): two values hashing alike are too rare to move a count. The sample is taken
         by the record's key, so a retried task samples the same records."""
         if config.profiles:  # profile updates: samples only
-            return F.lit(None).cast(PROFILE_TYPE)
+            return None
         fields = profiled_fields(records.schema["properties"])
-        # Each property costs 16 bytes per sampled record: wide events are sampled thinner.
+        # Each property is two numbers per sampled record on the driver: wide events are sampled thinner.
         wanted = min(self._sample_rows, max(1_000, PROFILE_SAMPLE_VALUES // (len(fields) + 3)))
         share = round(min(1.0, wanted / max(rows, 1)) * SAMPLE_BUCKETS)
         in_sample = F.pmod(F.xxhash64("key"), F.lit(SAMPLE_BUCKETS)) < share
         properties = [F.col("properties").getField(f.name) for f in fields]
-        return F.when(in_sample, F.array(
+        return F.when(in_sample, F.to_json(F.array(
             fingerprint(F.col("event"), T.StringType()), fingerprint(F.col("distinct_id"), T.StringType()),
             F.floor(F.col("time") / 86_400_000),  # time is epoch ms: a UTC day, whatever the session's zone
             *[fingerprint(value, f.dataType) for value, f in zip(properties, fields, strict=True)],
             *[F.array_contains("cut", f.name).cast("long") for f in fields],
-        ))
+        )))
 
     def show(self, records: DataFrame, config: Config, rows: int, samples: list[str], profiles: pa.ChunkedArray
              ) -> None:

@@ -202,7 +202,8 @@ class RunFiles:
         """What a dry run's sending tasks passed on for the preview: the first `samples` lines of its
         first partitions, and the profile rows' fingerprints."""
         rows = self._spark.read.parquet(f"{self.outcomes}/attempt={attempt}").filter(
-            F.col("record").isin(SAMPLE, PROFILE)).select("record", "index", "event", "profile").toArrow()
+            F.col("record").isin(SAMPLE, PROFILE)).select(
+            "record", "index", "event", F.from_json("profile", "array<bigint>").alias("profile")).toArrow()
         is_sample = pc.equal(rows["record"], SAMPLE)
         lines = rows.filter(is_sample).sort_by("index")["event"].to_pylist()
         return lines[:samples], rows.filter(pc.invert(is_sample))["profile"]

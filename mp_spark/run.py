@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, Credentials, MixpanelConfig
 from mp_spark.endpoints import Endpoint, endpoint_for
-from mp_spark.executor import PROFILE_TYPE, SAMPLES_PER_PARTITION, SENT_SCHEMA, partition_sender
+from mp_spark.executor import SAMPLES_PER_PARTITION, SENT_SCHEMA, partition_sender
 from mp_spark.lookup import send_lookup_table
 from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 from mp_spark.preview import Previewer
@@ -277,9 +277,9 @@ class Sending:
 
     def send(self, phase: Phase, records: DataFrame, settings: SenderSettings) -> list[PartitionOutcome]:
         valid = F.col("invalid").isNull()
-        profile = F.lit(None).cast(PROFILE_TYPE) if self._profile is None else self._profile
-        spread = records.select("key", "line", "invalid", "trimmed", profile.alias("profile")).repartition(
-            phase.partitions, "key")
+        # Only a dry run's tasks get the profile column: even all null, it would cost a real run a third of its time.
+        profile = [] if self._profile is None else [self._profile.alias("profile")]
+        spread = records.select("key", "line", "invalid", "trimmed", *profile).repartition(phase.partitions, "key")
         # spark_partition_id is not deterministic to Spark, which so keeps it where it is: above the shuffle.
         tagged = spread.withColumn("partition", F.spark_partition_id() + F.lit(phase.first))
         if len(phase.to_send) < phase.partitions:  # a resume: the partitions sent before are left out
@@ -292,7 +292,8 @@ class Sending:
             F.when(valid, F.concat("line", F.lit("\n"))).alias("line"),
             F.when(valid & F.col("trimmed"), 1).otherwise(0).cast("byte").alias("trimmed"),
             F.col("invalid.field").alias("field"), F.col("invalid.message").alias("message"),
-            F.when(~valid, F.col("key")).alias("insert_id"), F.when(~valid, F.col("line")).alias("event"), "profile",
+            F.when(~valid, F.col("key")).alias("insert_id"), F.when(~valid, F.col("line")).alias("event"),
+            *(["profile"] if profile else []),
         )
         sender = partition_sender(self._endpoint, settings, self._attempt, dry_run=self._dry_run)
         self._spark.addTag(self._tag)

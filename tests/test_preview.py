@@ -20,7 +20,8 @@ def preview_of(source: DataFrame, mapping: MappingConfig, sample_rows: int = 100
     previewer = Previewer(shown.append, sample_rows)
     rows = records.count()
     passed_on = records.select(F.when(F.col("invalid").isNull(), F.col("line")).alias("line"),
-                               previewer.profile_column(records, config, rows).alias("profile")).toArrow()
+                               F.from_json(previewer.profile_column(records, config, rows), "array<bigint>")
+                               .alias("profile")).toArrow()
     lines = [line for line in passed_on["line"].to_pylist() if line is not None]
     previewer.show(records, config, rows, lines, passed_on.filter(pc.is_valid(passed_on["profile"]))["profile"])
     (preview,) = shown
