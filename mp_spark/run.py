@@ -100,7 +100,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
 
     def count_and_plan() -> tuple[Manifest, list[Phase]]:
         counted = manifest if manifest.phase_rows is not None else count_phases(manifest, source, phases, config)
-        if counted is not manifest:
+        if counted is not manifest and not options.dry_run:
             files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
         executors = prepare_executors(spark)
         return counted, sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
@@ -130,6 +130,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
                 break
     if previewer:
         previewer.show(records, config, sum(manifest.phase_rows), *files.read_preview(attempt, SAMPLES_PER_PARTITION))
+    if options.dry_run:  # its manifest only tells a resume that there is nothing to resume: written last, warm
+        files.write_manifest(manifest)
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
