@@ -112,6 +112,16 @@ class Probe:
             self.peak_rss = max([self.peak_rss, *python_worker_rss()])
 
 
+def loop_seconds(steps: int = 10_000_000) -> float:
+    """Seconds of a plain Python loop on one core: this VM's speed drifts from day to day, and figures
+    measured on different days compare only next to it."""
+    started = time.perf_counter()
+    total = 0
+    for step in range(steps):
+        total += step
+    return round(time.perf_counter() - started, 2)
+
+
 def machine_cpu_s() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     busy = sum(fields[:7]) - fields[3] - fields[4]  # all but idle, iowait and steal (other VMs' time)
@@ -226,6 +236,7 @@ def main() -> None:
         generate(spark, args.events, data)
         ceiling = receiver_ceiling(url)
         print(f"receiver ceiling: {ceiling:,.0f} events/s (gunzip + count lines, 4 client threads)")
+        print(f"machine speed: a 10M-step Python loop takes {loop_seconds()} s on one core")
         rows = run_scenarios(spark, args, data, url, receiver.pid)
         small, million = OUT / "events-2000.parquet", OUT / "events-1000000.parquet"
         generate(spark, 2000, small)

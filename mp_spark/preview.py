@@ -26,7 +26,7 @@ from mp_spark.records import source_rows
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
 HOT_SHARD_EVENTS_PER_DAY = 200_000  # more for one distinct_id in a day: Mixpanel renames them $hotshard_events
-PROFILE_SAMPLE_ROWS = 100_000  # about this many source rows are profiled
+PROFILE_SAMPLE_ROWS = 100_000  # about this many of the records are profiled
 PROFILE_SAMPLE_VALUES = 5_000_000  # ... and fewer when they hold more values than this
 SAMPLE_BUCKETS = 1_000_000  # a record is in the sample by its key's hash modulo this
 
