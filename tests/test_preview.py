@@ -6,6 +6,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import Config, MappingConfig, SourceConfig
+from mp_spark.executor import PROFILE_TYPE
 from mp_spark.preview import Preview, Previewer, PropertyProfile
 from mp_spark.records import prepare_events
 from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
@@ -20,7 +21,7 @@ def preview_of(source: DataFrame, mapping: MappingConfig, sample_rows: int = 100
     previewer = Previewer(shown.append, sample_rows)
     rows = records.count()
     passed_on = records.select(F.when(F.col("invalid").isNull(), F.col("line")).alias("line"),
-                               F.from_json(previewer.profile_column(records, config, rows), "array<bigint>")
+                               F.from_json(previewer.profile_column(records, config, rows), PROFILE_TYPE)
                                .alias("profile")).toArrow()
     lines = [line for line in passed_on["line"].to_pylist() if line is not None]
     previewer.show(records, config, rows, lines, passed_on.filter(pc.is_valid(passed_on["profile"]))["profile"])
