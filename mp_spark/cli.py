@@ -49,7 +49,9 @@ log = logging.getLogger("mp_spark")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mp-spark-backfill", description=__doc__.splitlines()[0])
+    # No abbreviations: `--conf KEY=VALUE` (spark-submit's spelling) would otherwise be read as --config.
+    parser = argparse.ArgumentParser(prog="mp-spark-backfill", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--config", help="YAML or JSON config file: a local path or any URL Spark reads "
                                         "(s3://, dbfs:/, abfss://, gs://, /Volumes/...)")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mp_spark.cli import build_parser
 from mp_spark.config import ConfigError, Credentials, credentials_from_env, parse_config
 from mp_spark.incremental import as_backfill, checkpoint_path
 
@@ -240,3 +241,12 @@ def test_a_dry_run_of_an_incremental_config_previews_it_as_a_backfill() -> None:
     assert backfill.job.mode == "backfill" and backfill.job.trigger == "available_now"
     assert not backfill.source.change_feed and backfill.source.starting_version is None
     assert backfill.mapping == config.mapping
+
+
+def test_the_command_line_takes_no_abbreviations_so_spark_submits_conf_is_not_read_as_config(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["--config", "job.yaml", "--conf", "spark.executor.memory=4g"])
+
+    assert stopped.value.code == 2
+    assert "unrecognized arguments: --conf" in capsys.readouterr().err
