@@ -113,8 +113,8 @@ class Probe:
 
 
 def loop_seconds(steps: int = 10_000_000) -> float:
-    """Seconds of a plain Python loop on one core: this VM's speed drifts from day to day, and figures
-    measured on different days compare only next to it."""
+    """Seconds of a plain Python loop on one core. It shows one core's speed only: whole commands also
+    slow down with the host's steal time and a cold page cache, which it misses (docs/performance.md)."""
     started = time.perf_counter()
     total = 0
     for step in range(steps):
@@ -236,7 +236,7 @@ def main() -> None:
         generate(spark, args.events, data)
         ceiling = receiver_ceiling(url)
         print(f"receiver ceiling: {ceiling:,.0f} events/s (gunzip + count lines, 4 client threads)")
-        print(f"machine speed: a 10M-step Python loop takes {loop_seconds()} s on one core")
+        print(f"one core's Python speed: a 10M-step loop takes {loop_seconds()} s")
         rows = run_scenarios(spark, args, data, url, receiver.pid)
         small, million = OUT / "events-2000.parquet", OUT / "events-1000000.parquet"
         generate(spark, 2000, small)

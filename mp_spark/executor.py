@@ -136,7 +136,8 @@ def send_partition(index: int, record_batches: Iterator[pa.RecordBatch], endpoin
 
     def chunks() -> Iterator[Chunk]:
         for record_batch in record_batches:
-            profiles = record_batch.column(PROFILE_AT) if record_batch.num_columns > PROFILE_AT else None  # a dry run's
+            # Only a dry run of events has the profile column.
+            profiles = record_batch.column(PROFILE_AT) if record_batch.num_columns > PROFILE_AT else None
             if profiles is not None and profiles.null_count < len(profiles):
                 set_aside.append(profile_rows(index, profiles.drop_null()))
             lines = record_batch.column(1)
