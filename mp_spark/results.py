@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 from mp_spark.config import ConfigError
 from mp_spark.executor import INVALID, OUTCOME, PROFILE, PROFILE_TYPE, REJECTION, SAMPLE
-from mp_spark.tally import OK, TALLY_FIELDS, PartitionOutcome, Tally
+from mp_spark.tally import OK, TALLY_FIELDS, TRAFFIC_FIELDS, PartitionOutcome, total
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,18 @@ class Summary:
 
 def summarize(*, run_id: str, dry_run: bool, rows_read: int, partitions: int, outcomes: list[PartitionOutcome],
               resumed: int, imported_before: int, seconds: float, results_path: str) -> Summary:
-    """The run's summary: the sum of the outcomes of its sent partitions (this attempt's and earlier ones')."""
+    """The run's summary: the sum of its partitions' outcomes (this attempt's and earlier ones'). Records
+    count from the sent partitions only, and a partition that stopped counts whole as unsent, since a
+    resume sends it whole; the HTTP counters (requests, retries, bytes) count every outcome's."""
     sent = [o for o in outcomes if o.status == OK]
-    tally = sum((o.tally for o in sent), Tally())
+    records, traffic = total(sent), total(outcomes)
     return Summary(
         run_id=run_id, dry_run=dry_run, complete=len(sent) == partitions, rows_read=rows_read,
-        unsent=rows_read - (tally.rows + tally.invalid),
-        **{name: getattr(tally, name) for name in TALLY_FIELDS if name not in ("rows", "unsent")},
+        unsent=rows_read - (records.rows + records.invalid),
+        **{name: getattr(traffic if name in TRAFFIC_FIELDS else records, name)
+           for name in TALLY_FIELDS if name not in ("rows", "unsent")},
         partitions=partitions, resumed_partitions=resumed, seconds=round(seconds, 3),
-        events_per_second=round((tally.imported - imported_before) / seconds, 1) if seconds else 0.0,
+        events_per_second=round((records.imported - imported_before) / seconds, 1) if seconds else 0.0,
         results_path=results_path,
     )
 

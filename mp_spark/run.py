@@ -164,10 +164,9 @@ def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
                   *, resumed: int, imported_before: int, seconds: float) -> Summary:
     """partitions/, rejected/ and summary/ for the whole run (every attempt of it); `sent` maps each sent
     partition to the attempt that sent it and its outcome."""
-    outcomes = {index: outcome for index, (_, outcome) in sent.items()}
-    known = {**{o.index: o for o in failed}, **outcomes}
+    known = {**{o.index: o for o in failed}, **{index: outcome for index, (_, outcome) in sent.items()}}
     summary = summarize(run_id=options.run_id, dry_run=options.dry_run, rows_read=rows_read(manifest, known),
-                        partitions=sum(manifest.phase_partitions), outcomes=list(outcomes.values()),
+                        partitions=sum(manifest.phase_partitions), outcomes=list(known.values()),
                         resumed=resumed, imported_before=imported_before, seconds=seconds, results_path=files.path)
     files.write_partitions(list(known.values()))
     not_imported_in = {index: attempt for index, (attempt, outcome) in sent.items()

@@ -38,6 +38,7 @@ class Tally:
 
 
 TALLY_FIELDS = tuple(f.name for f in dataclasses.fields(Tally))
+TRAFFIC_FIELDS = ("batches", "requests", "retries", "raw_bytes", "gzip_bytes")  # what the HTTP cost, sent or not
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ def test_a_task_answered_401_is_not_retried(
                    "mixpanel.max_batch_events=100") == 2
 
     assert 1 <= mixpanel.statuses[401] == mixpanel.requests <= budget
+    assert summary_of(tmp_path)["requests"] == mixpanel.requests  # made by partitions that were not sent
 
 
 def test_backfill_config_errors_exit_2_before_any_request(

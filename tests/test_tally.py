@@ -25,10 +25,14 @@ def test_an_outcome_round_trips_through_its_row_and_the_schemas_follow_the_field
 
 
 def test_the_summary_is_the_sum_of_the_sent_partitions_and_counts_the_rest_as_unsent() -> None:
-    outcomes = [PartitionOutcome(0, Tally(rows=90, imported=88, rejected=2, invalid=10)),
-                PartitionOutcome(1, Tally(rows=40, imported=40), EXHAUSTED, "gave up")]
+    outcomes = [PartitionOutcome(0, Tally(rows=90, imported=88, rejected=2, invalid=10, batches=1, requests=1,
+                                          gzip_bytes=500)),
+                PartitionOutcome(1, Tally(rows=40, imported=40, unsent=60, batches=1, requests=4, retries=3,
+                                          gzip_bytes=300), EXHAUSTED, "gave up")]
     summary = summarize(run_id="r", dry_run=False, rows_read=200, partitions=2, outcomes=outcomes, resumed=0,
                         imported_before=0, seconds=2.0, results_path="/r")
+    # the stopped partition is sent again whole by a resume, but its requests were made
     assert (summary.imported, summary.rejected, summary.invalid, summary.unsent) == (88, 2, 10, 100)
+    assert (summary.batches, summary.requests, summary.retries, summary.gzip_bytes) == (2, 5, 3, 800)
     assert summary.balanced and not summary.complete
     assert summary.events_per_second == 44.0
