@@ -69,12 +69,13 @@ def test_null_distinct_id_can_be_sent_as_empty_string(spark: SparkSession) -> No
 
 
 def test_an_event_over_1_mb_is_invalid(spark: SparkSession) -> None:
-    # Strings stop at 255 bytes and lists at 8 KB, so it takes many big lists:
-    # 130 lists of n items of 33 bytes (n = 240 is just under 8 KB).
+    # Strings stop at 255 bytes and lists at 8 KB, so it takes many big lists: 130 lists of n items
+    # of 33 bytes (n = 240 is just under 8 KB), spread from one map (130 mapped properties plan slowly).
     df = spark.createDataFrame([("u1", "A", NOW_MS, 100), ("u1", "A", NOW_MS, 240)],
                                "user string, name string, ts long, n int")
-    mapping = MappingConfig(event="name", time="ts", distinct_id="user", time_unit="ms",
-                            properties={f"list{i}": "array_repeat(repeat('x', 30), n)" for i in range(130)})
+    lists = "map_from_arrays(transform(sequence(0, 129), i -> concat('list', i)), " \
+            "array_repeat(array_repeat(repeat('x', 30), n), 130))"
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", time_unit="ms", spread=[lists])
     rows = validated(df, mapping)
     assert rows[0].invalid is None and len(rows[0].line) > 400_000
     assert rows[1].invalid.message == "event is over 1 MB of JSON"
