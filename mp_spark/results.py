@@ -75,9 +75,9 @@ class Summary:
 
 def summarize(*, run_id: str, dry_run: bool, rows_read: int, partitions: int, outcomes: list[PartitionOutcome],
               resumed: int, imported_before: int, seconds: float, results_path: str) -> Summary:
-    """The run's summary: the sum of its partitions' outcomes (this attempt's and earlier ones'). Records
-    count from the sent partitions only, and a partition that stopped counts whole as unsent, since a
-    resume sends it whole; the HTTP counters (requests, retries, bytes) count every outcome's."""
+    """The run's summary: the sum of its partitions' latest outcomes (this attempt's and earlier ones').
+    Records count from the sent partitions only, and a partition that stopped counts whole as unsent,
+    since a resume sends it whole; the HTTP counters (requests, retries, bytes) count every outcome's."""
     sent = [o for o in outcomes if o.status == OK]
     records, traffic = total(sent), total(outcomes)
     return Summary(

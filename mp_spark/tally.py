@@ -15,6 +15,8 @@ from pyspark.sql import types as T
 # A partition's status: sent; retrying cannot help; retries ran out; not sent, because a partition
 # before it in the same task stopped (its records are counted in `unsent`, for a resume to send).
 OK, FATAL, EXHAUSTED, UNSENT = "ok", "fatal", "exhausted", "unsent"
+# Marks a count of what the HTTP cost, which the summary takes from every partition, sent or not.
+TRAFFIC = {"traffic": True}
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,12 @@ class Tally:
     rejected: int = 0  # refused by Mixpanel
     invalid: int = 0  # set aside by the job's own validation, never sent
     trimmed: int = 0  # sent with a value cut to fit Mixpanel's limits
-    batches: int = 0  # batches delivered (answered, or refused whole); halves of a split count apart
-    requests: int = 0  # every HTTP attempt
-    retries: int = 0
-    raw_bytes: int = 0
-    gzip_bytes: int = 0
+    # batches delivered (answered, or refused whole); halves of a split count apart
+    batches: int = dataclasses.field(default=0, metadata=TRAFFIC)
+    requests: int = dataclasses.field(default=0, metadata=TRAFFIC)  # every HTTP attempt
+    retries: int = dataclasses.field(default=0, metadata=TRAFFIC)
+    raw_bytes: int = dataclasses.field(default=0, metadata=TRAFFIC)
+    gzip_bytes: int = dataclasses.field(default=0, metadata=TRAFFIC)
     unsent: int = 0  # records of a partition that stopped, or never started, left for a resume to send
 
     def __add__(self, other: Tally) -> Tally:
@@ -38,7 +41,7 @@ class Tally:
 
 
 TALLY_FIELDS = tuple(f.name for f in dataclasses.fields(Tally))
-TRAFFIC_FIELDS = ("batches", "requests", "retries", "raw_bytes", "gzip_bytes")  # what the HTTP cost, sent or not
+TRAFFIC_FIELDS = tuple(f.name for f in dataclasses.fields(Tally) if f.metadata.get("traffic"))
 
 
 @dataclass(frozen=True)

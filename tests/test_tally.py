@@ -24,7 +24,7 @@ def test_an_outcome_round_trips_through_its_row_and_the_schemas_follow_the_field
     assert all(SENT_SCHEMA[name].dataType == T.LongType() for name in TALLY_FIELDS)
 
 
-def test_the_summary_is_the_sum_of_the_sent_partitions_and_counts_the_rest_as_unsent() -> None:
+def test_the_summary_counts_records_of_sent_partitions_and_requests_of_every_partition() -> None:
     outcomes = [PartitionOutcome(0, Tally(rows=90, imported=88, rejected=2, invalid=10, batches=1, requests=1,
                                           gzip_bytes=500)),
                 PartitionOutcome(1, Tally(rows=40, imported=40, unsent=60, batches=1, requests=4, retries=3,
