@@ -101,9 +101,8 @@ def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callab
         latest = {"done": 0}
 
         def on_report(*, stages: list | None, **_: object) -> None:  # Spark passes keywords
-            sending = [s for s in stages or [] if s.num_tasks == tasks]
-            if sending:
-                latest["done"] = max(sending, key=lambda s: s.stage_id).num_completed_tasks
+            latest["done"] = sending_stage_done([(s.stage_id, s.num_tasks, s.num_completed_tasks)
+                                                 for s in stages or []], tasks)
 
         spark.registerProgressHandler(on_report)
         try:
@@ -117,14 +116,27 @@ def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callab
     def done() -> int:
         stages = [tracker.getStageInfo(stage) for job in tracker.getJobIdsForGroup(group)
                   for stage in (tracker.getJobInfo(job).stageIds if tracker.getJobInfo(job) else [])]
-        sending = [s for s in stages if s is not None and s.numTasks == tasks]
-        return max(sending, key=lambda s: s.stageId).numCompletedTasks if sending else 0
+        return sending_stage_done([(s.stageId, s.numTasks, s.numCompletedTasks) for s in stages if s is not None],
+                                  tasks)
 
     context.setJobGroup(group, "mp-spark: sending")
     try:
         yield done
     finally:
         context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+
+
+def sending_stage_done(stages: list[tuple[int, int, int]], tasks: int) -> int:
+    """The finished tasks of the sending stage, from the (stage id, tasks, finished tasks) of the
+    phase's job seen so far, or 0 before it starts.
+
+    The sending stage reads the shuffle that the map side writes, so it is never the first stage:
+    the map side may have as many tasks (a source of as many files), and runs first as a job of its
+    own (adaptive execution), but its ids are lower. The sending stage is the last of `tasks` tasks.
+    """
+    first = min((stage_id for stage_id, _, _ in stages), default=None)
+    sending = [(stage_id, done) for stage_id, count, done in stages if count == tasks and stage_id != first]
+    return max(sending)[1] if sending else 0
 
 
 def _duration(seconds: float) -> str:

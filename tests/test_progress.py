@@ -1,6 +1,6 @@
 """The driver's progress line, from finished tasks, with a clock the test controls."""
 
-from mp_spark.progress import Progress
+from mp_spark.progress import Progress, sending_stage_done
 
 
 def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -> None:
@@ -23,3 +23,15 @@ def test_nothing_done_yet_has_no_estimate() -> None:
     with progress.phase(5, 5, lambda: 0):
         assert progress.line().endswith("0 rows/s; time left unknown yet")
     assert Progress(total_rows=0, partitions=1, sent_before=0, interval_s=10).line().endswith("nothing left")
+
+
+def test_the_map_side_does_not_count_as_sent_even_with_as_many_tasks() -> None:
+    # What Spark reports for a 5-file source spread over 5 partitions (stage id, tasks, finished):
+    # adaptive execution first runs the map side alone, then the sending stage after it (and the
+    # map side again, skipped, under a new id).
+    map_side_alone = [(0, 5, 5)]
+    assert sending_stage_done(map_side_alone, 5) == 0
+    assert sending_stage_done([(0, 5, 5), (1, 5, 0), (2, 5, 3)], 5) == 3
+    assert sending_stage_done([(7, 2, 2), (8, 5, 1)], 5) == 1  # a map side of other size, one job
+    assert sending_stage_done([], 5) == 0
+
