@@ -39,19 +39,21 @@ class Progress:
 
     @contextmanager
     def phase(self, partitions: int, tasks: int, tasks_done: Callable[[], int]) -> Iterator[None]:
-        """A phase sending `partitions` in `tasks` tasks, whose finished tasks `tasks_done` counts."""
+        """A phase sending `partitions` in `tasks` tasks, whose finished tasks `tasks_done` counts
+        until `sent` says what its outcomes show (or the phase fails)."""
         with self._lock:
             self._phase, self._tasks_done = (partitions, max(tasks, 1)), tasks_done
         try:
             yield
-        finally:
-            with self._lock:
-                self._phase, self._tasks_done = (0, 1), lambda: 0
+        except BaseException:
+            self.sent(0)
+            raise
 
     def sent(self, partitions: int) -> None:
         """A phase ended, and its outcomes say how many of its partitions were sent."""
         with self._lock:
             self._finished += partitions
+            self._phase, self._tasks_done = (0, 1), lambda: 0
 
     @contextmanager
     def running(self) -> Iterator[Progress]:

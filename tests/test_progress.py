@@ -13,8 +13,9 @@ def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -
         line = progress.line()
     # 2 partitions sent before, and 1 task of 4 (2 partitions) by this attempt in 2 s: 100 rows/s.
     assert line == "progress: 40% (4 of 10 partitions sent, about 400 of 1,000 rows); 100 rows/s; about 6 s left"
-    assert progress.line().startswith("progress: 20% (2 of 10 partitions sent")  # ended: its outcomes tell
-    progress.sent(7)  # one partition of the 8 was not sent
+    done[0] = 4
+    assert progress.line().startswith("progress: 100% (10 of 10 partitions sent")  # its job ended ...
+    progress.sent(7)  # ... and its outcomes say that one partition of the 8 was not sent
     assert progress.line().startswith("progress: 90% (9 of 10 partitions sent, about 900 of 1,000 rows)")
 
 
@@ -35,3 +36,12 @@ def test_the_map_side_does_not_count_as_sent_even_with_as_many_tasks() -> None:
     assert sending_stage_done([(7, 2, 2), (8, 5, 1)], 5) == 1  # a map side of other size, one job
     assert sending_stage_done([], 5) == 0
 
+
+def test_a_failed_phase_counts_none_of_its_tasks() -> None:
+    progress = Progress(total_rows=500, partitions=5, sent_before=1, interval_s=10)
+    try:
+        with progress.phase(4, 4, lambda: 3):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert progress.line().startswith("progress: 20% (1 of 5 partitions sent")
