@@ -4,7 +4,7 @@ Loading and verifying those few thousand classes takes a local run's JVM several
 start; mapping them from an archive takes a fraction of that (docs/performance.md). `make setup`
 writes the archive once, with one run of the sample (`python -m mp_spark.class_archive ARGS`, which
 takes the job's own arguments); embedded local Spark then uses it. A JVM that cannot use it (another
-Java, other jars) runs without it, silently. Only local runs use it: spark-submit and clusters start
+Java, other jars, a SPARK_CONF_DIR, which Spark puts first on the classpath) runs without it, silently. Only local runs use it: spark-submit and clusters start
 their JVMs themselves.
 """
 
