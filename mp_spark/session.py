@@ -66,7 +66,7 @@ def local_builder(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.master(master)
     java_options = class_archive.java_options()
-    if java_options:  # Spark puts these before the user's own spark.driver.extraJavaOptions, which still apply
+    if java_options:  # Spark puts these before spark.driver.extraJavaOptions, which still apply
         builder = builder.config("spark.driver.defaultJavaOptions", java_options)
     if with_delta:
         from delta import configure_spark_with_delta_pip  # a `local` extra, not needed on clusters

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mp_spark import class_archive
 from tests.test_backfill_e2e import REPO
 
@@ -17,12 +19,25 @@ print("\\n".join(str(option) for option in runtime.getInputArguments()))
 """
 
 
-def test_a_users_driver_java_options_apply_beside_the_class_archive(tmp_path: Path) -> None:
-    (tmp_path / "spark-defaults.conf").write_text("spark.driver.extraJavaOptions -Dmp.user.option=kept\n")
-    env = {**os.environ, "SPARK_CONF_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", SHOW_JVM_OPTIONS], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
+def driver_java_options(**env: str) -> list[str]:
+    environ = {key: value for key, value in os.environ.items() if key != "SPARK_CONF_DIR"}
+    result = subprocess.run([sys.executable, "-c", SHOW_JVM_OPTIONS], cwd=REPO, env={**environ, **env},
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    options = result.stdout.splitlines()
-    assert "-Dmp.user.option=kept" in options
-    assert set(class_archive.java_options().split()) <= set(options)  # make setup wrote the archive: it is used
+    return result.stdout.splitlines()
+
+
+def test_without_a_spark_conf_dir_the_driver_maps_the_class_archive() -> None:
+    if not os.path.exists(class_archive.PATH):
+        pytest.skip("no class archive: make setup writes it")
+    assert f"-XX:SharedArchiveFile={class_archive.PATH}" in driver_java_options()
+
+
+def test_a_spark_conf_dir_keeps_its_java_options_and_goes_without_the_archive(tmp_path: Path) -> None:
+    # The directory goes first on the JVM's classpath, which the archive cannot match: passing the
+    # archive would only replace the administrator's default options.
+    (tmp_path / "spark-defaults.conf").write_text("spark.driver.defaultJavaOptions -Dmp.admin.option=kept\n"
+                                                  "spark.driver.extraJavaOptions -Dmp.user.option=kept\n")
+    options = driver_java_options(SPARK_CONF_DIR=str(tmp_path))
+    assert "-Dmp.admin.option=kept" in options and "-Dmp.user.option=kept" in options
+    assert not any(option.startswith("-XX:SharedArchiveFile") for option in options)
