@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from py4j.protocol import Py4JNetworkError
+
 from mp_spark.config import (
     Config,
     ConfigError,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_NOT_ALL_IMPORTED, EXIT_CONFIG, EXIT_SEND_FAILED, EXIT_UNEXPECTED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
+LOST_SPARK = (ConnectionError, Py4JNetworkError)  # the driver's JVM is gone: killed, or out of memory
 log = logging.getLogger("mp_spark")
 
 
@@ -74,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 RESUMABLE_SETTINGS = ("mixpanel.", "job.progress_interval_s=")
 
 
+def not_py4j_on_root(record: logging.LogRecord) -> bool:
+    """False for what py4j logs on the root logger: a call to the JVM that failed or that Ctrl-C cut
+    short, with its traceback. The call raises as well, and the job says once, in its own words, what
+    stopped it."""
+    return not (record.name == "root" and f"{os.sep}py4j{os.sep}" in record.pathname)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and args.dry_run:
@@ -85,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(not_py4j_on_root)
     config = credentials = None
     try:
         if args.config and urlparse(args.config).scheme == "":  # checked before a JVM starts: fail fast
@@ -137,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 previewer = Previewer(lambda preview: print(preview.render(), flush=True))
             summary = run_job(spark, config, credentials, options, previewer)
             report = format_summary(summary)
+    except LOST_SPARK as exc:  # an OSError too, but not the config's fault
+        return unexpected_failure(exc, spark, results_path, credentials, what_next(results_path, incremental))
     except (OSError, ConfigError) as exc:
         return config_error(exc)
     except RunStopped as stopped:
@@ -217,9 +231,12 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
         except Exception:  # Spark itself may be what failed: the log still has it
             pass
     first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
+    cause = ("the job lost Spark: the driver's JVM stopped (was it killed, or out of memory?)"
+             if isinstance(exc, LOST_SPARK) else
+             "this is not a problem the job recognises (a Spark failure, an unreadable source, or a bug)")
     print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
-          f"mp-spark: this is not a problem the job recognises (a Spark failure, an unreadable source, or a "
-          f"bug); the whole traceback is in the log above{kept}. Fix the cause, then {next_step}", file=sys.stderr)
+          f"mp-spark: {cause}; the whole traceback is in the log above{kept}. Fix the cause, then {next_step}",
+          file=sys.stderr)
     return EXIT_UNEXPECTED
 
 

@@ -1,8 +1,11 @@
 """The whole job, in process: real local Spark, the real CLI, a Mixpanel-compatible server on loopback."""
 
 import json
+import logging
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +15,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.cli import main
+from mp_spark.cli import main, not_py4j_on_root
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
 ROWS = 5000
@@ -474,3 +477,89 @@ def test_an_unexpected_failure_exits_4_with_a_short_paragraph_and_the_traceback_
     (part,) = (tmp_path / "results" / "error").glob("part-*")
     assert "Traceback" in part.read_text() and "sa-secret" not in part.read_text()
     assert mixpanel.requests == 0
+
+
+# The job as its own process, stopped from outside mid-send, as a user or the operating system does:
+# what the user reads, the exit code, and that --resume then finishes the run.
+
+def start_job(config: str) -> subprocess.Popen:
+    """`python jobs/backfill.py`, in a process group of its own (a terminal's Ctrl-C signals the group)."""
+    env = {**os.environ, "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
+    env.pop("SPARK_REMOTE", None)
+    return subprocess.Popen([sys.executable, "jobs/backfill.py", "--config", config, "--set",
+                             "mixpanel.max_batch_events=100"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def once_sending(job: subprocess.Popen, mixpanel: FakeMixpanel) -> None:
+    """Wait until the executors send (the driver's credential check is the first request)."""
+    deadline = time.monotonic() + 300
+    while mixpanel.requests < 3:
+        assert job.poll() is None and time.monotonic() < deadline, "the job never started sending"
+        time.sleep(0.1)
+
+
+def jvm_of(job: subprocess.Popen) -> int:
+    """The process id of the job's driver JVM: its child process that runs java."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, ppid = stat[stat.index("(") + 1:stat.rindex(")")], int(stat[stat.rindex(")") + 2:].split()[1])
+            if ppid == job.pid and name == "java":
+                return int(entry.name)
+    raise AssertionError("the job has no java child process")
+
+
+def resume(tmp_path: Path) -> int:
+    return main(["--resume", str(tmp_path / "results"), *[arg for s in FAST_RETRIES for arg in ("--set", s)]])
+
+
+@pytest.fixture
+def slow_mixpanel(mixpanel: FakeMixpanel) -> FakeMixpanel:
+    mixpanel.set_faults(Faults(latency_s=0.3))  # 50 batches in 5 partitions: several seconds of sending
+    return mixpanel
+
+
+def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishes_it(
+    sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    job = start_job(write_config(tmp_path, "parquet", sources["parquet"], slow_mixpanel))
+    once_sending(job, slow_mixpanel)
+    os.killpg(job.pid, signal.SIGINT)
+    _, err = job.communicate(timeout=120)
+
+    assert job.returncode == 130, err[-3000:]
+    assert f"mp-spark: interrupted; finish the run with --resume {tmp_path / 'results'}" in err
+    assert "Traceback" not in err  # py4j's own record of the interrupted call stays out of the user's way
+    slow_mixpanel.set_faults(Faults())
+    assert resume(tmp_path) == 0
+    assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+
+
+def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
+    sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    job = start_job(write_config(tmp_path, "parquet", sources["parquet"], slow_mixpanel))
+    once_sending(job, slow_mixpanel)
+    os.kill(jvm_of(job), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    _, err = job.communicate(timeout=120)
+
+    assert job.returncode == 4, err[-3000:]
+    assert "the job lost Spark: the driver's JVM stopped" in err and "config error" not in err
+    assert f"--resume {tmp_path / 'results'}" in err
+    slow_mixpanel.set_faults(Faults())
+    assert resume(tmp_path) == 0
+    assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+
+
+def test_only_what_py4j_logs_on_the_root_logger_is_left_out() -> None:
+    def record(name: str, path: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, path, 1, "Exception while sending command.", None, None)
+
+    py4j = os.path.join("site-packages", "py4j", "java_gateway.py")
+    assert not not_py4j_on_root(record("root", py4j))
+    assert not_py4j_on_root(record("root", os.path.join("mp_spark", "run.py")))
+    assert not_py4j_on_root(record("py4j.clientserver", py4j))  # its named loggers keep their own level
