@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_NOT_ALL_IMPORTED, EXIT_CONFIG, EXIT_SEND_FAILED, EXIT_UNEXPECTED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
-LOST_SPARK = (ConnectionError, Py4JNetworkError)  # the driver's JVM is gone: killed, or out of memory
 log = logging.getLogger("mp_spark")
 
 
@@ -75,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # What --set may change on --resume: the source, mapping and partitioning are the run's own.
 RESUMABLE_SETTINGS = ("mixpanel.", "job.progress_interval_s=")
+
+
+def lost_spark(exc: BaseException) -> bool:
+    """The job's Spark is gone: the driver's JVM (killed, or out of memory), or a Spark Connect server
+    that stayed unreachable through the client's retries."""
+    if isinstance(exc, (ConnectionError, Py4JNetworkError)):
+        return True
+    status = getattr(exc, "getGrpcStatusCode", None)  # SparkConnectGrpcException, whose import needs grpc
+    return status is not None and getattr(status(), "name", "") == "UNAVAILABLE"
 
 
 def not_py4j_on_root(record: logging.LogRecord) -> bool:
@@ -149,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 previewer = Previewer(lambda preview: print(preview.render(), flush=True))
             summary = run_job(spark, config, credentials, options, previewer)
             report = format_summary(summary)
-    except LOST_SPARK as exc:  # an OSError too, but not the config's fault
-        return unexpected_failure(exc, spark, results_path, credentials, what_next(results_path, incremental))
     except (OSError, ConfigError) as exc:
+        if lost_spark(exc):  # a ConnectionError is an OSError too, but not the config's fault
+            return unexpected_failure(exc, spark, results_path, credentials, what_next(results_path, incremental))
         return config_error(exc)
     except RunStopped as stopped:
         return run_stopped(stopped, what_next(results_path, incremental))
@@ -224,15 +232,15 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
     text = redacted("".join(traceback.format_exception(exc)), credentials)
     log.error("unexpected failure:\n%s", text)
     kept = ""
-    if spark is not None and results_path:
+    if spark is not None and results_path and not lost_spark(exc):  # else there is no Spark to write it
         try:
             RunFiles(spark, results_path).write_error(text)
             kept = f" and in {results_path}/error/"
         except Exception:  # Spark itself may be what failed: the log still has it
             pass
     first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
-    cause = ("the job lost Spark: the driver's JVM stopped (was it killed, or out of memory?)"
-             if isinstance(exc, LOST_SPARK) else
+    cause = ("the job lost Spark: the driver's JVM stopped (was it killed, or out of memory?), or the "
+             "Spark Connect server could not be reached" if lost_spark(exc) else
              "this is not a problem the job recognises (a Spark failure, an unreadable source, or a bug)")
     print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
           f"mp-spark: {cause}; the whole traceback is in the log above{kept}. Fix the cause, then {next_step}",

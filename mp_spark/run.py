@@ -261,7 +261,7 @@ class Sending:
     """Runs one Spark job per phase: the phase's records spread by key over its partitions, each tagged
     with its index, sent by at most `phase.tasks` tasks at once, to outcome rows written by Spark.
 
-    Ctrl-C (or SIGTERM) on the driver interrupts the job; its partitions then count as not sent.
+    Ctrl-C on the driver interrupts the job; its partitions then count as not sent.
     """
 
     def __init__(self, spark: SparkSession, files: RunFiles, endpoint: Endpoint, attempt: str, *, dry_run: bool,
@@ -304,7 +304,7 @@ class Sending:
                     self._progress.phase(len(phase.to_send), stage_tasks, tasks_done):
                 lines.mapInArrow(sender, SENT_SCHEMA).write.mode("append").parquet(
                     self._files.phase_path(self._attempt, phase.number))
-        except BaseException:  # Ctrl-C or SIGTERM: stop the job rather than leave it running
+        except KeyboardInterrupt:  # Ctrl-C: stop the job rather than leave it running (a job that failed has ended)
             self._spark.interruptTag(self._tag)
             raise
         finally:

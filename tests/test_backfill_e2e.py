@@ -15,7 +15,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.cli import main, not_py4j_on_root
+from mp_spark.cli import lost_spark, main, not_py4j_on_root
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
 ROWS = 5000
@@ -563,3 +563,14 @@ def test_only_what_py4j_logs_on_the_root_logger_is_left_out() -> None:
     assert not not_py4j_on_root(record("root", py4j))
     assert not_py4j_on_root(record("root", os.path.join("mp_spark", "run.py")))
     assert not_py4j_on_root(record("py4j.clientserver", py4j))  # its named loggers keep their own level
+
+
+def test_a_lost_jvm_or_an_unreachable_connect_server_is_lost_spark_and_other_failures_are_not() -> None:
+    grpc = pytest.importorskip("grpc")
+    from pyspark.errors.exceptions.connect import SparkConnectGrpcException
+
+    assert lost_spark(ConnectionRefusedError(111, "Connection refused"))  # py4j, to a JVM that is gone
+    unavailable, internal = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL
+    assert lost_spark(SparkConnectGrpcException(message="failed to connect", grpc_status_code=unavailable))
+    assert not lost_spark(SparkConnectGrpcException(message="bad plan", grpc_status_code=internal))
+    assert not lost_spark(FileNotFoundError("conf/missing.yaml"))
