@@ -385,7 +385,7 @@ def test_an_interrupted_run_resumes_without_resending_sent_partitions(
     arrived_first = mixpanel.raw_arrivals
     mixpanel.set_faults(Faults())  # the credentials work again
 
-    assert main(["--resume", str(tmp_path / "results"), *[arg for s in FAST_RETRIES for arg in ("--set", s)]]) == 0
+    assert resume(tmp_path) == 0
 
     assert received_keys(mixpanel) == expected_keys(events)
     # The partitions sent are not sent again; the rest, and the driver's one-event check, are.
@@ -479,42 +479,48 @@ def test_an_unexpected_failure_exits_4_with_a_short_paragraph_and_the_traceback_
     assert mixpanel.requests == 0
 
 
-# The job as its own process, stopped from outside mid-send, as a user or the operating system does:
-# what the user reads, the exit code, and that --resume then finishes the run.
-
-def start_job(config: str) -> subprocess.Popen:
-    """`python jobs/backfill.py`, in a process group of its own (a terminal's Ctrl-C signals the group)."""
+def job_process(config: str, log: Path, *overrides: str) -> subprocess.Popen:
+    """The job as a scheduler runs it: its own process (and local Spark), in a session of its own."""
     env = {**os.environ, "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
     env.pop("SPARK_REMOTE", None)
-    return subprocess.Popen([sys.executable, "jobs/backfill.py", "--config", config, "--set",
-                             "mixpanel.max_batch_events=100"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, "jobs/backfill.py", "--config", config]
+    for override in overrides:
+        args += ["--set", override]
+    with log.open("w") as output:
+        return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=output,
+                                stderr=subprocess.STDOUT)
 
 
-def once_sending(job: subprocess.Popen, mixpanel: FakeMixpanel) -> None:
-    """Wait until the executors send (the driver's credential check is the first request)."""
-    deadline = time.monotonic() + 300
-    while mixpanel.requests < 3:
-        assert job.poll() is None and time.monotonic() < deadline, "the job never started sending"
-        time.sleep(0.1)
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
 def jvm_of(job: subprocess.Popen) -> int:
     """The process id of the job's driver JVM: its child process that runs java."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            name, ppid = stat[stat.index("(") + 1:stat.rindex(")")], int(stat[stat.rindex(")") + 2:].split()[1])
-            if ppid == job.pid and name == "java":
-                return int(entry.name)
-    raise AssertionError("the job has no java child process")
+    found = subprocess.run(["pgrep", "-P", str(job.pid), "java"], capture_output=True, text=True)
+    assert found.returncode == 0, "the job has no java child process"
+    return int(found.stdout.split()[0])
 
 
 def resume(tmp_path: Path) -> int:
     return main(["--resume", str(tmp_path / "results"), *[arg for s in FAST_RETRIES for arg in ("--set", s)]])
+
+
+# The job as its own process, stopped from outside mid-send, as a user or the operating system does:
+# what the user reads, the exit code, and that --resume then finishes the run.
+
+def sending_job(tmp_path: Path, sources: dict[str, str], mixpanel: FakeMixpanel) -> tuple[subprocess.Popen, Path]:
+    """The job in its own process, once its executors send (the credential check is the first request),
+    and the file its output goes to."""
+    log = tmp_path / "job.log"
+    job = job_process(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), log,
+                      "mixpanel.max_batch_events=100")
+    wait_until(lambda: mixpanel.requests >= 3 or job.poll() is not None, 300, "the executors' first requests")
+    assert job.poll() is None, log.read_text()
+    return job, log
 
 
 @pytest.fixture
@@ -526,10 +532,10 @@ def slow_mixpanel(mixpanel: FakeMixpanel) -> FakeMixpanel:
 def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishes_it(
     sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
-    job = start_job(write_config(tmp_path, "parquet", sources["parquet"], slow_mixpanel))
-    once_sending(job, slow_mixpanel)
+    job, log = sending_job(tmp_path, sources, slow_mixpanel)
     os.killpg(job.pid, signal.SIGINT)
-    _, err = job.communicate(timeout=120)
+    job.wait(timeout=120)
+    err = log.read_text()
 
     assert job.returncode == 130, err[-3000:]
     assert f"mp-spark: interrupted; finish the run with --resume {tmp_path / 'results'}" in err
@@ -542,10 +548,10 @@ def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishe
 def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
     sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
-    job = start_job(write_config(tmp_path, "parquet", sources["parquet"], slow_mixpanel))
-    once_sending(job, slow_mixpanel)
+    job, log = sending_job(tmp_path, sources, slow_mixpanel)
     os.kill(jvm_of(job), signal.SIGKILL)  # as the kernel's out-of-memory killer does
-    _, err = job.communicate(timeout=120)
+    job.wait(timeout=120)
+    err = log.read_text()
 
     assert job.returncode == 4, err[-3000:]
     assert "the job lost Spark: the driver's JVM stopped" in err and "config error" not in err

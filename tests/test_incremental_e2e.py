@@ -5,9 +5,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,7 @@ from pyspark.sql import functions as F
 
 from mp_spark.cli import main
 from tests.fake_mixpanel import FakeMixpanel, Faults
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_backfill_e2e import job_process, wait_until
 
 
 def rows(spark: SparkSession, first: int, count: int) -> DataFrame:
@@ -188,25 +184,6 @@ def test_a_batch_whose_sending_failed_exits_3_and_is_sent_by_the_next_run(
     assert run(config, *fast_retries) == 0
     assert sent_ids(mixpanel) == list(range(300))
     assert commits(tmp_path) == ["0"]
-
-
-def job_process(config: str, log: Path, *overrides: str) -> subprocess.Popen:
-    """The job as a scheduler runs it: its own process (and local Spark), in a session of its own."""
-    env = {**os.environ, "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
-    env.pop("SPARK_REMOTE", None)
-    args = [sys.executable, "jobs/backfill.py", "--config", config]
-    for override in overrides:
-        args += ["--set", override]
-    with log.open("w") as output:
-        return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=output,
-                                stderr=subprocess.STDOUT)
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_a_driver_killed_mid_batch_loses_and_duplicates_nothing(
