@@ -231,8 +231,9 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
     """Exit 4: one short paragraph for the reader; the whole traceback in the log and in error/."""
     text = redacted("".join(traceback.format_exception(exc)), credentials)
     log.error("unexpected failure:\n%s", text)
+    lost = lost_spark(exc)
     kept = ""
-    if spark is not None and results_path and not lost_spark(exc):  # else there is no Spark to write it
+    if spark is not None and results_path and not lost:  # else there is no Spark to write it
         try:
             RunFiles(spark, results_path).write_error(text)
             kept = f" and in {results_path}/error/"
@@ -240,7 +241,7 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
             pass
     first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
     cause = ("the job lost Spark: the driver's JVM stopped (was it killed, or out of memory?), or the "
-             "Spark Connect server could not be reached" if lost_spark(exc) else
+             "Spark Connect server could not be reached" if lost else
              "this is not a problem the job recognises (a Spark failure, an unreadable source, or a bug)")
     print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
           f"mp-spark: {cause}; the whole traceback is in the log above{kept}. Fix the cause, then {next_step}",

@@ -103,8 +103,8 @@ def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callab
         latest = {"done": 0}
 
         def on_report(*, stages: list | None, **_: object) -> None:  # Spark passes keywords
-            latest["done"] = sending_stage_done([(s.stage_id, s.num_tasks, s.num_completed_tasks)
-                                                 for s in stages or []], tasks)
+            done = sending_stage_done([(s.stage_id, s.num_tasks, s.num_completed_tasks) for s in stages or []], tasks)
+            latest["done"] = max(latest["done"], done)  # a report without the sending stage says nothing of it
 
         spark.registerProgressHandler(on_report)
         try:
