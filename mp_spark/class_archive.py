@@ -5,9 +5,9 @@ start; mapping them from an archive takes a fraction of that (docs/performance.m
 writes the archive once, with one run of the sample (`python -m mp_spark.class_archive ARGS`, which
 takes the job's own arguments); embedded local Spark then uses it. A JVM that cannot use it (another
 Java, other jars) runs without it, silently. Spark's configuration directory, when there is one, goes
-first on the classpath, which no archive can match: then there is no archive, and the driver's
-default Java options are left to that directory's spark-defaults.conf. Only local runs use it:
-spark-submit and clusters start their JVMs themselves.
+first on the classpath, which no archive can match: then local Spark goes without it
+(`mp_spark.session.local_java_options`). Only local runs use it: spark-submit and clusters start
+their JVMs themselves.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ WRITING = "MP_SPARK_WRITING_CLASS_ARCHIVE"
 
 def java_options() -> str:
     """The driver JVM's options that write or use the archive; none when there is none to use."""
-    if os.path.isdir(spark_conf_dir()):  # first on the classpath, where the archive was written without it
-        return ""
     if os.environ.get(WRITING):
         return f"-XX:ArchiveClassesAtExit={PATH} {QUIET}"
     if os.path.exists(PATH):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mp_spark import class_archive
+from mp_spark.session import LOCAL_COMPILER_OPTIONS
 from tests.test_backfill_e2e import REPO
 
 SHOW_JVM_OPTIONS = """
@@ -27,18 +28,24 @@ def driver_java_options(**env: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def test_without_a_spark_conf_dir_the_driver_maps_the_class_archive(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_spark_conf_dir_the_driver_gets_the_compiler_options_and_maps_the_class_archive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
-    if not class_archive.java_options():
-        pytest.skip("no class archive to use here: make setup writes it, unless SPARK_HOME has a conf/")
-    assert f"-XX:SharedArchiveFile={class_archive.PATH}" in driver_java_options()
+    if os.path.isdir(class_archive.spark_conf_dir()):
+        pytest.skip("SPARK_HOME has a conf/ here, which owns the driver's Java options")
+    options = driver_java_options()
+    assert set(LOCAL_COMPILER_OPTIONS.split()) <= set(options)
+    if not os.path.exists(class_archive.PATH):
+        pytest.skip("no class archive to use here: make setup writes it")
+    assert f"-XX:SharedArchiveFile={class_archive.PATH}" in options
 
 
-def test_a_spark_conf_dir_keeps_its_java_options_and_goes_without_the_archive(tmp_path: Path) -> None:
-    # The directory goes first on the JVM's classpath, which the archive cannot match: passing the
-    # archive would only replace the administrator's default options.
+def test_a_spark_conf_dir_keeps_its_java_options_and_goes_without_ours(tmp_path: Path) -> None:
+    # The directory goes first on the JVM's classpath, which the archive cannot match, and ours
+    # would replace the administrator's default options.
     (tmp_path / "spark-defaults.conf").write_text("spark.driver.defaultJavaOptions -Dmp.admin.option=kept\n"
                                                   "spark.driver.extraJavaOptions -Dmp.user.option=kept\n")
     options = driver_java_options(SPARK_CONF_DIR=str(tmp_path))
     assert "-Dmp.admin.option=kept" in options and "-Dmp.user.option=kept" in options
     assert not any(option.startswith("-XX:SharedArchiveFile") for option in options)
+    assert not set(LOCAL_COMPILER_OPTIONS.split()) & set(options)
