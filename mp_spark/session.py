@@ -36,8 +36,12 @@ LOCAL_MASTER = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?$")  # local, loca
 # compiler (C2) spends their cores on Spark's start-up code (analysis, code generation). With its
 # thresholds thirtyfold it keeps to the per-row loops, and with the parallel collector instead of G1
 # a 2,000-event run took about a third less CPU (docs/performance.md).
-LOCAL_COMPILER_OPTIONS = ("-XX:+UseParallelGC -XX:Tier4InvocationThreshold=150000 -XX:Tier4MinInvocationThreshold=18000"
+LOCAL_COMPILER_OPTIONS = ("-XX:Tier4InvocationThreshold=150000 -XX:Tier4MinInvocationThreshold=18000"
                           " -XX:Tier4CompileThreshold=450000 -XX:Tier4BackEdgeThreshold=1200000")
+LOCAL_COLLECTOR = "-XX:+UseParallelGC"
+# Where a user's own Java options may already choose a collector: a second one stops the JVM at start.
+USER_JAVA_OPTIONS = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "PYSPARK_SUBMIT_ARGS")
+CHOOSES_COLLECTOR = re.compile(r"-XX:\+Use\w+GC\b")
 # The probe must run where mp_spark may not be importable yet: ship its code, not a reference to it.
 register_pickle_by_value(probe)
 
@@ -91,7 +95,9 @@ def local_java_options() -> str:
     """
     if os.path.isdir(class_archive.spark_conf_dir()):
         return ""
-    return f"{LOCAL_COMPILER_OPTIONS} {class_archive.java_options()}".strip()
+    users_collector = any(CHOOSES_COLLECTOR.search(os.environ.get(name, "")) for name in USER_JAVA_OPTIONS)
+    collector = "" if users_collector else LOCAL_COLLECTOR
+    return " ".join(filter(None, [collector, LOCAL_COMPILER_OPTIONS, class_archive.java_options()]))
 
 
 def is_connect(spark: SparkSession) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mp_spark import class_archive
-from mp_spark.session import LOCAL_COMPILER_OPTIONS
+from mp_spark.session import LOCAL_COLLECTOR, LOCAL_COMPILER_OPTIONS
 from tests.test_backfill_e2e import REPO
 
 SHOW_JVM_OPTIONS = """
@@ -34,7 +34,7 @@ def test_without_a_spark_conf_dir_the_driver_gets_the_compiler_options_and_maps_
     if os.path.isdir(class_archive.spark_conf_dir()):
         pytest.skip("SPARK_HOME has a conf/ here, which owns the driver's Java options")
     options = driver_java_options()
-    assert set(LOCAL_COMPILER_OPTIONS.split()) <= set(options)
+    assert set(LOCAL_COMPILER_OPTIONS.split()) | {LOCAL_COLLECTOR} <= set(options)
     if not os.path.exists(class_archive.PATH):
         pytest.skip("no class archive to use here: make setup writes it")
     assert f"-XX:SharedArchiveFile={class_archive.PATH}" in options
@@ -49,3 +49,10 @@ def test_a_spark_conf_dir_keeps_its_java_options_and_goes_without_ours(tmp_path:
     assert "-Dmp.admin.option=kept" in options and "-Dmp.user.option=kept" in options
     assert not any(option.startswith("-XX:SharedArchiveFile") for option in options)
     assert not set(LOCAL_COMPILER_OPTIONS.split()) & set(options)
+
+
+def test_a_collector_chosen_in_the_users_java_options_is_kept_and_the_jvm_starts() -> None:
+    # Two collectors stop the JVM before Spark starts ("Multiple garbage collectors selected").
+    options = driver_java_options(JAVA_TOOL_OPTIONS="-XX:+UseSerialGC")
+    assert LOCAL_COLLECTOR not in options
+    assert "-XX:+UseSerialGC" in options
