@@ -28,11 +28,16 @@ def driver_java_options(**env: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def test_without_a_spark_conf_dir_the_driver_gets_the_compiler_options_and_maps_the_class_archive(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_conf_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Spark configuration directory, so that local Spark passes its own Java options."""
     monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
     if os.path.isdir(class_archive.spark_conf_dir()):
         pytest.skip("SPARK_HOME has a conf/ here, which owns the driver's Java options")
+
+
+def test_without_a_spark_conf_dir_the_driver_gets_the_compiler_options_and_maps_the_class_archive(
+        no_conf_dir: None) -> None:
     options = driver_java_options()
     assert set(LOCAL_COMPILER_OPTIONS.split()) | {LOCAL_COLLECTOR} <= set(options)
     if not os.path.exists(class_archive.PATH):
@@ -48,10 +53,10 @@ def test_a_spark_conf_dir_keeps_its_java_options_and_goes_without_ours(tmp_path:
     options = driver_java_options(SPARK_CONF_DIR=str(tmp_path))
     assert "-Dmp.admin.option=kept" in options and "-Dmp.user.option=kept" in options
     assert not any(option.startswith("-XX:SharedArchiveFile") for option in options)
-    assert not set(LOCAL_COMPILER_OPTIONS.split()) & set(options)
+    assert not (set(LOCAL_COMPILER_OPTIONS.split()) | {LOCAL_COLLECTOR}) & set(options)
 
 
-def test_a_collector_chosen_in_the_users_java_options_is_kept_and_the_jvm_starts() -> None:
+def test_a_collector_chosen_in_the_users_java_options_is_kept_and_the_jvm_starts(no_conf_dir: None) -> None:
     # Two collectors stop the JVM before Spark starts ("Multiple garbage collectors selected").
     options = driver_java_options(JAVA_TOOL_OPTIONS="-XX:+UseSerialGC")
     assert LOCAL_COLLECTOR not in options
