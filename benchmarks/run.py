@@ -242,11 +242,11 @@ def main() -> None:
         generate(spark, 2000, small)
         generate(spark, 1_000_000, million)
         spark.stop()  # the commands start their own Spark, each on the machine's two cores
-        commands = run_commands(args, small, million, url)
+        times, cpu = run_commands(args, small, million, url)
     finally:
         receiver.terminate()
     report(rows, args.events, ceiling)
-    report_commands(commands)
+    report_commands(times, cpu)
 
 
 def run_scenarios(spark: SparkSession, args: argparse.Namespace, data: Path, url: str, receiver_pid: int
@@ -308,19 +308,31 @@ def median_pair(run_a: Callable[[], dict], run_b: Callable[[], dict], pairs: int
     return {**a, "a/b of each pair": [round(ratio, 2) for ratio, _ in ratios]}, b
 
 
-def run_commands(args: argparse.Namespace, small: Path, million: Path, url: str) -> dict[str, list[float]]:
-    """Wall seconds of `python jobs/backfill.py` runs, each as a user starts it: a new process, a new JVM."""
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since it started (Linux's /proc/stat): steadier than
+    wall time on a VM whose speed drifts, and it counts the JVM, the Python workers and the receiver alike."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def run_commands(args: argparse.Namespace, small: Path, million: Path, url: str
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds and the machine's busy CPU seconds of `python jobs/backfill.py` runs, each as a user
+    starts it: a new process, a new JVM."""
     env = {**os.environ, "MP_PROJECT_TOKEN": TOKEN.username}
     times: dict[str, list[float]] = {letter: [] for letter in "smr" if letter in args.only}
+    cpu: dict[str, list[float]] = {letter: [] for letter in times}
 
     def command(letter: str, data: Path, *extra: str) -> None:
         config = OUT / f"command-{letter}.json"
         config.write_text(job_config(data, url, OUT / "runs" / f"command-{letter}"))
-        started = time.monotonic()
+        started, busy = time.monotonic(), busy_cpu_seconds()
         subprocess.run([sys.executable, str(HERE.parent / "jobs" / "backfill.py"), "--config", str(config), *extra],
                        env=env, check=True, capture_output=True)
         times[letter].append(round(time.monotonic() - started, 1))
-        print(f"{letter}: {times[letter][-1]} s", flush=True)
+        cpu[letter].append(round(busy_cpu_seconds() - busy, 1))
+        print(f"{letter}: {times[letter][-1]} s, {cpu[letter][-1]} CPU s", flush=True)
 
     for _ in range(args.commands):
         if "s" in times:
@@ -329,18 +341,19 @@ def run_commands(args: argparse.Namespace, small: Path, million: Path, url: str)
             command("m", million)
         if "r" in times:
             command("r", million, "--dry-run")
-    return times
+    return times, cpu
 
 
-def report_commands(times: dict[str, list[float]]) -> None:
+def report_commands(times: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     labels = {"s": "s. 2,000 events (target <= 12 s)", "m": "m. 1M events (target <= 16 s)",
               "r": "r. 1M events, --dry-run (target: no slower than m)"}
-    lines = ["| whole command, wall s | median | min | max | runs |", "|---|---:|---:|---:|---|"]
+    lines = ["| whole command, wall s | median | min | max | runs | machine's busy CPU s, median |",
+             "|---|---:|---:|---:|---|---:|"]
     for letter, runs in times.items():
         if runs:
             ordered = sorted(runs)
             lines.append(f"| {labels[letter]} | {ordered[len(ordered) // 2]} | {ordered[0]} | {ordered[-1]} | "
-                         f"{', '.join(map(str, runs))} |")
+                         f"{', '.join(map(str, runs))} | {sorted(cpu[letter])[len(runs) // 2]} |")
     text = "\n".join(lines)
     print(text)
     with (OUT / "results.md").open("a") as results:
