@@ -4,6 +4,9 @@ for job.mode incremental, open it as a stream."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+from urllib.parse import urlparse
 
 from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -12,6 +15,7 @@ from pyspark.sql import functions as F
 from mp_spark.config import ConfigError, JobConfig, SourceConfig
 
 DELTA_VERSION = "4.4.0"  # the delta-spark release built for Spark 4.0, 4.1 and 4.2 (pyproject.toml pins it)
+GLOB = re.compile(r"[*?[{]")
 
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
@@ -62,6 +66,34 @@ def _open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> D
     if source.where:
         df = df.filter(analysed_expr(df, source.where, "source.where"))
     return df
+
+
+def is_small_local_source(source: SourceConfig, max_bytes: int) -> bool:
+    """Whether the source's files are on this machine's disk and hold at most `max_bytes` in all.
+
+    No for a table, a remote path or a glob, whose size only Spark can tell. The walk stops once past
+    `max_bytes`, so that a large directory costs little.
+    """
+    if source.path is None or GLOB.search(source.path):
+        return False
+    url = urlparse(source.path)
+    if url.scheme not in ("", "file"):
+        return False
+    path = url.path if url.scheme else source.path
+    if os.path.isfile(path):
+        return os.path.getsize(path) <= max_bytes
+    if not os.path.isdir(path):
+        return False
+    total = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except OSError:  # gone since the walk listed it
+                continue
+            if total > max_bytes:
+                return False
+    return True
 
 
 def delta_missing(spark_version: str) -> str:

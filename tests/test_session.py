@@ -8,21 +8,30 @@ from pathlib import Path
 import pytest
 
 from mp_spark import class_archive
-from mp_spark.session import LOCAL_COLLECTOR, LOCAL_COMPILER_OPTIONS
+from mp_spark.config import SourceConfig, parse_config
+from mp_spark.session import (
+    LOCAL_COLLECTOR,
+    LOCAL_COMPILER_OPTIONS,
+    SHORT_RUN_COMPILER_OPTIONS,
+    SHORT_RUN_SOURCE_BYTES,
+    is_short_run,
+)
+from mp_spark.sources import is_small_local_source
 from tests.test_backfill_e2e import REPO
 
 SHOW_JVM_OPTIONS = """
+import sys
 from pyspark.sql import SparkSession
 from mp_spark.session import local_builder
-spark = local_builder(SparkSession.builder, with_delta=False).getOrCreate()
+spark = local_builder(SparkSession.builder, with_delta=False, short_run=sys.argv[1:] == ["short"]).getOrCreate()
 runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
 print("\\n".join(str(option) for option in runtime.getInputArguments()))
 """
 
 
-def driver_java_options(**env: str) -> list[str]:
+def driver_java_options(*args: str, **env: str) -> list[str]:
     environ = {key: value for key, value in os.environ.items() if key != "SPARK_CONF_DIR"}
-    result = subprocess.run([sys.executable, "-c", SHOW_JVM_OPTIONS], cwd=REPO, env={**environ, **env},
+    result = subprocess.run([sys.executable, "-c", SHOW_JVM_OPTIONS, *args], cwd=REPO, env={**environ, **env},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.splitlines()
@@ -61,3 +70,45 @@ def test_a_collector_chosen_in_the_users_java_options_is_kept_and_the_jvm_starts
     options = driver_java_options(JAVA_TOOL_OPTIONS="-XX:+UseSerialGC")
     assert LOCAL_COLLECTOR not in options
     assert "-XX:+UseSerialGC" in options
+
+
+def test_a_short_run_compiles_with_c1_alone_and_keeps_the_collector_and_the_archive(no_conf_dir: None) -> None:
+    options = driver_java_options("short")
+    assert SHORT_RUN_COMPILER_OPTIONS in options and LOCAL_COLLECTOR in options
+    assert not set(LOCAL_COMPILER_OPTIONS.split()) & set(options)
+    if os.path.exists(class_archive.PATH):
+        assert f"-XX:SharedArchiveFile={class_archive.PATH}" in options
+
+
+def source_of(path: str) -> SourceConfig:
+    return SourceConfig(format="parquet", path=path)
+
+
+def test_a_local_source_is_small_up_to_the_limit_counting_every_file_below_its_path(tmp_path: Path) -> None:
+    (tmp_path / "day=1").mkdir()
+    (tmp_path / "day=1" / "part-0.parquet").write_bytes(b"x" * 600)
+    (tmp_path / "part-1.parquet").write_bytes(b"x" * 400)
+    assert is_small_local_source(source_of(str(tmp_path)), max_bytes=1000)
+    assert is_small_local_source(source_of(tmp_path.as_uri()), max_bytes=1000)
+    assert not is_small_local_source(source_of(str(tmp_path)), max_bytes=999)
+    assert is_small_local_source(source_of(str(tmp_path / "part-1.parquet")), max_bytes=400)
+    assert not is_small_local_source(source_of(str(tmp_path / "part-1.parquet")), max_bytes=399)
+
+
+@pytest.mark.parametrize("path", ["s3://bucket/events", "abfss://c@account.dfs.core.windows.net/events",
+                                  "/no/such/dir", "GLOB/*.parquet"])
+def test_a_source_whose_size_only_spark_can_tell_is_not_small(path: str, tmp_path: Path) -> None:
+    path = path.replace("GLOB", str(tmp_path))  # a glob over files that exist and are small
+    (tmp_path / "part-0.parquet").write_bytes(b"x")
+    assert not is_small_local_source(source_of(path), max_bytes=SHORT_RUN_SOURCE_BYTES)
+    assert not is_small_local_source(SourceConfig(format="delta", table="main.events"), max_bytes=1 << 40)
+
+
+def test_only_a_backfill_of_a_small_local_source_is_a_short_run(tmp_path: Path) -> None:
+    (tmp_path / "part-0.parquet").write_bytes(b"x" * 100)
+    backfill = f"source: {{format: parquet, path: '{tmp_path}'}}\nmapping: {{event: e, time: t, distinct_id: u}}\n"
+    assert is_short_run(parse_config(backfill))
+    assert not is_short_run(parse_config(backfill + "job: {mode: incremental}"))  # a stream runs for days
+    assert not is_short_run(None)  # the config is not read yet (remote, or a resume's)
+    (tmp_path / "part-1.parquet").write_bytes(b"x" * SHORT_RUN_SOURCE_BYTES)
+    assert not is_short_run(parse_config(backfill))
