@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -103,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
+    # Spark Connect's client warns as it gives up on a server; the job says what failed, in its own words.
+    warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]")
     for handler in logging.getLogger().handlers:
         handler.addFilter(not_py4j_on_root)
     config = credentials = None
@@ -116,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     spark = results_path = None
     incremental = False
+
+    def next_step() -> str:  # once the run has got as far as it has
+        return what_next(results_path, incremental, args.dry_run)
+
     try:
         # Without the config yet (it is remote, or in the run being resumed), Delta may be needed.
         spark = get_spark(args.remote, with_delta=config is None or config.source.format == "delta",
@@ -160,26 +167,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = format_summary(summary)
     except (OSError, ConfigError) as exc:
         if lost_spark(exc):  # a ConnectionError is an OSError too, but not the config's fault
-            return unexpected_failure(exc, spark, results_path, credentials, what_next(results_path, incremental))
+            return unexpected_failure(exc, spark, results_path, credentials, next_step())
         return config_error(exc)
     except RunStopped as stopped:
-        return run_stopped(stopped, what_next(results_path, incremental))
+        return run_stopped(stopped, next_step())
     except KeyboardInterrupt:
-        print(f"mp-spark: interrupted; {what_next(results_path, incremental)}", file=sys.stderr)
+        print(f"mp-spark: interrupted; {next_step()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        return unexpected_failure(exc, spark, results_path, credentials, what_next(results_path, incremental))
+        return unexpected_failure(exc, spark, results_path, credentials, next_step())
     print(report)
     all_imported = summary.balanced and summary.rejected == 0 and summary.invalid == 0
     return EXIT_OK if all_imported else EXIT_NOT_ALL_IMPORTED
 
 
-def what_next(results_path: str | None, incremental: bool) -> str:
+def what_next(results_path: str | None, incremental: bool, dry_run: bool) -> str:
     """What to do once the cause of a stop is fixed."""
     if incremental:
         return ("run the job again: it starts from the micro-batch it has not finished (what that batch "
                 "sent is sent again, and Mixpanel keeps one of each)")
-    if results_path is None:
+    if results_path is None or dry_run:  # a dry run sent nothing, and --resume refuses it
         return "run the job again"
     return f"finish the run with --resume {results_path} (partitions that were sent are not sent again)"
 
@@ -233,6 +240,11 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
     text = redacted("".join(traceback.format_exception(exc)), credentials)
     log.error("unexpected failure:\n%s", text)
     lost = lost_spark(exc)
+    server_lost = lost and spark is not None and is_connect(spark)
+    if server_lost:
+        from mp_spark import connect_client  # needs grpc, which only a Connect client has
+
+        connect_client.close(spark)
     kept = ""
     if spark is not None and results_path and not lost:  # else there is no Spark to write it
         try:
@@ -240,13 +252,17 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
             kept = f" and in {results_path}/error/"
         except Exception:  # Spark itself may be what failed: the log still has it
             pass
-    first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
-    cause = ("the job lost Spark: the driver's JVM stopped (was it killed, or out of memory?), or the "
-             "Spark Connect server could not be reached" if lost else
-             "this is not a problem the job recognises (a Spark failure, an unreadable source, or a bug)")
-    print(f"mp-spark: unexpected failure: {type(exc).__name__}: {first_line[:300]}\n"
-          f"mp-spark: {cause}; the whole traceback is in the log above{kept}. Fix the cause, then {next_step}",
-          file=sys.stderr)
+    if server_lost:  # gRPC's first line says nothing: "<_MultiThreadedRendezvous of RPC that terminated with:"
+        what = (f"{type(exc).__name__}\nmp-spark: the job lost its Spark Connect server: "
+                f"{connect_client.unreachable_reason(str(exc)) or 'it stopped answering'}")
+    else:
+        first_line = redacted(str(exc).strip().splitlines()[0] if str(exc).strip() else "", credentials)
+        cause = ("the job lost Spark: the driver's JVM stopped (was it killed, or out of memory?), or the "
+                 "Spark Connect server could not be reached" if lost else
+                 "this is not a problem the job recognises (a Spark failure, an unreadable source, or a bug)")
+        what = f"{type(exc).__name__}: {first_line[:300]}\nmp-spark: {cause}"
+    print(f"mp-spark: unexpected failure: {what}; the whole traceback is in the log above{kept}. "
+          f"Fix the cause, then {next_step}", file=sys.stderr)
     return EXIT_UNEXPECTED
 
 

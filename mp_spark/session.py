@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.sql import SparkSession
@@ -59,14 +60,38 @@ def get_spark(remote: str | None = None, *, with_delta: bool = False, short_run:
     command line; only a plain `python jobs/backfill.py` run starts local Spark here.
     """
     if remote:
-        return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
+        return connect_session(remote, "--remote", app_name)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if "SPARK_REMOTE" in os.environ:
+        return connect_session(os.environ["SPARK_REMOTE"], "SPARK_REMOTE", app_name)
     builder = SparkSession.builder.appName(app_name)
-    if "SPARK_REMOTE" in os.environ or "PYSPARK_GATEWAY_PORT" in os.environ:  # Connect; or spark-submit, pyspark
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit, pyspark
         return builder.getOrCreate()
     return local_builder(builder, with_delta=with_delta, short_run=short_run).getOrCreate()
+
+
+def connect_session(url: str, named_by: str, app_name: str) -> SparkSession:
+    """A session of the Spark Connect server at `url` (which `named_by` gave), which has answered once.
+
+    Raises ConfigError, naming the server's address (never the URL, which may hold a token), when
+    nothing answers there.
+    """
+    from mp_spark import connect_client  # needs grpc, which only a Connect client has
+
+    spark = SparkSession.builder.remote(url).getOrCreate()  # no call to the server yet
+    connect_client.fail_fast_when_unreachable(spark)
+    try:
+        spark.version  # noqa: B018 - the first call to the server
+    except Exception as exc:
+        reason = connect_client.unreachable_reason(str(exc))
+        if reason is None:
+            raise
+        connect_client.close(spark)
+        raise ConfigError(f"{named_by}: cannot reach the Spark Connect server at {urlparse(url).netloc}: "
+                          f"{reason}; is the server running, and is this its address?") from None
+    return SparkSession.builder.remote(url).appName(app_name).getOrCreate()
 
 
 def is_short_run(config: Config | None) -> bool:

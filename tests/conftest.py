@@ -86,26 +86,41 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: fl
     raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def connect_server(python_without_mp_spark: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local Spark Connect server with Delta, whose Python workers cannot import mp_spark; its URL."""
-    workdir = tmp_path_factory.mktemp("connect-server")  # the workers' working directory: no mp_spark here
+def start_connect_server(workdir: Path, python: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """A local Spark Connect server (its Python workers run `python` in `workdir`) and its URL, once it listens.
+
+    spark-submit's script execs the server's JVM: the process is the server itself.
+    """
     port, log = free_port(), workdir / "server.log"
-    env = {**os.environ, "PYSPARK_PYTHON": str(python_without_mp_spark), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {**os.environ, "PYSPARK_PYTHON": str(python), "SPARK_LOCAL_IP": "127.0.0.1"}
     command = [
         str(SPARK_BIN / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-        "--master", "local[2, 4]", "--packages", DELTA_PACKAGE,
+        "--master", "local[2, 4]",
         "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", f"spark.connect.grpc.binding.port={port}",
-        "--conf", "spark.connect.progress.reportInterval=100ms",  # as often as the progress test's lines
         *[arg for key, value in TEST_SESSION_CONF.items() for arg in ("--conf", f"{key}={value}")],
-        *[arg for key, value in DELTA_SQL_CONF.items() for arg in ("--conf", f"{key}={value}")],
-        "spark-internal",
+        *options, "spark-internal",
     ]
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, server, log, timeout_s=300)
-        yield f"sc://127.0.0.1:{port}"
+    except BaseException:
+        server.kill()
+        raise
+    return server, f"sc://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def connect_server(python_without_mp_spark: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Spark Connect server with Delta, whose Python workers cannot import mp_spark; its URL."""
+    workdir = tmp_path_factory.mktemp("connect-server")  # the workers' working directory: no mp_spark here
+    server, url = start_connect_server(
+        workdir, python_without_mp_spark, "--packages", DELTA_PACKAGE,
+        "--conf", "spark.connect.progress.reportInterval=100ms",  # as often as the progress test's lines
+        *[arg for key, value in DELTA_SQL_CONF.items() for arg in ("--conf", f"{key}={value}")],
+    )
+    try:
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -15,7 +15,8 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.cli import lost_spark, main, not_py4j_on_root
+from mp_spark.cli import lost_spark, main, not_py4j_on_root, what_next
+from tests.conftest import free_port, start_connect_server
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
 ROWS = 5000
@@ -479,11 +480,12 @@ def test_an_unexpected_failure_exits_4_with_a_short_paragraph_and_the_traceback_
     assert mixpanel.requests == 0
 
 
-def job_process(config: str, log: Path, *overrides: str) -> subprocess.Popen:
-    """The job as a scheduler runs it: its own process (and local Spark), in a session of its own."""
+def job_process(config: str, log: Path, *overrides: str, remote: str | None = None) -> subprocess.Popen:
+    """The job as a scheduler runs it: its own process (and local Spark, or the Connect server at
+    `remote`), in a session of its own."""
     env = {**os.environ, "MP_SERVICE_ACCOUNT_USER": "sa-user", "MP_SERVICE_ACCOUNT_SECRET": "sa-secret"}
     env.pop("SPARK_REMOTE", None)
-    args = [sys.executable, "jobs/backfill.py", "--config", config]
+    args = [sys.executable, "jobs/backfill.py", "--config", config, *(["--remote", remote] if remote else [])]
     for override in overrides:
         args += ["--set", override]
     with log.open("w") as output:
@@ -512,12 +514,13 @@ def resume(tmp_path: Path) -> int:
 # The job as its own process, stopped from outside mid-send, as a user or the operating system does:
 # what the user reads, the exit code, and that --resume then finishes the run.
 
-def sending_job(tmp_path: Path, sources: dict[str, str], mixpanel: FakeMixpanel) -> tuple[subprocess.Popen, Path]:
+def sending_job(tmp_path: Path, sources: dict[str, str], mixpanel: FakeMixpanel, remote: str | None = None
+                ) -> tuple[subprocess.Popen, Path]:
     """The job in its own process, once its executors send (the credential check is the first request),
     and the file its output goes to."""
     log = tmp_path / "job.log"
     job = job_process(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), log,
-                      "mixpanel.max_batch_events=100")
+                      "mixpanel.max_batch_events=100", remote=remote)
     wait_until(lambda: mixpanel.requests >= 3 or job.poll() is not None, 300, "the executors' first requests")
     assert job.poll() is None, log.read_text()
     return job, log
@@ -559,6 +562,53 @@ def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
     slow_mixpanel.set_faults(Faults())
     assert resume(tmp_path) == 0
     assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+
+
+def test_a_connect_server_that_stops_mid_run_is_named_as_the_cause_in_seconds_and_resume_finishes_the_run(
+    sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    python_without_mp_spark: Path,
+) -> None:
+    pytest.importorskip("grpc")
+    (tmp_path / "server").mkdir()
+    server, url = start_connect_server(tmp_path / "server", python_without_mp_spark)
+    try:
+        job, log = sending_job(tmp_path, sources, slow_mixpanel, remote=url)
+    finally:
+        server.kill()  # as a cluster that is restarted, or a server that runs out of memory
+        server.wait(timeout=60)
+    try:
+        job.wait(timeout=120)  # Spark's client alone would retry for ten minutes
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        raise
+    err = log.read_text()
+
+    assert job.returncode == 4, err[-3000:]
+    assert "the job lost its Spark Connect server: the connection was refused" in err
+    assert f"--resume {tmp_path / 'results'}" in err and "config error" not in err
+    slow_mixpanel.set_faults(Faults())
+    assert resume(tmp_path) == 0  # here on local Spark: the run's files are all it needs
+    assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+
+
+def test_a_connect_server_that_nothing_answers_for_is_a_config_error_naming_its_address_not_its_token(
+        tmp_path: Path) -> None:
+    pytest.importorskip("grpc")
+    address = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run",
+         "--remote", f"sc://{address}/;token=dapi-not-a-real-token"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,  # Spark's client alone retries for ten minutes
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"mp-spark: config error: --remote: cannot reach the Spark Connect server at {address}: "
+            "the connection was refused") in result.stderr
+    assert "dapi-not-a-real-token" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_failed_dry_run_is_run_again_not_resumed() -> None:  # --resume refuses a dry run: it sent nothing
+    assert what_next("/runs/r1", incremental=False, dry_run=True) == "run the job again"
+    assert what_next("/runs/r1", incremental=False, dry_run=False).startswith("finish the run with --resume /runs/r1")
 
 
 def test_only_what_py4j_logs_on_the_root_logger_is_left_out() -> None:
