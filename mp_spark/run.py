@@ -39,7 +39,7 @@ from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.session import prepare_executors
+from mp_spark.session import prepare_executors, start_python_workers
 from mp_spark.tally import OK, UNSENT, PartitionOutcome
 from mp_spark.transport import RequestsTransport
 
@@ -103,8 +103,14 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         if counted is not manifest and not options.dry_run:
             files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
         executors = prepare_executors(spark)
-        return counted, sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
-                                       max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
+        plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
+                              max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
+        # Local Spark: the check's query (the JVM's first to map the source) outlasts the count and the
+        # manifest; the cores but the one it runs on start Python workers for the first sending tasks.
+        workers = min(plan[0].tasks, executors.cores - 1) if plan else 0
+        if check is not None and executors.fixed and workers > 0:
+            start_python_workers(spark, workers)
+        return counted, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
     manifest, plan = while_checking(spark, check, count_and_plan)

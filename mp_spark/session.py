@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 import mp_spark
 from mp_spark import class_archive, probe
 from mp_spark.config import Config, ConfigError
+from mp_spark.executor import ready_worker
 from mp_spark.sources import is_small_local_source
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,12 @@ def prepare_executors(spark: SparkSession) -> Executors:
     partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
     cores = partition.agg(F.max("partition")).first()[0] + 1
     return Executors(cores=cores, fixed=bool(LOCAL_MASTER.match(master)))  # a Connect server's own master
+
+
+def start_python_workers(spark: SparkSession, count: int) -> None:
+    """Start `count` of local Spark's Python workers, the sending tasks' imports done: Spark reuses
+    them for the sending tasks, whose first wave would otherwise wait about 2 s for its workers."""
+    spark.range(0, count, 1, count).mapInArrow(ready_worker, "ready boolean").collect()
 
 
 def run_probe(spark: SparkSession) -> probe.Found:
