@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -16,6 +16,7 @@ from mp_spark.config import ConfigError, JobConfig, SourceConfig
 
 DELTA_VERSION = "4.4.0"  # the delta-spark release built for Spark 4.0, 4.1 and 4.2 (pyproject.toml pins it)
 GLOB = re.compile(r"[*?[{]")
+MAX_FILES_WALKED = 10_000
 
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
@@ -71,28 +72,37 @@ def _open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> D
 def is_small_local_source(source: SourceConfig, max_bytes: int) -> bool:
     """Whether the source's files are on this machine's disk and hold at most `max_bytes` in all.
 
-    No for a table, a remote path or a glob, whose size only Spark can tell. The walk stops once past
-    `max_bytes`, so that a large directory costs little.
+    No for a table or a remote path, whose size only Spark can tell, and for what this walk could
+    count wrongly: a glob (Spark expands it, and a path that exists may have its characters), a
+    directory with symbolic links in it (Spark follows them), unreadable directories, more than
+    MAX_FILES_WALKED files. The walk stops as soon as it can answer no.
     """
     if source.path is None or GLOB.search(source.path):
         return False
     url = urlparse(source.path)
-    if url.scheme not in ("", "file"):
+    if url.scheme not in ("", "file") or url.netloc not in ("", "localhost"):
         return False
-    path = url.path if url.scheme else source.path
+    path = unquote(url.path) if url.scheme else source.path
     if os.path.isfile(path):
         return os.path.getsize(path) <= max_bytes
     if not os.path.isdir(path):
         return False
-    total = 0
-    for directory, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.path.getsize(os.path.join(directory, name))
-            except OSError:  # gone since the walk listed it
-                continue
+    total = files = 0
+
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    try:
+        for directory, subdirectories, names in os.walk(path, onerror=unreadable):
+            entries = [os.path.join(directory, name) for name in subdirectories + names]
+            files += len(names)
+            if files > MAX_FILES_WALKED or any(os.path.islink(entry) for entry in entries):
+                return False
+            total += sum(os.path.getsize(os.path.join(directory, name)) for name in names)
             if total > max_bytes:
                 return False
+    except OSError:  # unreadable, or changed while walked
+        return False
     return True
 
 

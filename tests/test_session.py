@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mp_spark import class_archive
+from mp_spark import class_archive, sources
 from mp_spark.config import SourceConfig, parse_config
 from mp_spark.session import (
     LOCAL_COLLECTOR,
@@ -95,13 +95,43 @@ def test_a_local_source_is_small_up_to_the_limit_counting_every_file_below_its_p
     assert not is_small_local_source(source_of(str(tmp_path / "part-1.parquet")), max_bytes=399)
 
 
-@pytest.mark.parametrize("path", ["s3://bucket/events", "abfss://c@account.dfs.core.windows.net/events",
-                                  "/no/such/dir", "GLOB/*.parquet"])
+@pytest.mark.parametrize("path", [
+    "s3://bucket/events", "abfss://c@account.dfs.core.windows.net/events", "file://otherhost/DIR", "/no/such/dir",
+    "DIR/*.parquet",  # a glob over small files
+    "DIR/[x]",  # a small directory whose name Spark would read as a glob
+])
 def test_a_source_whose_size_only_spark_can_tell_is_not_small(path: str, tmp_path: Path) -> None:
-    path = path.replace("GLOB", str(tmp_path))  # a glob over files that exist and are small
     (tmp_path / "part-0.parquet").write_bytes(b"x")
-    assert not is_small_local_source(source_of(path), max_bytes=SHORT_RUN_SOURCE_BYTES)
+    (tmp_path / "[x]").mkdir()
+    (tmp_path / "[x]" / "part-0.parquet").write_bytes(b"x")
+    assert not is_small_local_source(source_of(path.replace("DIR", str(tmp_path))), max_bytes=1 << 40)
+
+
+def test_a_table_is_not_a_small_local_source() -> None:
     assert not is_small_local_source(SourceConfig(format="delta", table="main.events"), max_bytes=1 << 40)
+
+
+def test_a_directory_the_walk_could_miscount_is_not_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    large = tmp_path / "elsewhere"
+    large.mkdir()
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "day=1").symlink_to(large, target_is_directory=True)  # Spark follows it
+    assert not is_small_local_source(source_of(str(tmp_path / "events")), max_bytes=1 << 40)
+
+    for i in range(4):
+        (large / f"part-{i}.parquet").write_bytes(b"")
+    assert is_small_local_source(source_of(str(large)), max_bytes=1 << 40)
+    monkeypatch.setattr(sources, "MAX_FILES_WALKED", 3)  # too many files to count them all
+    assert not is_small_local_source(source_of(str(large)), max_bytes=1 << 40)
+
+
+def test_a_file_url_is_read_as_its_path_with_its_escapes(tmp_path: Path) -> None:
+    spaced = tmp_path / "my events"
+    spaced.mkdir()
+    (spaced / "part-0.parquet").write_bytes(b"x" * 10)
+    assert spaced.as_uri().endswith("my%20events")
+    assert is_small_local_source(source_of(spaced.as_uri()), max_bytes=10)
+    assert not is_small_local_source(source_of(spaced.as_uri()), max_bytes=9)
 
 
 def test_only_a_backfill_of_a_small_local_source_is_a_short_run(tmp_path: Path) -> None:
