@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -86,6 +87,9 @@ def lost_spark(exc: BaseException) -> bool:
     return status is not None and getattr(status(), "name", "") == "UNAVAILABLE"
 
 
+CONNECT_TOKEN = re.compile(r"(;token=)[^;'\"\s]+")  # sc://host:port/;token=... (Databricks' personal access token)
+
+
 def not_py4j_on_root(record: logging.LogRecord) -> bool:
     """False for what py4j logs on the root logger: a call to the JVM that failed or that Ctrl-C cut
     short, with its traceback. The call raises as well, and the job says once, in its own words, what
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = results_path = None
     incremental = False
 
-    def next_step() -> str:  # once the run has got as far as it has
+    def next_step() -> str:  # reads results_path and incremental when called: as far as the run got
         return what_next(results_path, incremental, args.dry_run)
 
     try:
@@ -268,7 +272,8 @@ def unexpected_failure(exc: Exception, spark: SparkSession | None, results_path:
 
 def redacted(text: str, credentials: Credentials | None) -> str:
     """`text` without the credentials, whatever quoted them (a secret too short to be one is left alone:
-    replacing every "x" would garble the text and protect nothing)."""
+    replacing every "x" would garble the text and protect nothing), nor a Spark Connect URL's token."""
+    text = CONNECT_TOKEN.sub(r"\1***", text)
     if credentials is None:
         return text
     for secret in (credentials.password, credentials.username if credentials.kind == "project_token" else "",

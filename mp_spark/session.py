@@ -76,13 +76,18 @@ def get_spark(remote: str | None = None, *, with_delta: bool = False, short_run:
 def connect_session(url: str, named_by: str, app_name: str) -> SparkSession:
     """A session of the Spark Connect server at `url` (which `named_by` gave), which has answered once.
 
-    Raises ConfigError, naming the server's address (never the URL, which may hold a token), when
-    nothing answers there.
+    Raises ConfigError, naming the server's address but never the URL's parameters (they may hold a
+    token), when the URL is not one, or when nothing answers there.
     """
     from mp_spark import connect_client  # needs grpc, which only a Connect client has
 
-    spark = SparkSession.builder.remote(url).getOrCreate()  # no call to the server yet
-    connect_client.fail_fast_when_unreachable(spark)
+    address = urlparse(url).netloc.split(";")[0]
+    try:
+        spark = SparkSession.builder.remote(url).getOrCreate()  # parses the URL; no call to the server yet
+    except ValueError as exc:  # Spark's message may quote the whole URL
+        raise ConfigError(f"{named_by}: not a Spark Connect URL (sc://HOST:PORT, then /;name=value "
+                          f"parameters): {type(exc).__name__} for {address or 'a URL without a host'}") from None
+    connect_client.fail_fast_when_unreachable(spark, address)
     try:
         spark.version  # noqa: B018 - the first call to the server
     except Exception as exc:
@@ -90,8 +95,9 @@ def connect_session(url: str, named_by: str, app_name: str) -> SparkSession:
         if reason is None:
             raise
         connect_client.close(spark)
-        raise ConfigError(f"{named_by}: cannot reach the Spark Connect server at {urlparse(url).netloc}: "
+        raise ConfigError(f"{named_by}: cannot reach the Spark Connect server at {address}: "
                           f"{reason}; is the server running, and is this its address?") from None
+    # The same session again, now that the server answers: the builder sets the name on it, as a conf.
     return SparkSession.builder.remote(url).appName(app_name).getOrCreate()
 
 
@@ -178,9 +184,11 @@ def prepare_executors(spark: SparkSession) -> Executors:
 
 
 def start_python_workers(spark: SparkSession, count: int) -> None:
-    """Start `count` of local Spark's Python workers, the sending tasks' imports done: Spark reuses
-    them for the sending tasks, whose first wave would otherwise wait about 2 s for its workers."""
-    spark.range(0, count, 1, count).mapInArrow(ready_worker, "ready boolean").collect()
+    """Start `count` Python workers of a local master (local Spark's, or a Connect server's, which has
+    mp_spark by now), the sending tasks' imports done: Spark reuses them for the sending tasks,
+    whose first wave would otherwise wait about 2 s for its workers. None for a count under 1."""
+    if count > 0:
+        spark.range(0, count, 1, count).mapInArrow(ready_worker, "ready boolean").collect()
 
 
 def run_probe(spark: SparkSession) -> probe.Found:

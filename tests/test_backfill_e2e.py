@@ -15,7 +15,9 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mp_spark import cli
 from mp_spark.cli import lost_spark, main, not_py4j_on_root, what_next
+from mp_spark.config import ConfigError
 from tests.conftest import free_port, start_connect_server
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
@@ -591,19 +593,41 @@ def test_a_connect_server_that_stops_mid_run_is_named_as_the_cause_in_seconds_an
     assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
 
 
-def test_a_connect_server_that_nothing_answers_for_is_a_config_error_naming_its_address_not_its_token(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize(("url", "said"), [
+    ("sc://ADDRESS/;token=dapi-not-a-real-token",
+     "--remote: cannot reach the Spark Connect server at ADDRESS: the connection was refused"),
+    ("sc://ADDRESS;token=dapi-not-a-real-token",  # no "/" before the parameters: Spark's error quotes the URL
+     "--remote: not a Spark Connect URL (sc://HOST:PORT, then /;name=value parameters): ValueError for ADDRESS"),
+])
+def test_a_connect_url_that_leads_nowhere_is_a_config_error_naming_its_address_not_its_token(
+        url: str, said: str) -> None:
     pytest.importorskip("grpc")
     address = f"127.0.0.1:{free_port()}"
     result = subprocess.run(
         [sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run",
-         "--remote", f"sc://{address}/;token=dapi-not-a-real-token"],
+         "--remote", url.replace("ADDRESS", address)],
         cwd=REPO, capture_output=True, text=True, timeout=120,  # Spark's client alone retries for ten minutes
     )
     assert result.returncode == 2, result.stderr[-3000:]
-    assert (f"mp-spark: config error: --remote: cannot reach the Spark Connect server at {address}: "
-            "the connection was refused") in result.stderr
+    assert f"mp-spark: config error: {said.replace('ADDRESS', address)}" in result.stderr
     assert "dapi-not-a-real-token" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_command_line_starts_local_spark_for_a_short_run_only_when_the_source_is_small(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = []
+
+    def get_spark(remote: str | None, **options: object) -> None:
+        asked.append(options["short_run"])
+        raise ConfigError("stop here")  # the session is all this test is about
+
+    monkeypatch.setattr(cli, "get_spark", get_spark)
+    (tmp_path / "part-0.json").write_text('{"e": "Signed up", "t": 1700000000, "u": "u1"}\n')
+    config = tmp_path / "job.yaml"
+    config.write_text(f"source: {{format: json, path: '{tmp_path}'}}\nmapping: {{event: e, time: t, distinct_id: u}}\n")
+    assert main(["--config", str(config), "--dry-run"]) == 2
+    assert main(["--config", str(config), "--dry-run", "--set", f"source.path={tmp_path / 'none'}"]) == 2
+    assert asked == [True, False]
 
 
 def test_a_failed_dry_run_is_run_again_not_resumed() -> None:  # --resume refuses a dry run: it sent nothing

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mp_spark.cli import redacted
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +54,9 @@ def test_a_failing_run_leaves_no_trace_of_the_secret(tmp_path: Path, case: str, 
     assert SECRET not in output and SECRET not in written
     encoded = base64.b64encode(f"sa-user:{SECRET}".encode()).decode()
     assert encoded not in output and encoded not in written  # nor the Authorization header it makes
+
+
+def test_a_spark_connect_urls_token_is_redacted_wherever_a_failure_quotes_it() -> None:
+    text = "cannot parse 'sc://h:443/;token=dapi0123456789;x-databricks-cluster-id=0123' nor \"sc://h;token=abc\""
+    assert redacted(text, None) == ("cannot parse 'sc://h:443/;token=***;x-databricks-cluster-id=0123' nor "
+                                    "\"sc://h;token=***\"")
