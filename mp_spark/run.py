@@ -105,11 +105,10 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         executors = prepare_executors(spark)
         plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
                               max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
-        # Local Spark: the check's query (the JVM's first to map the source) outlasts the count and the
-        # manifest; the cores but the one it runs on start Python workers for the first sending tasks.
-        workers = min(plan[0].tasks, executors.cores - 1) if plan else 0
-        if check is not None and executors.fixed and workers > 0:
-            start_python_workers(spark, workers)
+        # On local Spark, the check's query (the JVM's first to map the source) outlasts the count and the
+        # manifest: the cores but the one it runs on start Python workers for the first sending tasks.
+        if check is not None and config.mixpanel.check_credentials and executors.fixed and plan:
+            start_python_workers(spark, min(plan[0].tasks, executors.cores - 1))
         return counted, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
