@@ -41,7 +41,7 @@ from mp_spark.presets import render_mapping
 from mp_spark.preview import Previewer, preview_lookup_table
 from mp_spark.results import RunFiles, Summary, default_results_path, default_results_root, read_text
 from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
-from mp_spark.session import get_spark, is_connect, is_short_run
+from mp_spark.session import get_spark, is_connect
 from mp_spark.tally import EXHAUSTED
 
 if TYPE_CHECKING:
@@ -128,9 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return what_next(results_path, incremental, args.dry_run)
 
     try:
-        # Without the config yet (it is remote, or in the run being resumed), Delta may be needed.
-        spark = get_spark(args.remote, with_delta=config is None or config.source.format == "delta",
-                          short_run=is_short_run(config))
+        spark = get_spark(args.remote, config)  # None: the config is remote, or in the run being resumed
         if args.resume:
             results_path = args.resume if ("/" in args.resume or ":" in args.resume) else \
                 default_results_path(args.resume)

@@ -53,12 +53,14 @@ CHOOSES_COLLECTOR = re.compile(r"-XX:\+Use\w+GC\b")
 register_pickle_by_value(probe)
 
 
-def get_spark(remote: str | None = None, *, with_delta: bool = False, short_run: bool = False,
-              app_name: str = "mp-spark-backfill") -> SparkSession:
+def get_spark(remote: str | None = None, config: Config | None = None, *, app_name: str = "mp-spark-backfill"
+              ) -> SparkSession:
     """A Spark Connect session (`remote`, or SPARK_REMOTE), the session already running, or local Spark.
 
     Under spark-submit the JVM already exists and its master, packages and configs come from the
-    command line; only a plain `python jobs/backfill.py` run starts local Spark here.
+    command line; only a plain `python jobs/backfill.py` run starts local Spark here, with Delta
+    unless the `config` (None: not read yet) names another format, and with a short run's JVM options
+    when it is one.
     """
     if remote:
         return connect_session(remote, "--remote", app_name)
@@ -70,7 +72,8 @@ def get_spark(remote: str | None = None, *, with_delta: bool = False, short_run:
     builder = SparkSession.builder.appName(app_name)
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit, pyspark
         return builder.getOrCreate()
-    return local_builder(builder, with_delta=with_delta, short_run=short_run).getOrCreate()
+    with_delta = config is None or config.source.format == "delta"
+    return local_builder(builder, with_delta=with_delta, short_run=is_short_run(config)).getOrCreate()
 
 
 def connect_session(url: str, named_by: str, app_name: str) -> SparkSession:

@@ -15,9 +15,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark import cli
 from mp_spark.cli import lost_spark, main, not_py4j_on_root, what_next
-from mp_spark.config import ConfigError
 from tests.conftest import free_port, start_connect_server
 from tests.fake_mixpanel import FakeMixpanel, Faults
 
@@ -611,23 +609,6 @@ def test_a_connect_url_that_leads_nowhere_is_a_config_error_naming_its_address_n
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"mp-spark: config error: {said.replace('ADDRESS', address)}" in result.stderr
     assert "dapi-not-a-real-token" not in result.stdout + result.stderr and "Traceback" not in result.stderr
-
-
-def test_the_command_line_starts_local_spark_for_a_short_run_only_when_the_source_is_small(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    asked = []
-
-    def get_spark(remote: str | None, **options: object) -> None:
-        asked.append(options["short_run"])
-        raise ConfigError("stop here")  # the session is all this test is about
-
-    monkeypatch.setattr(cli, "get_spark", get_spark)
-    (tmp_path / "part-0.json").write_text('{"e": "Signed up", "t": 1700000000, "u": "u1"}\n')
-    config = tmp_path / "job.yaml"
-    config.write_text(f"source: {{format: json, path: '{tmp_path}'}}\nmapping: {{event: e, time: t, distinct_id: u}}\n")
-    assert main(["--config", str(config), "--dry-run"]) == 2
-    assert main(["--config", str(config), "--dry-run", "--set", f"source.path={tmp_path / 'none'}"]) == 2
-    assert asked == [True, False]
 
 
 def test_a_failed_dry_run_is_run_again_not_resumed() -> None:  # --resume refuses a dry run: it sent nothing

@@ -22,8 +22,13 @@ from tests.test_backfill_e2e import REPO
 SHOW_JVM_OPTIONS = """
 import sys
 from pyspark.sql import SparkSession
-from mp_spark.session import local_builder
-spark = local_builder(SparkSession.builder, with_delta=False, short_run=sys.argv[1:] == ["short"]).getOrCreate()
+from mp_spark.config import parse_config
+from mp_spark.session import get_spark, local_builder
+if sys.argv[1:]:  # a JSON source's path: local Spark as the job starts it for that source
+    mapping = "mapping: {event: e, time: t, distinct_id: u}"
+    spark = get_spark(config=parse_config(f"source: {{format: json, path: '{sys.argv[1]}'}}\\n{mapping}"))
+else:
+    spark = local_builder(SparkSession.builder, with_delta=False).getOrCreate()
 runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
 print("\\n".join(str(option) for option in runtime.getInputArguments()))
 """
@@ -72,8 +77,10 @@ def test_a_collector_chosen_in_the_users_java_options_is_kept_and_the_jvm_starts
     assert "-XX:+UseSerialGC" in options
 
 
-def test_a_short_run_compiles_with_c1_alone_and_keeps_the_collector_and_the_archive(no_conf_dir: None) -> None:
-    options = driver_java_options("short")
+def test_a_short_run_compiles_with_c1_alone_and_keeps_the_collector_and_the_archive(
+        no_conf_dir: None, tmp_path: Path) -> None:
+    (tmp_path / "part-0.json").write_text('{"e": "Signed up", "t": 1700000000, "u": "u1"}\n')
+    options = driver_java_options(str(tmp_path))
     assert SHORT_RUN_COMPILER_OPTIONS in options and LOCAL_COLLECTOR in options
     assert not set(LOCAL_COMPILER_OPTIONS.split()) & set(options)
     if os.path.exists(class_archive.PATH):
