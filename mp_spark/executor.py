@@ -43,7 +43,6 @@ from mp_spark.transport import DryRunTransport, RequestsTransport, Transport
 
 OUTCOME, REJECTION, INVALID, SAMPLE, PROFILE = "outcome", "rejection", "invalid", "sample", "profile"
 SAMPLES_PER_PARTITION = 5  # a dry run's preview shows the first of them
-PROFILE_TYPE = "array<bigint>"  # a profile row's fingerprints, which travel as JSON text (run.Sending.send says why)
 # What the sending stage returns: outcome, rejection, invalid, sample and profile rows in one schema
 # (`message` is both the outcome's and the rejection's).
 SENT_SCHEMA = T.StructType([

@@ -31,7 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import ConfigError
-from mp_spark.executor import INVALID, OUTCOME, PROFILE, PROFILE_TYPE, REJECTION, SAMPLE
+from mp_spark.executor import INVALID, OUTCOME, PROFILE, REJECTION, SAMPLE
 from mp_spark.tally import OK, TALLY_FIELDS, TRAFFIC_FIELDS, PartitionOutcome, total
 
 
@@ -203,10 +203,9 @@ class RunFiles:
 
     def read_preview(self, attempt: str, samples: int) -> tuple[list[str], pa.ChunkedArray]:
         """What a dry run's sending tasks passed on for the preview: the first `samples` lines of its
-        first partitions, and the profile rows' fingerprints."""
+        first partitions, and the profile rows' fingerprints (as the text they travel as)."""
         rows = self._spark.read.parquet(f"{self.outcomes}/attempt={attempt}").filter(
-            F.col("record").isin(SAMPLE, PROFILE)).select(
-            "record", "index", "event", F.from_json("profile", PROFILE_TYPE).alias("profile")).toArrow()
+            F.col("record").isin(SAMPLE, PROFILE)).select("record", "index", "event", "profile").toArrow()
         is_sample = pc.equal(rows["record"], SAMPLE)
         lines = rows.filter(is_sample).sort_by("index")["event"].to_pylist()
         return lines[:samples], rows.filter(pc.invert(is_sample))["profile"]

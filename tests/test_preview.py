@@ -1,13 +1,13 @@
 import time
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import Config, MappingConfig, SourceConfig
-from mp_spark.executor import PROFILE_TYPE
-from mp_spark.preview import Preview, Previewer, PropertyProfile
+from mp_spark.preview import Preview, Previewer, PropertyProfile, fingerprint_lists
 from mp_spark.records import prepare_events
 from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
@@ -21,8 +21,7 @@ def preview_of(source: DataFrame, mapping: MappingConfig, sample_rows: int = 100
     previewer = Previewer(shown.append, sample_rows)
     rows = records.count()
     passed_on = records.select(F.when(F.col("invalid").isNull(), F.col("line")).alias("line"),
-                               F.from_json(previewer.profile_column(records, config, rows), PROFILE_TYPE)
-                               .alias("profile")).toArrow()
+                               previewer.profile_column(records, config, rows).alias("profile")).toArrow()
     lines = [line for line in passed_on["line"].to_pylist() if line is not None]
     previewer.show(records, config, rows, lines, passed_on.filter(pc.is_valid(passed_on["profile"]))["profile"])
     (preview,) = shown
@@ -107,3 +106,9 @@ def test_a_big_source_is_profiled_from_a_sample_and_the_busiest_day_scaled_up(sp
     assert 3000 < preview.busiest_user_day < 5000  # about 1,200 in the sample, for 4,000 in all
     assert "properties over a sample of" in preview.render() and "of 4,000 rows" in preview.render()
     assert any("'order_id'" in w and "an id?" in w for w in preview.warnings())  # all distinct in the sample too
+
+
+def test_fingerprint_lists_reads_the_profile_text_as_numbers() -> None:
+    texts = pa.chunked_array([["[1,null,-9223372036854775808]", "[]"], ["[9223372036854775807,0]"]])
+    assert fingerprint_lists(texts).to_pylist() == [[1, None, -2**63], [], [2**63 - 1, 0]]
+    assert fingerprint_lists(pa.chunked_array([], pa.string())).type == pa.list_(pa.int64())
