@@ -21,7 +21,7 @@ from mp_spark.endpoints import FATAL, SPLIT, Endpoint, is_retryable
 from mp_spark.pacing import Pacer
 from mp_spark.tally import EXHAUSTED, Rejection, Tally
 from mp_spark.tally import FATAL as FATAL_STATUS
-from mp_spark.transport import Transport, TransportError
+from mp_spark.transport import Transport, TransportError, host_of
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class BatchSender:
             except TransportError as exc:
                 if not exc.retryable:  # the same certificate will not verify next time either
                     raise SendStopped(FATAL_STATUS, f"{self._endpoint.name}: {exc}") from None
-                problem = f"no answer ({exc})"
+                problem = f"no answer from {host_of(self._endpoint.url)} ({exc})"
             else:
                 if not is_retryable(response.status):
                     if response.status in (200, 400):

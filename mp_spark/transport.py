@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from mp_spark.config import ConfigError
 # Where a CA bundle (a file, or a directory of certificates) can be named: requests' own variables, in
 # its order, then OpenSSL's, which requests ignores.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+# The causes of no answer that a stranger reading the log can act on, in our words (the OS's message is
+# fine, but requests' around it may quote the request).
+NETWORK_CAUSES = ((ConnectionRefusedError, "the connection was refused"),
+                  (socket.gaierror, "the host name did not resolve"),
+                  (ConnectionResetError, "the connection was reset"))
 
 
 class TransportError(Exception):
@@ -75,6 +81,11 @@ class RequestsTransport:
         self._session.close()
 
 
+def host_of(url: str) -> str:
+    """The host and port of a URL, without any user:password@ before them."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def trusted_certificates(environ: Mapping[str, str]) -> str | bool:
     """What verifies the server's certificate: the CA bundle named by the first of CA_BUNDLE_VARIABLES
     that is set, else requests' own (certifi's). Never False: TLS is always verified."""
@@ -91,12 +102,14 @@ def trusted_certificates(environ: Mapping[str, str]) -> str | bool:
 def describe(exc: requests.RequestException) -> str:
     """What went wrong, without requests' message: it can quote the request, which carries credentials.
 
-    The exception's type, and for a certificate that did not verify, OpenSSL's reason, which names
-    nothing of the request.
+    The exception's type and, for the causes in NETWORK_CAUSES, which it was; for a certificate that
+    did not verify, OpenSSL's reason, which names nothing of the request.
     """
     refused = certificate_refused(exc)
     if refused is None:
-        return type(exc).__name__
+        cause = next((words for inner in wrapped(exc) for kind, words in NETWORK_CAUSES if isinstance(inner, kind)),
+                     None)
+        return f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
     return (f"{type(exc).__name__}: the server's certificate did not verify ({refused.verify_message}): "
             "set REQUESTS_CA_BUNDLE or SSL_CERT_FILE to the CA bundle that signed it")
 

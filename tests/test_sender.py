@@ -120,6 +120,16 @@ def test_send_batch_gives_up_after_max_attempts() -> None:
     assert (sender.tally.requests, sender.tally.retries, sender.tally.imported) == (4, 3, 0)
 
 
+def test_no_answer_names_the_host_and_the_cause() -> None:
+    refused = TransportError("ConnectionError: the connection was refused")
+    endpoint = Import("https://user:pw@mp.test:8443/import?strict=1", "Basic eDp5")  # no user:pw in messages
+    sender = BatchSender(endpoint, SETTINGS, ScriptedTransport(*[refused] * 4), sleep=lambda _: None)
+    with pytest.raises(SendStopped) as stopped:
+        send(sender, 1)
+    assert stopped.value.message == ("/import: gave up after 4 attempts; last: no answer from mp.test:8443 "
+                                     "(ConnectionError: the connection was refused)")
+
+
 @pytest.mark.parametrize("key", ["insert_id", "$insert_id"])
 def test_strict_400_rejects_only_the_failed_records(key: str) -> None:
     failed = {"code": 400, "error": "some data points in the request failed validation", "status": "Bad Request",

@@ -109,7 +109,13 @@ def test_requests_go_through_the_environment_s_proxy(server: str, monkeypatch: p
 def test_no_answer_is_a_transport_error_that_says_nothing_of_the_request() -> None:
     with pytest.raises(TransportError) as failure:
         RequestsTransport().send("POST", "http://127.0.0.1:9/import", b"x", {"Authorization": "Basic c2VjcmV0"}, 2)
-    assert str(failure.value) == "ConnectionError"
+    assert str(failure.value) == "ConnectionError: the connection was refused"
+
+
+def test_a_host_that_does_not_resolve_is_said_so() -> None:
+    with pytest.raises(TransportError) as failure:  # .invalid never resolves (RFC 6761)
+        RequestsTransport().send("POST", "http://mixpanel.invalid/import", b"x", {}, 2)
+    assert str(failure.value) == "ConnectionError: the host name did not resolve"
 
 
 @pytest.mark.parametrize(("proxy_variable", "ca_variable"), [("HTTPS_PROXY", "REQUESTS_CA_BUNDLE"),
