@@ -23,9 +23,18 @@ class Phase:
     coalesced: bool  # the partitions are sent by `tasks` tasks, each sending its share one after another
 
 
-def shuffle_partitions(rows: int, records_per_partition: int) -> int:
-    """How many partitions some records are spread over (at least one)."""
-    return max(1, math.ceil(rows / records_per_partition))
+MIN_BALANCED_SHARE = 10_000  # records: five full requests; fewer are not worth another task
+
+
+def shuffle_partitions(rows: int, records_per_partition: int, tasks: int = 1) -> int:
+    """How many partitions some records are spread over: about `records_per_partition` each (at least
+    one partition), rounded up to a multiple of the `tasks` that send at once, so that the last wave
+    keeps every task busy (five partitions on two cores would leave one idle while the fifth is
+    sent). Records too few to give every partition of the rounded count `MIN_BALANCED_SHARE` are not
+    rounded."""
+    by_size = max(1, math.ceil(rows / records_per_partition))
+    balanced = math.ceil(by_size / max(1, tasks)) * max(1, tasks)
+    return balanced if rows >= balanced * MIN_BALANCED_SHARE else by_size
 
 
 def sending_phases(phase_partitions: list[int], finished: set[int], *, cores: int, max_in_flight: int,

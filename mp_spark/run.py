@@ -99,10 +99,12 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     attempt = new_run_id()
 
     def count_and_plan() -> tuple[Manifest, list[Phase]]:
-        counted = manifest if manifest.phase_rows is not None else count_phases(manifest, source, phases, config)
+        executors = prepare_executors(spark)
+        tasks = min(executors.cores, config.mixpanel.max_in_flight)
+        counted = manifest if manifest.phase_rows is not None else \
+            count_phases(manifest, source, phases, config, tasks)
         if counted is not manifest and not options.dry_run:
             files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
-        executors = prepare_executors(spark)
         plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
                               max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
         # On local Spark, the check's query (the JVM's first to map the source) outlasts the count and the
@@ -148,13 +150,15 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     return summary
 
 
-def count_phases(manifest: Manifest, source: DataFrame, phases: list[DataFrame], config: Config) -> Manifest:
-    """The manifest with each phase's records counted, and so its number of partitions."""
+def count_phases(manifest: Manifest, source: DataFrame, phases: list[DataFrame], config: Config,
+                 tasks: int) -> Manifest:
+    """The manifest with each phase's records counted, and so its number of partitions (for `tasks`
+    sending at once)."""
     if len(phases) == 1:
         counts = [count_records(source, phases[0], config)]
     else:
         counts = [records.count() for records in phases]
-    partitions = [shuffle_partitions(count, config.job.records_per_partition) for count in counts]
+    partitions = [shuffle_partitions(count, config.job.records_per_partition, tasks) for count in counts]
     return dataclasses.replace(manifest, phase_rows=counts, phase_partitions=partitions)
 
 

@@ -30,3 +30,13 @@ def test_records_are_spread_over_enough_partitions_for_the_size_asked() -> None:
     assert shuffle_partitions(0, 200_000) == 1
     assert shuffle_partitions(200_000, 200_000) == 1
     assert shuffle_partitions(200_001, 200_000) == 2
+
+
+def test_partitions_come_in_whole_waves_of_the_tasks_sending_at_once() -> None:
+    assert shuffle_partitions(1_000_000, 200_000, tasks=2) == 6  # not 5: the fifth would leave a core idle
+    assert shuffle_partitions(200_000, 200_000, tasks=2) == 2  # one partition would leave a core idle
+    assert shuffle_partitions(1_000_000, 200_000, tasks=16) == 16
+    assert shuffle_partitions(10_000_000, 200_000, tasks=16) == 64
+    assert shuffle_partitions(10_000_000, 200_000, tasks=5) == 50  # already whole waves
+    assert shuffle_partitions(15_000, 200_000, tasks=2) == 1  # 7,500 a task: not worth a second one
+    assert shuffle_partitions(5_000, 1_000, tasks=2) == 5  # small partitions asked for stay as asked
