@@ -88,3 +88,17 @@ def test_profile_spread_adds_to_set_and_null_names_are_left_out(spark: SparkSess
                                    spread=["props"])
     [update] = [json.loads(row.line) for row in to_profile_updates(mapping)(df).select("line").collect()]
     assert update == {"$distinct_id": "u1", "$ignore_time": True, "$set": {"Plan": "PRO", "plan": "pro", "seats": 3}}
+
+
+def test_spread_entries_join_lines_whole_whatever_the_characters(spark: SparkSession) -> None:
+    """The entries are spliced into the line by bytes: text of several bytes a character, before and in
+    them, must come out whole, and an object with nothing mapped gets the entries alone."""
+    df = spark.createDataFrame([("ü-1", "Zahlung ok", TS, "Köln 日本", '{"emoji": "🎉", "k": "ß"}')],
+                               "user string, name string, ts long, city string, js string")
+    events = MappingConfig(event="name", time="ts", distinct_id="user", properties={"city": "city"}, spread=["js"])
+    [(props, _)] = sent(df, events)
+    assert {k: props[k] for k in ("distinct_id", "city", "emoji", "k")} == {
+        "distinct_id": "ü-1", "city": "Köln 日本", "emoji": "🎉", "k": "ß"}
+    people = ProfileMappingConfig(distinct_id="user", set={}, spread=["js"])
+    [update] = [json.loads(row.line) for row in to_profile_updates(people)(df).select("line").collect()]
+    assert update == {"$distinct_id": "ü-1", "$ignore_time": True, "$set": {"emoji": "🎉", "k": "ß"}}
