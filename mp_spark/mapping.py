@@ -275,37 +275,59 @@ ENTRY = "struct<key: string, value: variant, cut: boolean>"  # one property foun
 def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
     """The entries of a spread value as an array of ENTRY, each value fitted to Mixpanel's limits."""
     if isinstance(dtype, T.MapType) and isinstance(dtype.keyType, T.StringType):
-        return F.transform(F.map_entries(column), lambda e: fitted_entry(e["key"], e["value"], dtype.valueType))
-    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StructType) and \
+        found = F.transform(F.map_entries(column), lambda e: variant_entry(e["key"], e["value"], dtype.valueType))
+    elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StructType) and \
             {"key", "value"} <= set(dtype.elementType.fieldNames()):
         value_type = dtype.elementType["value"].dataType
-        return F.transform(column, lambda e: fitted_entry(e["key"].cast("string"), e["value"], value_type))
-    if isinstance(dtype, (T.VariantType, T.StringType)):  # a JSON object: its keys become names
+        found = F.transform(column, lambda e: variant_entry(e["key"].cast("string"), e["value"], value_type))
+    elif isinstance(dtype, (T.VariantType, T.StringType)):  # a JSON object: its keys become names
         values = (F.try_variant_get(column, "$", "map<string,variant>") if isinstance(dtype, T.VariantType)
                   else F.from_json(column, "map<string,variant>"))  # from_json: a repeated key keeps its last value
-        return F.transform(F.map_entries(values), lambda e: fitted_entry(e["key"], e["value"], T.VariantType()))
-    raise ConfigError(f"{key}: a spread must yield a struct, a map, a list of key/value structs, a VARIANT "
-                      f"object or a JSON object string; got {dtype.simpleString()}")
+        found = F.transform(F.map_entries(values), lambda e: variant_entry(e["key"], e["value"], T.VariantType()))
+    else:
+        raise ConfigError(f"{key}: a spread must yield a struct, a map, a list of key/value structs, a VARIANT "
+                          f"object or a JSON object string; got {dtype.simpleString()}")
+    return F.transform(found, within_limits)
 
 
-def fitted_entry(name: Column, value: Column, dtype: T.DataType) -> Column:
-    """One ENTRY: a typed value fitted as properties are (fit_value), then as VARIANT within the size limits."""
+def let(value: Column, body: Callable[[Column], Column]) -> Column:
+    """`body(value)`, with `value` computed once however often the body reads it.
+
+    Spark evaluates the lambdas of higher-order functions without code generation, so each mention
+    of an expression in one is computed again; a lambda's own variable is computed once.
+    """
+    return F.element_at(F.transform(F.array(value), body), 1)
+
+
+def variant_entry(name: Column, value: Column, dtype: T.DataType) -> Column:
+    """One ENTRY whose typed value is fitted as properties are (fit_value), and made a VARIANT."""
     cut = F.lit(False)
-    if not isinstance(dtype, T.VariantType):
-        fitted = fit_value(value, dtype, "", [])
-        if fitted is None:  # a type Mixpanel cannot take at this depth
-            return F.struct(name.alias("key"), F.lit(None).cast("variant").alias("value"), cut.alias("cut"))
-        nested = isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
-        value = F.to_variant_object(fitted.value) if nested else fitted.value.cast("variant")
-        cut = cut if fitted.cut is None else F.coalesce(fitted.cut, F.lit(False))
-    # Found in the data, a value's type is known only row by row: what it is shows in its JSON's first character.
-    json = F.to_json(value)
-    text = F.try_variant_get(value, "$", "string")
-    too_long = json.startswith('"') & (F.octet_length(text) > MAX_STRING_BYTES)
-    too_big = (json.startswith("{") | json.startswith("[")) & (F.octet_length(json) > MAX_CONTAINER_BYTES)
-    fitted_value = F.when(too_long, utf8_prefix(text, MAX_STRING_BYTES).cast("variant")).when(~too_big, value)
-    return F.struct(name.alias("key"), fitted_value.alias("value"),
-                    (cut | F.coalesce(too_long | too_big, F.lit(False))).alias("cut"))
+    if isinstance(dtype, T.VariantType):
+        return F.struct(name.alias("key"), value.alias("value"), cut.alias("cut"))
+    fitted = fit_value(value, dtype, "", [])
+    if fitted is None:  # a type Mixpanel cannot take at this depth
+        return F.struct(name.alias("key"), F.lit(None).cast("variant").alias("value"), cut.alias("cut"))
+    nested = isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
+    value = F.to_variant_object(fitted.value) if nested else fitted.value.cast("variant")
+    cut = cut if fitted.cut is None else F.coalesce(fitted.cut, F.lit(False))
+    return F.struct(name.alias("key"), value.alias("value"), cut.alias("cut"))
+
+
+def within_limits(entry: Column) -> Column:
+    """An ENTRY whose value, found in the data, is cut to Mixpanel's limits: its type is known only row
+    by row, and shows in its JSON's first character."""
+    value = entry["value"]
+
+    def fitted(json: Column, text: Column) -> Column:
+        too_long = json.startswith('"') & (F.octet_length(text) > MAX_STRING_BYTES)
+        too_big = (json.startswith("{") | json.startswith("[")) & (F.octet_length(json) > MAX_CONTAINER_BYTES)
+        return F.struct(entry["key"].alias("key"),
+                        F.when(too_long, utf8_prefix(text, MAX_STRING_BYTES).cast("variant")).when(~too_big, value)
+                        .alias("value"),
+                        (entry["cut"] | F.coalesce(too_long | too_big, F.lit(False))).alias("cut"))
+
+    return let(F.to_json(value), lambda json: let(F.try_variant_get(value, "$", "string"),
+                                                  lambda text: fitted(json, text)))
 
 
 def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Column:
@@ -313,25 +335,22 @@ def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Co
     at most `room`) and the names whose value was cut, or left out for its size or for want of room."""
     usable = F.filter(entries, lambda e: e["key"].isNotNull() & ~e["key"].isin(*taken) & (
         e["cut"] | (e["value"].isNotNull() & ~F.is_variant_null(e["value"]))))
-    start = F.struct(F.array().cast("array<string>").alias("names"), F.array().cast(f"array<{ENTRY}>").alias("kept"),
-                     F.array().cast("array<string>").alias("cut"))
 
-    def add(acc: Column, e: Column) -> Column:  # one pass, so a repeated name costs no second scan of the row
-        new = ~F.array_contains(acc["names"], e["key"])
-        full = F.lit(False) if room is None else F.size(acc["kept"]) >= room
-        keep = new & e["value"].isNotNull() & ~full
-        return F.struct(
-            F.when(new, F.array_append(acc["names"], e["key"])).otherwise(acc["names"]).alias("names"),
-            F.when(keep, F.array_append(acc["kept"], e)).otherwise(acc["kept"]).alias("kept"),
-            F.when(new & (e["cut"] | (e["value"].isNotNull() & full)), F.array_append(acc["cut"], e["key"]))
-            .otherwise(acc["cut"]).alias("cut"),
-        )
+    def merged(firsts: Column, valued: Column) -> Column:  # each name once; those with a value
+        kept = valued if room is None else F.slice(valued, 1, room)
+        cut = F.transform(F.filter(firsts, lambda e: e["cut"]), lambda e: e["key"])
+        if room is not None:  # and those for which there was no room
+            no_room = F.slice(valued, room + 1, F.greatest(F.size(valued) - room, F.lit(0)))
+            cut = F.array_union(cut, F.transform(no_room, lambda e: e["key"]))
+        values = F.map_from_entries(F.transform(kept, lambda e: F.struct(e["key"], e["value"])))
+        return F.struct(values.alias("values"), cut.alias("cut"))
 
-    def finish(acc: Column) -> Column:
-        values = F.map_from_entries(F.transform(acc["kept"], lambda e: F.struct(e["key"], e["value"])))
-        return F.struct(values.alias("values"), acc["cut"].alias("cut"))
+    def first_of_each_name(found: Column) -> Column:
+        return let(F.transform(found, lambda e: e["key"]), lambda names: F.filter(
+            found, lambda e, i: F.array_position(names, e["key"]) == i + 1))
 
-    return F.aggregate(usable, start, add, finish)
+    return let(usable, lambda found: let(first_of_each_name(found), lambda firsts: let(
+        F.filter(firsts, lambda e: e["value"].isNotNull()), lambda valued: merged(firsts, valued))))
 
 
 def value_types(df: DataFrame, columns: Mapping[str, Column]) -> T.StructType:
