@@ -90,7 +90,7 @@ class MicroBatches:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         path = batch_path(self.results_path, batch_id)
-        options = RunOptions(run_id=f"{self.run_id}-batch{batch_id}", results_path=path)
+        options = RunOptions(run_id=f"{self.run_id}-batch{batch_id}", results_path=path, stream_run_id=self.run_id)
         try:  # the driver logs the batch's counts once the query reports it done (record_progress)
             run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))
         except RunStopped as stopped:
@@ -138,7 +138,7 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     started = time.monotonic()
     results_path = results_path.rstrip("/")
     stream = open_stream(spark, config.source, config.job)
-    prepare_executors(spark)  # on Spark Connect, ships mp_spark to the executors' Python workers
+    prepare_executors(spark)  # once for every micro-batch; on Spark Connect, ships mp_spark to the executors
     send_batch = for_each_batch(package_zip() if is_connect(spark) else None, json.dumps(dataclasses.asdict(config)),
                                 (credentials.kind, credentials.username, credentials.password) if credentials else None,
                                 results_path, run_id)

@@ -54,6 +54,9 @@ class RunOptions:
     results_path: str
     dry_run: bool = False
     resume: bool = False  # send only the partitions the run has not sent yet
+    # The incremental run a micro-batch belongs to: it checked the executors once, and its tasks pass
+    # their pacing on from one micro-batch to the next, as from one task to the next.
+    stream_run_id: str | None = None
 
 
 class RunStopped(Exception):
@@ -99,7 +102,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     attempt = new_run_id()
 
     def count_and_plan() -> tuple[Manifest, list[Phase]]:
-        executors = prepare_executors(spark)
+        executors = prepare_executors(spark, probe=options.stream_run_id is None)
         tasks = min(executors.cores, config.mixpanel.max_in_flight)
         counted = manifest if manifest.phase_rows is not None else \
             count_phases(manifest, source, phases, config, tasks)
@@ -127,7 +130,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     outcomes: list[PartitionOutcome] = []
     with progress.running():
         for phase in plan:
-            settings = SenderSettings.for_tasks(config.mixpanel, phase.tasks, options.run_id)
+            settings = SenderSettings.for_tasks(config.mixpanel, phase.tasks, options.stream_run_id or options.run_id)
             if options.dry_run:  # nothing to pace without a server
                 settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
             log.info("sending %d partitions, %d at a time, %d requests in flight each", len(phase.to_send),

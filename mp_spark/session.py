@@ -158,9 +158,10 @@ class Executors:
     fixed: bool = False  # local Spark, whose cores cannot grow during the run (a cluster's may)
 
 
-def prepare_executors(spark: SparkSession) -> Executors:
+def prepare_executors(spark: SparkSession, *, probe: bool = True) -> Executors:
     """Make sure the executors can run the sending tasks (ship mp_spark to a Connect server that lacks
-    it), and find how many tasks the cluster runs at once.
+    it), unless `probe` is false (an earlier call of this run did), and find how many tasks the
+    cluster runs at once.
 
     Raises ConfigError, naming what is missing, when the executors' Python cannot run the job.
     """
@@ -168,6 +169,17 @@ def prepare_executors(spark: SparkSession) -> Executors:
     if not is_connect(spark) and LOCAL_MASTER.match(master):  # the tasks run this very Python
         threads = LOCAL_MASTER.match(master).group(1) or "1"
         return Executors(cores=(os.cpu_count() or 1) if threads == "*" else int(threads), fixed=True)
+    if probe:
+        check_executors(spark)
+    # spark.range's default partitioning is the cluster's default parallelism, its cores.
+    partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
+    cores = partition.agg(F.max("partition")).first()[0] + 1
+    return Executors(cores=cores, fixed=bool(LOCAL_MASTER.match(master)))  # a Connect server's own master
+
+
+def check_executors(spark: SparkSession) -> None:
+    """Raise ConfigError when the executors' Python cannot run the sending tasks, after shipping
+    mp_spark to a Connect server that lacks it."""
     found = run_probe(spark)
     if found.mp_spark != mp_spark.__version__ and is_connect(spark):
         ship_package(spark)
@@ -180,10 +192,6 @@ def prepare_executors(spark: SparkSession) -> Executors:
     if found.missing:
         raise ConfigError(f"the executors' Python (version {found.python}) lacks {', '.join(found.missing)}: "
                           f"install {' '.join(found.missing)} there (docs/platforms.md)")
-    # spark.range's default partitioning is the cluster's default parallelism, its cores.
-    partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
-    cores = partition.agg(F.max("partition")).first()[0] + 1
-    return Executors(cores=cores, fixed=bool(LOCAL_MASTER.match(master)))  # a Connect server's own master
 
 
 def start_python_workers(spark: SparkSession, count: int) -> None:

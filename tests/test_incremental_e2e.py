@@ -129,6 +129,25 @@ def test_new_files_are_sent_and_old_ones_are_not_sent_again(
     assert sent_ids(mixpanel) == list(range(400))
 
 
+def test_pacing_learned_from_429s_carries_over_to_the_next_micro_batch(
+    spark: SparkSession, service_account: None, tmp_path: Path,
+) -> None:
+    source = tmp_path / "landing"
+    add_files(spark, rows(spark, 0, 2400).repartition(2), "parquet", source, tmp_path / "day1")
+    with FakeMixpanel(admit_events_per_second=400) as server:
+        config = write_config(tmp_path, server, {"format": "parquet", "path": str(source)}, max_files_per_batch=1)
+        assert run(config, "mixpanel.rate_limit_events_per_second=400", "mixpanel.max_in_flight=4",
+                   "mixpanel.max_batch_events=100", "mixpanel.max_attempts=100", "mixpanel.backoff_initial_s=0.1",
+                   "mixpanel.jitter_min_s=0", "mixpanel.jitter_max_s=0.1", "job.records_per_partition=600") == 0
+        assert sent_ids(server) == list(range(2400))
+
+    retries = [json.loads(next((tmp_path / "results" / "batches" / f"batch={i}" / "summary").glob("part-*"))
+                          .read_text())["retries"] for i in (0, 1)]
+    # The first micro-batch meets the limit (about 5 429s); the second starts at the rate the first learned
+    # (it met about as many when each micro-batch started afresh).
+    assert retries[0] >= 2 and retries[1] <= 1, retries
+
+
 def test_the_change_feed_sends_inserted_rows_only(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
