@@ -244,6 +244,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
              for name, expression in named.items() if expression is not None}
     refuse_binary(df, fixed, named_key)
     found: list[Column] = []
+    repeats = len(spread) > 1  # a name may come from two spreads
     for i, expression in enumerate(spread):
         item_key = f"{spread_key}[{i}]"
         column = analysed_expr(df, expression, item_key)
@@ -258,6 +259,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
                     fixed.setdefault(f.name, column[f.name])
         else:
             found.append(spread_entries(column, dtype, item_key))
+            repeats = repeats or isinstance(dtype, T.ArrayType)  # ... or twice from one list of key/value structs
     for name in columns:
         if name not in blocked:
             fixed.setdefault(name, F.col(f"`{name}`"))
@@ -266,7 +268,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
         return Properties(struct, cut, None)
     left = None if room is None else max(room - len(fixed), 0)
     return Properties(struct, cut, merged_entries(F.concat(*found) if len(found) > 1 else found[0],
-                                                  taken=sorted(blocked | set(fixed)), room=left))
+                                                  taken=sorted(blocked | set(fixed)), room=left, repeats=repeats))
 
 
 ENTRY = "struct<key: string, value: variant, cut: boolean>"  # one property found in the data, fitted
@@ -283,7 +285,9 @@ def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
     elif isinstance(dtype, (T.VariantType, T.StringType)):  # a JSON object: its keys become names
         values = (F.try_variant_get(column, "$", "map<string,variant>") if isinstance(dtype, T.VariantType)
                   else F.from_json(column, "map<string,variant>"))  # from_json: a repeated key keeps its last value
-        found = F.transform(F.map_entries(values), lambda e: variant_entry(e["key"], e["value"], T.VariantType()))
+        # Values that are VARIANTs already need no pass of their own to become one.
+        return F.transform(F.map_entries(values), lambda e: within_limits(
+            variant_entry(e["key"], e["value"], T.VariantType())))
     else:
         raise ConfigError(f"{key}: a spread must yield a struct, a map, a list of key/value structs, a VARIANT "
                           f"object or a JSON object string; got {dtype.simpleString()}")
@@ -330,9 +334,10 @@ def within_limits(entry: Column) -> Column:
                                                   lambda text: fitted(json, text)))
 
 
-def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Column:
+def merged_entries(entries: Column, *, taken: list[str], room: int | None, repeats: bool = True) -> Column:
     """struct(values, cut): the entries as a map (no taken names, no nulls, the first of a repeated name,
-    at most `room`) and the names whose value was cut, or left out for its size or for want of room."""
+    at most `room`) and the names whose value was cut, or left out for its size or for want of room.
+    `repeats`: whether a name can come more than once (not from one map or JSON object)."""
     usable = F.filter(entries, lambda e: e["key"].isNotNull() & ~e["key"].isin(*taken) & (
         e["cut"] | (e["value"].isNotNull() & ~F.is_variant_null(e["value"]))))
 
@@ -341,7 +346,8 @@ def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Co
         cut = F.transform(F.filter(firsts, lambda e: e["cut"]), lambda e: e["key"])
         if room is not None:  # and those for which there was no room
             no_room = F.slice(valued, room + 1, F.greatest(F.size(valued) - room, F.lit(0)))
-            cut = F.array_union(cut, F.transform(no_room, lambda e: e["key"]))
+            cut = F.when(F.size(valued) > room, F.array_union(cut, F.transform(no_room, lambda e: e["key"]))) \
+                .otherwise(cut)
         values = F.map_from_entries(F.transform(kept, lambda e: F.struct(e["key"], e["value"])))
         return F.struct(values.alias("values"), cut.alias("cut"))
 
@@ -349,7 +355,7 @@ def merged_entries(entries: Column, *, taken: list[str], room: int | None) -> Co
         return let(F.transform(found, lambda e: e["key"]), lambda names: F.filter(
             found, lambda e, i: F.array_position(names, e["key"]) == i + 1))
 
-    return let(usable, lambda found: let(first_of_each_name(found), lambda firsts: let(
+    return let(usable, lambda found: let(first_of_each_name(found) if repeats else found, lambda firsts: let(
         F.filter(firsts, lambda e: e["value"].isNotNull()), lambda valued: merged(firsts, valued))))
 
 
