@@ -286,7 +286,15 @@ def format_stream_summary(stream: StreamSummary) -> str:
         return (f"mp-spark run {stream.total.run_id}: nothing new since {stream.nothing_new_since} "
                 f"(checkpoint {stream.checkpoint_path})")
     return "\n".join([format_summary(stream.total),
-                      f"  {len(stream.micro_batches)} micro-batches; checkpoint {stream.checkpoint_path}"])
+                      f"  {counted(len(stream.micro_batches), 'micro-batch')}; checkpoint {stream.checkpoint_path}"])
+
+
+PLURALS = {"batch": "batches", "micro-batch": "micro-batches", "retry": "retries"}
+
+
+def counted(number: int, noun: str) -> str:
+    """"1 request", "2 requests", "0 retries"."""
+    return f"{number} {noun if number == 1 else PLURALS.get(noun, noun + 's')}"
 
 
 def format_summary(s: Summary) -> str:
@@ -302,7 +310,8 @@ def format_summary(s: Summary) -> str:
           if s.trimmed else []),
         *([f"  {s.resumed_partitions} of {s.partitions} partitions were sent before this resumed run"]
           if s.resumed_partitions else []),
-        f"  {s.partitions} partitions, {s.batches} batches, {s.requests} requests, {s.retries} retries",
+        f"  {counted(s.partitions, 'partition')}, {counted(s.batches, 'batch')}, {counted(s.requests, 'request')}, "
+        f"{counted(s.retries, 'retry')}",
         f"  {s.raw_bytes / 1e6:,.1f} MB of JSON, {s.gzip_bytes / 1e6:,.1f} MB gzip, "
         f"{s.seconds:,.1f} s, {s.events_per_second:,.0f} events/s",
         f"  results: {s.results_path}",

@@ -4,6 +4,7 @@ import dataclasses
 
 from pyspark.sql import types as T
 
+from mp_spark.cli import format_summary
 from mp_spark.executor import SENT_SCHEMA
 from mp_spark.results import summarize
 from mp_spark.tally import EXHAUSTED, OUTCOME_SCHEMA, TALLY_FIELDS, PartitionOutcome, Tally
@@ -36,3 +37,12 @@ def test_the_summary_counts_records_of_sent_partitions_and_requests_of_every_par
     assert (summary.batches, summary.requests, summary.retries, summary.gzip_bytes) == (2, 5, 3, 800)
     assert summary.balanced and not summary.complete
     assert summary.events_per_second == 44.0
+
+
+def test_the_printed_summary_counts_one_of_a_thing_in_the_singular() -> None:
+    one = summarize(run_id="r", dry_run=False, rows_read=5, partitions=1,
+                    outcomes=[PartitionOutcome(0, Tally(rows=5, imported=5, batches=1, requests=2, retries=1))],
+                    resumed=0, imported_before=0, seconds=1.0, results_path="/r")
+    assert "  1 partition, 1 batch, 2 requests, 1 retry\n" in format_summary(one)
+    two = dataclasses.replace(one, partitions=2, batches=0, requests=1, retries=2)
+    assert "  2 partitions, 0 batches, 1 request, 2 retries\n" in format_summary(two)
