@@ -71,9 +71,23 @@ def get_spark(remote: str | None = None, config: Config | None = None, *, app_na
         return connect_session(os.environ["SPARK_REMOTE"], "SPARK_REMOTE", app_name)
     builder = SparkSession.builder.appName(app_name)
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit, pyspark
-        return builder.getOrCreate()
+        return started(builder, "are spark-submit's --master and its cluster right, and is the cluster up?")
     with_delta = config is None or config.source.format == "delta"
-    return local_builder(builder, with_delta=with_delta, short_run=is_short_run(config)).getOrCreate()
+    needs = "is Java 17 or later installed (JAVA_HOME, if set, must hold bin/java)" + (
+        ", and can Spark fetch Delta's jars from Maven Central (\"unresolved dependency\" above: the network or "
+        "a proxy)" if with_delta else "")
+    return started(local_builder(builder, with_delta=with_delta, short_run=is_short_run(config)), needs + "?")
+
+
+def started(builder: SparkSession.Builder, hint: str) -> SparkSession:
+    """The builder's session; when Spark does not start, a ConfigError with Spark's reason and `hint`."""
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:
+        java = getattr(exc, "java_exception", None)  # a Py4JJavaError's own first line names only the call
+        said = (str(java) if java is not None else str(exc)).strip().splitlines()
+        reason = said[0][:300].rstrip(".") if said else type(exc).__name__
+        raise ConfigError(f"Spark did not start: {reason}; {hint} (Spark's own lines above say which)") from None
 
 
 def connect_session(url: str, named_by: str, app_name: str) -> SparkSession:

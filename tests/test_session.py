@@ -149,3 +149,15 @@ def test_only_a_backfill_of_a_small_local_source_is_a_short_run(tmp_path: Path) 
     assert not is_short_run(None)  # the config is not read yet (remote, or a resume's)
     (tmp_path / "part-1.parquet").write_bytes(b"x" * SHORT_RUN_SOURCE_BYTES)
     assert not is_short_run(parse_config(backfill))
+
+
+def test_a_jvm_that_does_not_start_is_a_config_error_that_says_what_to_check(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_GATEWAY_PORT")}
+    result = subprocess.run([sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run"],
+                            cwd=REPO, env={**env, "JAVA_HOME": str(tmp_path / "no-java")}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert ("mp-spark: config error: Spark did not start: [JAVA_GATEWAY_EXITED] Java gateway process exited before "
+            "sending its port number; is Java 17 or later installed (JAVA_HOME, if set, must hold bin/java)?"
+            in result.stderr)
+    assert "Traceback" not in result.stderr
