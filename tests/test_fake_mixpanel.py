@@ -153,6 +153,8 @@ def test_empty_distinct_id_is_accepted(fake: FakeMixpanel) -> None:
         float(NOW_S),  # not an integer
         str(NOW_MS),
     ],
+    # ids that do not change with the clock: pytest -n 2's processes must collect the same tests
+    ids=["1970 in s", "1970 in ms", "2 h ahead in ms", "2 h ahead in s", "a float", "a string"],
 )
 def test_bad_time_is_rejected(fake: FakeMixpanel, time_value: object) -> None:
     resp = post(fake, [make_event(1, time=time_value)])

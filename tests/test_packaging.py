@@ -23,6 +23,9 @@ from tests.fake_mixpanel import FakeMixpanel
 
 REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
+# `make dist` empties the repository's dist/ and build/: with pytest -n 2, every test that reads them
+# runs in the one process that builds them.
+pytestmark = pytest.mark.xdist_group("dist")
 
 
 @pytest.fixture(scope="module")
