@@ -116,7 +116,7 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
             *([properties.spread.alias("spread")] if properties.spread is not None else []),
         )
         if properties.spread is not None:  # a column of its own first, so the spread is computed once per row
-            mapped = (mapped.withColumn("cut", F.concat("cut", "spread.cut"))
+            mapped = (mapped.withColumn("cut", F.concat("cut", no_null_names("spread.cut")))
                       .withColumn("spread", F.col("spread.values")))
         return mapped.withColumn("insert_id", insert_id_column(mapped, mapped_id=bool(mapping.insert_id)))
 
@@ -244,7 +244,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
              for name, expression in named.items() if expression is not None}
     refuse_binary(df, fixed, named_key)
     found: list[Column] = []
-    repeats = len(spread) > 1  # a name may come from two spreads
+    unique_names = True  # only a VARIANT object's names are: from_json and maps keep a repeated key
     for i, expression in enumerate(spread):
         item_key = f"{spread_key}[{i}]"
         column = analysed_expr(df, expression, item_key)
@@ -259,7 +259,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
                     fixed.setdefault(f.name, column[f.name])
         else:
             found.append(spread_entries(column, dtype, item_key))
-            repeats = repeats or isinstance(dtype, T.ArrayType)  # ... or twice from one list of key/value structs
+            unique_names = unique_names and isinstance(dtype, T.VariantType)
     for name in columns:
         if name not in blocked:
             fixed.setdefault(name, F.col(f"`{name}`"))
@@ -267,11 +267,28 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
     if not found:
         return Properties(struct, cut, None)
     left = None if room is None else max(room - len(fixed), 0)
-    return Properties(struct, cut, merged_entries(F.concat(*found) if len(found) > 1 else found[0],
-                                                  taken=sorted(blocked | set(fixed)), room=left, repeats=repeats))
+    return Properties(struct, cut, merged_entries(joined(found), taken=sorted(blocked | set(fixed)), room=left,
+                                                  repeats=len(found) > 1 or not unique_names))
+
+
+def joined(found: list[Column]) -> Column:
+    """The entries of every spread, in order. A spread null in a row leaves the others' entries (concat
+    would make them all null); with none, the row has null, as concat gave, so its $insert_id stays."""
+    if len(found) == 1:
+        return found[0]
+    none = F.array().cast(f"array<{ENTRY}>")
+    return let(F.array(*found), lambda spreads: let(
+        F.flatten(F.transform(spreads, lambda s: F.coalesce(s, none))),
+        lambda entries: F.when(F.exists(spreads, lambda s: s.isNull()) & (F.size(entries) == 0), F.lit(None))
+        .otherwise(entries)))
 
 
 ENTRY = "struct<key: string, value: variant, cut: boolean>"  # one property found in the data, fitted
+
+
+def no_null_names(names: str) -> Column:
+    """The column of names, or none where it is null (a null spread's cut names): concat with a null is null."""
+    return F.coalesce(F.col(names), F.array().cast("array<string>"))
 
 
 def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
@@ -284,7 +301,7 @@ def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
         found = F.transform(column, lambda e: variant_entry(e["key"].cast("string"), e["value"], value_type))
     elif isinstance(dtype, (T.VariantType, T.StringType)):  # a JSON object: its keys become names
         values = (F.try_variant_get(column, "$", "map<string,variant>") if isinstance(dtype, T.VariantType)
-                  else F.from_json(column, "map<string,variant>"))  # from_json: a repeated key keeps its last value
+                  else F.from_json(column, "map<string,variant>"))  # from_json keeps a repeated key twice
         # Values that are VARIANTs already need no pass of their own to become one.
         return F.transform(F.map_entries(values), lambda e: within_limits(
             variant_entry(e["key"], e["value"], T.VariantType())))
@@ -337,26 +354,33 @@ def within_limits(entry: Column) -> Column:
 def merged_entries(entries: Column, *, taken: list[str], room: int | None, repeats: bool = True) -> Column:
     """struct(values, cut): the entries as a map (no taken names, no nulls, the first of a repeated name,
     at most `room`) and the names whose value was cut, or left out for its size or for want of room.
-    `repeats`: whether a name can come more than once (not from one map or JSON object)."""
-    usable = F.filter(entries, lambda e: e["key"].isNotNull() & ~e["key"].isin(*taken) & (
-        e["cut"] | (e["value"].isNotNull() & ~F.is_variant_null(e["value"]))))
+    `repeats`: whether a name can come more than once (not from one VARIANT object)."""
 
-    def merged(firsts: Column, valued: Column) -> Column:  # each name once; those with a value
+    def usable(found: Column) -> Column:  # names not taken, with a value (or a value cut away)
+        return F.filter(found, lambda e: e["key"].isNotNull() & ~e["key"].isin(*taken) & (
+            e["cut"] | (e["value"].isNotNull() & ~F.is_variant_null(e["value"]))))
+
+    def first_of_each_name(found: Column) -> Column:
+        return let(F.transform(found, lambda e: e["key"]), lambda names: F.filter(
+            found, lambda e, i: F.array_position(names, e["key"]) == i + 1))
+
+    def merged(firsts: Column, valued: Column) -> Column:  # each name once; those of them with a value
         kept = valued if room is None else F.slice(valued, 1, room)
         cut = F.transform(F.filter(firsts, lambda e: e["cut"]), lambda e: e["key"])
-        if room is not None:  # and those for which there was no room
+        if room is not None:  # and those for which there was no room (a length never negative, however evaluated)
             no_room = F.slice(valued, room + 1, F.greatest(F.size(valued) - room, F.lit(0)))
             cut = F.when(F.size(valued) > room, F.array_union(cut, F.transform(no_room, lambda e: e["key"]))) \
                 .otherwise(cut)
         values = F.map_from_entries(F.transform(kept, lambda e: F.struct(e["key"], e["value"])))
         return F.struct(values.alias("values"), cut.alias("cut"))
 
-    def first_of_each_name(found: Column) -> Column:
-        return let(F.transform(found, lambda e: e["key"]), lambda names: F.filter(
-            found, lambda e, i: F.array_position(names, e["key"]) == i + 1))
+    def from_firsts(firsts: Column) -> Column:
+        return let(F.filter(firsts, lambda e: e["value"].isNotNull()), lambda valued: merged(firsts, valued))
 
-    return let(usable, lambda found: let(first_of_each_name(found) if repeats else found, lambda firsts: let(
-        F.filter(firsts, lambda e: e["value"].isNotNull()), lambda valued: merged(firsts, valued))))
+    def from_usable(found: Column) -> Column:  # a lambda's variable: computed once however often read
+        return let(first_of_each_name(found), from_firsts) if repeats else from_firsts(found)
+
+    return let(usable(entries), from_usable)
 
 
 def value_types(df: DataFrame, columns: Mapping[str, Column]) -> T.StructType:

@@ -17,7 +17,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, ProfileMappingConfig
-from mp_spark.mapping import JSON_OPTIONS, fitted_struct, refuse_binary, spread_properties, with_entries
+from mp_spark.mapping import (
+    JSON_OPTIONS,
+    fitted_struct,
+    no_null_names,
+    refuse_binary,
+    spread_properties,
+    with_entries,
+)
 from mp_spark.sources import analysed_expr
 from mp_spark.validation import MAX_EVENT_BYTES, PLACEHOLDER_IDS
 
@@ -46,7 +53,7 @@ def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], D
             line = F.to_json(F.struct(*identity, value.alias(f"${operation}")), JSON_OPTIONS)
             if found is not None:  # mapping.spread: names from the data, added to $set below
                 df = df.withColumn(SPREAD, found)
-                cut = F.concat(cut, F.col(f"{SPREAD}.cut"))
+                cut = F.concat(cut, no_null_names(f"{SPREAD}.cut"))
             entries = F.to_json(F.col(f"{SPREAD}.values")) if found is not None else F.lit(None).cast("string")
             updates.append(F.struct(line.alias("line"), entries.alias("entries"), (F.size(cut) > 0).alias("trimmed")))
         rows = df.select(key.alias("key"), F.explode(F.array(*updates)).alias("update"))

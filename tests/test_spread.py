@@ -1,5 +1,6 @@
 """mapping.spread (properties whose names are in the data), names mapped to null, and exclude_columns patterns."""
 
+import dataclasses
 import json
 
 import pytest
@@ -102,3 +103,21 @@ def test_spread_entries_join_lines_whole_whatever_the_characters(spark: SparkSes
     people = ProfileMappingConfig(distinct_id="user", set={}, spread=["js"])
     [update] = [json.loads(row.line) for row in to_profile_updates(people)(df).select("line").collect()]
     assert update == {"$distinct_id": "ü-1", "$ignore_time": True, "$set": {"emoji": "🎉", "k": "ß"}}
+
+
+def test_a_name_repeated_in_one_json_object_is_sent_once_with_its_first_value(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", TS, '{"a": 1, "b": 2, "a": 3}')],
+                               "user string, name string, ts long, js string")
+    [(props, cut)] = sent(df, MappingConfig(event="name", time="ts", distinct_id="user", spread=["js"]))
+    assert (props["a"], props["b"], cut) == (1, 2, [])
+
+
+def test_a_spread_null_in_a_row_leaves_the_other_spreads_and_the_cut_names(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", TS, None, {"kept": "yes"}, "x" * 300)],
+                               "user string, name string, ts long, js string, m map<string,string>, long string")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", properties={"long": "long"},
+                            spread=["js", "m"])
+    [(props, cut)] = sent(df, mapping)
+    assert (props["kept"], len(props["long"]), cut) == ("yes", 255, ["long"])
+    [(props, cut)] = sent(df, dataclasses.replace(mapping, spread=["js"]))  # the only spread, null
+    assert (len(props["long"]), cut) == (255, ["long"])
