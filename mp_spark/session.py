@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from py4j.protocol import Py4JJavaError
 from pyspark.cloudpickle import register_pickle_by_value
+from pyspark.errors import PySparkRuntimeError
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -80,14 +82,19 @@ def get_spark(remote: str | None = None, config: Config | None = None, *, app_na
 
 
 def started(builder: SparkSession.Builder, hint: str) -> SparkSession:
-    """The builder's session; when Spark does not start, a ConfigError with Spark's reason and `hint`."""
+    """The builder's session; when Spark does not start (its JVM exits, or refuses the session), a
+    ConfigError with Spark's reason and `hint`."""
     try:
         return builder.getOrCreate()
-    except Exception as exc:
-        java = getattr(exc, "java_exception", None)  # a Py4JJavaError's own first line names only the call
-        said = (str(java) if java is not None else str(exc)).strip().splitlines()
-        reason = said[0][:300].rstrip(".") if said else type(exc).__name__
-        raise ConfigError(f"Spark did not start: {reason}; {hint} (Spark's own lines above say which)") from None
+    except Py4JJavaError as exc:
+        reason = str(exc.java_exception)  # the error's own first line names only the call
+    except PySparkRuntimeError as exc:
+        if exc.getCondition() != "JAVA_GATEWAY_EXITED":
+            raise
+        reason = str(exc)
+    log.debug("Spark did not start", exc_info=True)
+    first_line = reason.strip().splitlines()[0][:300].rstrip(".") if reason.strip() else "no reason given"
+    raise ConfigError(f"Spark did not start: {first_line}; {hint} (Spark's own lines above say which)")
 
 
 def connect_session(url: str, named_by: str, app_name: str) -> SparkSession:
