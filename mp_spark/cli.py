@@ -293,7 +293,7 @@ PLURALS = {"batch": "batches", "micro-batch": "micro-batches", "retry": "retries
 
 
 def counted(number: int, noun: str) -> str:
-    """"1 request", "2 requests", "0 retries"."""
+    """The number and the noun, such as "1 request", "2 requests" or "0 retries"."""
     return f"{number} {noun if number == 1 else PLURALS.get(noun, noun + 's')}"
 
 
