@@ -11,6 +11,8 @@ granted a higher limit says so with rate_limit_events_per_second.)
 
 Spark reuses a Python worker for the next task, so a task leaves its pacing state to the next
 task of the same run on that worker, which starts there: later waves of tasks do not overshoot.
+(The same holds for a stream's micro-batches, which share a run id, while their workers live: Spark
+ends a Python worker idle for about a minute.)
 """
 
 from __future__ import annotations
