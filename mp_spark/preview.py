@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
+import pyarrow.csv as pa_csv
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -31,7 +31,6 @@ HOT_SHARD_EVENTS_PER_DAY = 200_000  # more for one distinct_id in a day: Mixpane
 PROFILE_SAMPLE_ROWS = 100_000  # about this many of the records are profiled
 PROFILE_SAMPLE_VALUES = 5_000_000  # ... and fewer when they hold more values than this
 SAMPLE_BUCKETS = 1_000_000  # a record is in the sample by its key's hash modulo this
-FINGERPRINTS = pa.list_(pa.int64())  # a profile row, once its JSON text is read back
 
 
 @dataclass(frozen=True)
@@ -113,10 +112,10 @@ class Previewer:
     def profile_column(self, records: DataFrame, config: Config, rows: int) -> Column | None:
         """What the sending tasks pass on of each of the `rows` records for the profile (None for
         profile updates, which are not profiled): null, or for an event in the sample its
-        fingerprints as a JSON list: [event, distinct_id, UTC day, each property's value, then 1 for
-        each property that was cut, else 0]. Values are 64-bit hashes (lists and objects
-        by their JSON): two values hashing alike are too rare to move a count. The sample is taken
-        by the record's key, so a retried task samples the same records."""
+        fingerprints as a line of comma-separated numbers (empty for null): event, distinct_id, UTC
+        day, each property's value, then 1 for each property that was cut, else 0. Values are 64-bit
+        hashes (lists and objects by their JSON): two values hashing alike are too rare to move a
+        count. The sample is taken by the record's key, so a retried task samples the same records."""
         if config.profiles:  # profile updates: samples only
             return None
         fields = profiled_fields(records.schema["properties"])
@@ -125,49 +124,52 @@ class Previewer:
         share = round(min(1.0, wanted / max(rows, 1)) * SAMPLE_BUCKETS)
         in_sample = F.pmod(F.xxhash64("key"), F.lit(SAMPLE_BUCKETS)) < share
         properties = [F.col("properties").getField(f.name) for f in fields]
-        return F.when(in_sample, F.to_json(F.array(
+        numbers = [
             fingerprint(F.col("event"), T.StringType()), fingerprint(F.col("distinct_id"), T.StringType()),
             F.floor(F.col("time") / 86_400_000),  # time is epoch ms: a UTC day, whatever the session's zone
             *[fingerprint(value, f.dataType) for value, f in zip(properties, fields, strict=True)],
             *[F.array_contains("cut", f.name).cast("long") for f in fields],
-        )))
+        ]
+        # Each line ends in a newline, so that the rows read back are a CSV document as they lie in memory.
+        return F.when(in_sample, F.concat(F.concat_ws(",", *[F.coalesce(n.cast("string"), F.lit("")) for n in numbers]),
+                                          F.lit("\n")))
 
     def show(self, records: DataFrame, config: Config, rows: int, samples: list[str], profiles: pa.ChunkedArray
              ) -> None:
         """Show the preview of a run of `rows` records, from the lines its sending tasks sampled and the
-        `profiles` they passed on (the non-null values of `profile_column`, as text)."""
+        `profiles` they passed on (texts of lines of `profile_column`)."""
         sample_events = [json.loads(line) for line in samples]
         if config.profiles:
             self._show(Preview(sample_events, rows=0, approx_event_names=0, properties=[]))
             return
-        self._show(profile(records.schema["properties"], fingerprint_lists(profiles), rows, sample_events))
+        self._show(profile(records.schema["properties"], profiles, rows, sample_events))
 
 
-def fingerprint_lists(texts: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Profile rows' JSON lists of numbers as Arrow lists. Arrow's JSON reader parses the 100,000 of a
-    large dry run in a tenth of the second Spark's from_json took on a cold JVM; it reads objects, so
-    each list is wrapped in one, a line each."""
-    if len(texts) == 0:
-        return pa.chunked_array([], FINGERPRINTS)
-    data, offsets = arrow_chunk(pc.binary_join_element_wise('{"p":', texts, "}\n", "").combine_chunks())
-    options = pa_json.ParseOptions(explicit_schema=pa.schema([("p", FINGERPRINTS)]))
-    return pa_json.read_json(pa.BufferReader(data[offsets[0]:offsets[-1]]), parse_options=options)["p"]
+def fingerprint_table(lines: pa.ChunkedArray, width: int) -> pa.Table:
+    """Profile texts (lines of `width` comma-separated numbers) as a table of int64 columns, by Arrow's
+    CSV reader: the 100,000 lines of a large dry run in about 0.1 s, where its JSON reader took 0.3-0.8 s
+    for the same numbers as lists."""
+    names = [str(i) for i in range(width)]
+    if len(lines) == 0:
+        return pa.table({name: pa.array([], pa.int64()) for name in names})
+    data, offsets = arrow_chunk(lines.combine_chunks())
+    return pa_csv.read_csv(pa.BufferReader(data[offsets[0]:offsets[-1]]),
+                           read_options=pa_csv.ReadOptions(column_names=names),
+                           convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.int64())))
 
 
 def profiled_fields(properties: T.StructField) -> list[T.StructField]:
     return [f for f in properties.dataType.fields if f.name not in CORE_PROPERTIES]
 
 
-def profile(properties: T.StructField, profiles: pa.ChunkedArray, rows: int, sample_events: list[dict]) -> Preview:
-    """The preview from the fingerprints of a sample of a run's `rows` events, counted in Arrow on the driver."""
+def profile(properties: T.StructField, lines: pa.ChunkedArray, rows: int, sample_events: list[dict]) -> Preview:
+    """The preview from the profile rows of a sample of a run's `rows` events, counted in Arrow on the driver."""
     fields = profiled_fields(properties)
     left_out = dict(sorted(properties.metadata.get(LEFT_OUT_KEY, {}).items()))  # JVM order is none
-    profiled = len(profiles)
-
-    def column(position: int) -> pa.ChunkedArray:
-        return pc.list_element(profiles, position) if profiled else pa.chunked_array([], pa.int64())
-
     properties_at, cut_at = 3, 3 + len(fields)
+    fingerprints = fingerprint_table(lines, cut_at + len(fields))
+    column = fingerprints.column
+    profiled = len(fingerprints)
     profiles_of = [
         PropertyProfile(name=f.name, json_type=json_type(f.dataType),
                         null_share=column(properties_at + i).null_count / profiled if profiled else 0.0,

@@ -203,7 +203,7 @@ class RunFiles:
 
     def read_preview(self, attempt: str, samples: int) -> tuple[list[str], pa.ChunkedArray]:
         """What a dry run's sending tasks passed on for the preview: the first `samples` lines of its
-        first partitions, and the profile rows' fingerprints (as the text they travel as)."""
+        first partitions, and the profile rows' texts (each some lines of fingerprints)."""
         rows = self._spark.read.parquet(f"{self.outcomes}/attempt={attempt}").filter(
             F.col("record").isin(SAMPLE, PROFILE)).select("record", "index", "event", "profile").toArrow()
         is_sample = pc.equal(rows["record"], SAMPLE)

@@ -7,7 +7,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import Config, MappingConfig, SourceConfig
-from mp_spark.preview import Preview, Previewer, PropertyProfile, fingerprint_lists
+from mp_spark.preview import Preview, Previewer, PropertyProfile, fingerprint_table
 from mp_spark.records import prepare_events
 from tests.test_mapping import DST_WALL_CLOCKS, mixpanel_date, utc_ms
 
@@ -108,7 +108,9 @@ def test_a_big_source_is_profiled_from_a_sample_and_the_busiest_day_scaled_up(sp
     assert any("'order_id'" in w and "an id?" in w for w in preview.warnings())  # all distinct in the sample too
 
 
-def test_fingerprint_lists_reads_the_profile_text_as_numbers() -> None:
-    texts = pa.chunked_array([["[1,null,-9223372036854775808]", "[]"], ["[9223372036854775807,0]"]])
-    assert fingerprint_lists(texts).to_pylist() == [[1, None, -2**63], [], [2**63 - 1, 0]]
-    assert fingerprint_lists(pa.chunked_array([], pa.string())).type == pa.list_(pa.int64())
+def test_fingerprint_table_reads_the_profile_lines_as_numbers() -> None:
+    lines = pa.chunked_array([["1,,-9223372036854775808\n", ",,\n"], ["9223372036854775807,0,7\n"]])
+    assert fingerprint_table(lines, 3).to_pylist() == [
+        {"0": 1, "1": None, "2": -2**63}, {"0": None, "1": None, "2": None}, {"0": 2**63 - 1, "1": 0, "2": 7}]
+    none = fingerprint_table(pa.chunked_array([], pa.string()), 3)
+    assert none.num_rows == 0 and none.schema.types == [pa.int64()] * 3
