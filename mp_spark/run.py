@@ -39,7 +39,7 @@ from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.session import prepare_executors, start_python_workers
+from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome
 from mp_spark.transport import RequestsTransport
 
@@ -110,10 +110,15 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
         plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
                               max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
-        # On local Spark, the check's query (the JVM's first to map the source) outlasts the count and the
-        # manifest: the cores but the one it runs on start Python workers for the first sending tasks.
-        if check is not None and config.mixpanel.check_credentials and executors.fixed and plan:
-            start_python_workers(spark, min(plan[0].tasks, executors.cores - 1))
+        # Python workers for the first sending tasks, started on local Spark where cores would idle. The
+        # check's query (the JVM's first to map the source) outlasts the count and the manifest: the cores
+        # but its own start them now. Without a check, they start while the driver plans the sending job
+        # (about a second), and its map side waits for them less than its first sending tasks would.
+        if executors.fixed and plan:
+            if check is not None and config.mixpanel.check_credentials:
+                start_python_workers(spark, min(plan[0].tasks, executors.cores - 1))
+            else:
+                start_python_workers_meanwhile(spark, min(plan[0].tasks, executors.cores))
         return counted, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.

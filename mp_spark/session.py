@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +222,19 @@ def start_python_workers(spark: SparkSession, count: int) -> None:
     whose first wave would otherwise wait about 2 s for its workers. None for a count under 1."""
     if count > 0:
         spark.range(0, count, 1, count).mapInArrow(ready_worker, "ready boolean").collect()
+
+
+def start_python_workers_meanwhile(spark: SparkSession, count: int) -> None:
+    """start_python_workers on a thread of its own, while the caller goes on. It is only a head start:
+    should it fail, the sending tasks start their own workers (and say what is wrong)."""
+
+    def start() -> None:
+        try:
+            start_python_workers(spark, count)
+        except Exception:
+            log.debug("Python workers not started ahead of the sending tasks", exc_info=True)
+
+    threading.Thread(target=start, name="mp-spark-python-workers", daemon=True).start()
 
 
 def run_probe(spark: SparkSession) -> probe.Found:
