@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from py4j.protocol import Py4JNetworkError
-
 from mp_spark.config import (
     Config,
     ConfigError,
@@ -41,7 +39,7 @@ from mp_spark.presets import render_mapping
 from mp_spark.preview import Previewer, preview_lookup_table
 from mp_spark.results import RunFiles, Summary, default_results_path, default_results_root, read_text
 from mp_spark.run import RunOptions, RunStopped, new_run_id, run_job
-from mp_spark.session import get_spark, is_connect
+from mp_spark.session import Py4JNetworkError, get_spark, is_connect
 from mp_spark.tally import EXHAUSTED
 
 if TYPE_CHECKING:

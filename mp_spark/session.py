@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from py4j.protocol import Py4JJavaError
 from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.errors import PySparkRuntimeError
 from pyspark.sql import SparkSession
@@ -32,6 +31,14 @@ from mp_spark.executor import ready_worker
 from mp_spark.sources import is_small_local_source
 
 log = logging.getLogger(__name__)
+
+try:  # classic Spark's bridge to its JVM; Spark Connect's client alone (pyspark-client) has none
+    from py4j.protocol import Py4JJavaError, Py4JNetworkError
+except ImportError:
+    class NoPy4JError(Exception):
+        """Stands for py4j's errors where there is no py4j: never raised."""
+
+    Py4JJavaError = Py4JNetworkError = NoPy4JError
 
 DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -90,6 +97,10 @@ def started(builder: SparkSession.Builder, hint: str) -> SparkSession:
     except Py4JJavaError as exc:
         reason = str(exc.java_exception)  # the error's own first line names only the call
     except PySparkRuntimeError as exc:
+        if exc.getCondition() == "CONNECT_URL_NOT_SET":  # Spark Connect's client alone: it cannot start Spark
+            raise ConfigError("this Python has Spark Connect's client only (pyspark-client): give the job a "
+                              "server with --remote sc://HOST:PORT or SPARK_REMOTE, or install pyspark to run "
+                              "on local Spark") from None
         if exc.getCondition() != "JAVA_GATEWAY_EXITED":
             raise
         reason = str(exc)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyspark
 import pytest
 from pyspark.sql import SparkSession
 
@@ -124,6 +125,18 @@ def connect_server(python_without_mp_spark: Path, tmp_path_factory: pytest.TempP
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def connect_client_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that, first on PYTHONPATH, leaves Spark Connect's client alone, as `pip install
+    pyspark-client` does: that package (from PyPI, of this pyspark's version) in place of pyspark, and no py4j."""
+    root = tmp_path_factory.mktemp("connect-client-only")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(root),
+                    f"pyspark-client=={pyspark.__version__}"], check=True, timeout=300)
+    (root / "py4j").mkdir()
+    (root / "py4j" / "__init__.py").write_text('raise ImportError("no py4j beside pyspark-client")\n')
+    return root
 
 
 @pytest.fixture(scope="session")

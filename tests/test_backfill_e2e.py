@@ -279,6 +279,25 @@ def test_quickstart_script_runs_the_bundled_sample(spark: SparkSession, tmp_path
     assert "would import" in result.stdout
 
 
+@pytest.mark.connect
+def test_the_job_runs_from_spark_connects_client_alone(
+    spark: SparkSession, connect_client_only: Path, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A user who installed mp_spark beside pyspark-client (no JVM, no py4j) and points SPARK_REMOTE at a server."""
+    if not request.config.getoption("--spark-connect"):
+        pytest.skip("needs the Spark Connect run's server")
+    result = subprocess.run(
+        [sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--set", f"job.results_path={tmp_path}",
+         "--set", f"mixpanel.api_host={mixpanel.url}", "--set", f"mixpanel.project_id={mixpanel.project_id}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(connect_client_only)}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(tmp_path)
+    assert summary["rows_read"] == summary["imported"] == len(mixpanel.unique_events) == 3000
+
+
 @pytest.mark.parametrize(("budget", "least_seen"), [
     # 5 partitions, 2 running at once (local[2]): 2 requests in flight per task
     pytest.param(4, 3, marks=pytest.mark.connect),

@@ -161,3 +161,14 @@ def test_a_jvm_that_does_not_start_is_a_config_error_that_says_what_to_check(tmp
             "sending its port number; is Java 17 or later installed (JAVA_HOME, if set, must hold bin/java)?"
             in result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_with_spark_connects_client_alone_and_no_server_the_job_asks_for_one(connect_client_only: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_GATEWAY_PORT")}
+    result = subprocess.run([sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run"],
+                            cwd=REPO, env={**env, "PYTHONPATH": str(connect_client_only)}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert ("mp-spark: config error: this Python has Spark Connect's client only (pyspark-client): give the job "
+            "a server with --remote sc://HOST:PORT or SPARK_REMOTE" in result.stderr)
+    assert "Traceback" not in result.stderr
