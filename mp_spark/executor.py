@@ -8,8 +8,8 @@ builds a Python object per sent line. It returns rows, not exceptions:
 - `record` = "rejection": a record Mixpanel refused;
 - `record` = "invalid": a record validation set aside (never sent);
 - `record` = "sample": in a dry run, one of the partition's first lines, for the preview (`event`);
-- `record` = "profile": in a dry run, the fingerprints of a batch's sampled records for the preview's
-  profile, their lines in one text;
+- `record` = "profile": in a dry run, the fingerprints of sampled records for the preview's profile,
+  lines of them in one text;
 - `record` = "outcome": one per partition, its tally and status, after its other rows.
 
 Spark's writer commits the rows of exactly one successful attempt of each task, so a retried task
@@ -44,6 +44,7 @@ from mp_spark.transport import DryRunTransport, RequestsTransport, Transport
 
 OUTCOME, REJECTION, INVALID, SAMPLE, PROFILE = "outcome", "rejection", "invalid", "sample", "profile"
 SAMPLES_PER_PARTITION = 5  # a dry run's preview shows the first of them
+PROFILE_ROW_BYTES = 4_000_000  # profile lines per output row (Spark Connect's messages stop at 128 MiB)
 # What the sending stage returns: outcome, rejection, invalid, sample and profile rows in one schema
 # (`message` is both the outcome's and the rejection's).
 SENT_SCHEMA = T.StructType([
@@ -147,7 +148,7 @@ def send_partition(index: int, record_batches: Iterator[pa.RecordBatch], endpoin
             # Only a dry run of events has the profile column.
             profiles = record_batch.column(PROFILE_AT) if record_batch.num_columns > PROFILE_AT else None
             if profiles is not None and profiles.null_count < len(profiles):
-                set_aside.append(profile_row(index, profiles.drop_null()))
+                set_aside.append(profile_rows(index, profiles.drop_null()))
             lines = record_batch.column(1)
             if lines.null_count:
                 set_aside.append(invalid_rows(index, record_batch))
@@ -209,10 +210,17 @@ def sample_rows(index: int, lines: pa.Array) -> pa.RecordBatch:
     return output_rows(SAMPLE, index, len(lines), {"event": lines})
 
 
-def profile_row(index: int, profiles: pa.Array) -> pa.RecordBatch:
-    """The profile lines as one row: a row each cost Spark's writer and reader more than the lines did."""
-    joined = pc.binary_join(pa.ListArray.from_arrays([0, len(profiles)], profiles), "")
-    return output_rows(PROFILE, index, 1, {"profile": joined})
+def profile_rows(index: int, profiles: pa.Array) -> pa.RecordBatch:
+    """The profile lines joined into rows of about PROFILE_ROW_BYTES: a row each cost Spark's writer and
+    reader more than the lines did, and a row of a whole batch of wide records might not fit a message."""
+    _, offsets = arrow_chunk(profiles)
+    starts = [0]
+    for i in range(1, len(profiles)):
+        if offsets[i] - offsets[starts[-1]] >= PROFILE_ROW_BYTES:
+            starts.append(i)
+    rows = pa.ListArray.from_arrays(pa.array([*starts, len(profiles)], pa.int32()), profiles)
+    joined = pc.binary_join(rows, pa.scalar("", profiles.type))  # string or large_string, as the input
+    return output_rows(PROFILE, index, len(joined), {"profile": joined})
 
 
 def output_rows(record: str, index: int, count: int, columns: dict[str, pa.Array]) -> pa.RecordBatch:

@@ -23,6 +23,7 @@ from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.errors import PySparkRuntimeError
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from pyspark.util import is_remote_only
 
 import mp_spark
 from mp_spark import class_archive, probe
@@ -97,7 +98,7 @@ def started(builder: SparkSession.Builder, hint: str) -> SparkSession:
     except Py4JJavaError as exc:
         reason = str(exc.java_exception)  # the error's own first line names only the call
     except PySparkRuntimeError as exc:
-        if exc.getCondition() == "CONNECT_URL_NOT_SET":  # Spark Connect's client alone: it cannot start Spark
+        if exc.getCondition() == "CONNECT_URL_NOT_SET" and is_remote_only():  # pyspark-client: no Spark of its own
             raise ConfigError("this Python has Spark Connect's client only (pyspark-client): give the job a "
                               "server with --remote sc://HOST:PORT or SPARK_REMOTE, or install pyspark to run "
                               "on local Spark") from None

@@ -281,12 +281,12 @@ def test_quickstart_script_runs_the_bundled_sample(spark: SparkSession, tmp_path
 
 @pytest.mark.connect
 def test_the_job_runs_from_spark_connects_client_alone(
-    spark: SparkSession, connect_client_only: Path, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
-    request: pytest.FixtureRequest,
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     """A user who installed mp_spark beside pyspark-client (no JVM, no py4j) and points SPARK_REMOTE at a server."""
     if not request.config.getoption("--spark-connect"):
         pytest.skip("needs the Spark Connect run's server")
+    connect_client_only = request.getfixturevalue("connect_client_only")  # installed only for this run
     result = subprocess.run(
         [sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--set", f"job.results_path={tmp_path}",
          "--set", f"mixpanel.api_host={mixpanel.url}", "--set", f"mixpanel.project_id={mixpanel.project_id}"],

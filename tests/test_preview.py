@@ -6,6 +6,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mp_spark import executor
 from mp_spark.config import Config, MappingConfig, SourceConfig
 from mp_spark.preview import Preview, Previewer, PropertyProfile, fingerprint_table
 from mp_spark.records import prepare_events
@@ -106,6 +107,19 @@ def test_a_big_source_is_profiled_from_a_sample_and_the_busiest_day_scaled_up(sp
     assert 3000 < preview.busiest_user_day < 5000  # about 1,200 in the sample, for 4,000 in all
     assert "properties over a sample of" in preview.render() and "of 4,000 rows" in preview.render()
     assert any("'order_id'" in w and "an id?" in w for w in preview.warnings())  # all distinct in the sample too
+
+
+@pytest.mark.parametrize("text_type", [pa.string(), pa.large_string()])  # large with useLargeVarTypes
+def test_profile_lines_travel_joined_in_rows_of_bounded_size(text_type: pa.DataType,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "PROFILE_ROW_BYTES", 10)
+    lines = pa.array(["1,2\n", "3,4\n", "5,6\n", "77,88\n", "9,\n"], text_type)  # 4, 4, 4, 6 and 4 bytes
+
+    rows = executor.profile_rows(7, lines)
+
+    assert rows.column("profile").to_pylist() == ["1,2\n3,4\n5,6\n", "77,88\n9,\n"]
+    assert rows.column("record").to_pylist() == ["profile"] * 2 and rows.column("index").to_pylist() == [7, 7]
+    assert fingerprint_table(pa.chunked_array([rows.column("profile")]), 2).num_rows == 5
 
 
 def test_fingerprint_table_reads_the_profile_lines_as_numbers() -> None:
