@@ -96,7 +96,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     source = source_rows(spark, config, rows)
     records = prepare_records(source, config, manifest.now_ms)
     phases = record_phases(records, config, manifest.now_ms)
-    check = None if options.dry_run else functools.partial(check_credentials, endpoint, config.mixpanel, phases)
+    check = functools.partial(check_credentials, endpoint, config.mixpanel, phases) \
+        if config.mixpanel.check_credentials and not options.dry_run else None
     earlier = files.read_outcomes() if options.resume else []
     sent_before = {outcome.index: (attempt, outcome) for attempt, outcome in earlier if outcome.status == OK}
     attempt = new_run_id()
@@ -115,7 +116,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         # but its own start them now. Without a check, they start while the driver plans the sending job
         # (about a second), and its map side waits for them less than its first sending tasks would.
         if executors.fixed and plan:
-            if check is not None and config.mixpanel.check_credentials:
+            if check is not None:
                 start_python_workers(spark, min(plan[0].tasks, executors.cores - 1))
             else:
                 start_python_workers_meanwhile(spark, min(plan[0].tasks, executors.cores))
@@ -256,8 +257,6 @@ def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list
     not one per task. Its `$insert_id` (or, for a profile update, its idempotence) makes sending it
     again with its partition harmless; it is the first record of the first phase, so the order of
     the phases holds."""
-    if not mixpanel.check_credentials:
-        return
     first = []
     for records in phases:
         first = first or records.filter(F.col("invalid").isNull()).select("line").limit(1).collect()
