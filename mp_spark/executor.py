@@ -211,13 +211,12 @@ def sample_rows(index: int, lines: pa.Array) -> pa.RecordBatch:
 
 
 def profile_rows(index: int, profiles: pa.Array) -> pa.RecordBatch:
-    """The profile lines joined into rows of about PROFILE_ROW_BYTES: a row each cost Spark's writer and
-    reader more than the lines did, and a row of a whole batch of wide records might not fit a message."""
-    _, offsets = arrow_chunk(profiles)
-    starts = [0]
-    for i in range(1, len(profiles)):
-        if offsets[i] - offsets[starts[-1]] >= PROFILE_ROW_BYTES:
-            starts.append(i)
+    """The profile lines joined into rows, each of the lines that start in one PROFILE_ROW_BYTES of their
+    text: a row each cost Spark's writer and reader more than the lines did, and a row of a whole batch
+    of wide records might not fit a message."""
+    lengths = pc.binary_length(profiles)
+    row_of_line = pc.divide(pc.subtract(pc.cumulative_sum(lengths), lengths), PROFILE_ROW_BYTES)  # by its start
+    starts = [0, *(i + 1 for i in pc.indices_nonzero(pc.not_equal(row_of_line[1:], row_of_line[:-1])).to_pylist())]
     rows = pa.ListArray.from_arrays(pa.array([*starts, len(profiles)], pa.int32()), profiles)
     joined = pc.binary_join(rows, pa.scalar("", profiles.type))  # string or large_string, as the input
     return output_rows(PROFILE, index, len(joined), {"profile": joined})
