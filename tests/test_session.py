@@ -151,11 +151,16 @@ def test_only_a_backfill_of_a_small_local_source_is_a_short_run(tmp_path: Path) 
     assert not is_short_run(parse_config(backfill))
 
 
+def sample_dry_run_with_no_session(**env: str) -> subprocess.CompletedProcess:
+    """`python jobs/backfill.py` on the sample, as run with no Spark around it (no spark-submit, no
+    SPARK_REMOTE), with `env` added to the environment."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_GATEWAY_PORT")}
+    return subprocess.run([sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run"],
+                          cwd=REPO, env={**inherited, **env}, capture_output=True, text=True, timeout=120)
+
+
 def test_a_jvm_that_does_not_start_is_a_config_error_that_says_what_to_check(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_GATEWAY_PORT")}
-    result = subprocess.run([sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run"],
-                            cwd=REPO, env={**env, "JAVA_HOME": str(tmp_path / "no-java")}, capture_output=True,
-                            text=True, timeout=120)
+    result = sample_dry_run_with_no_session(JAVA_HOME=str(tmp_path / "no-java"))
     assert result.returncode == 2, result.stderr[-3000:]
     assert ("mp-spark: config error: Spark did not start: [JAVA_GATEWAY_EXITED] Java gateway process exited before "
             "sending its port number; is Java 17 or later installed (JAVA_HOME, if set, must hold bin/java)?"
@@ -164,10 +169,7 @@ def test_a_jvm_that_does_not_start_is_a_config_error_that_says_what_to_check(tmp
 
 
 def test_with_spark_connects_client_alone_and_no_server_the_job_asks_for_one(connect_client_only: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "PYSPARK_GATEWAY_PORT")}
-    result = subprocess.run([sys.executable, "jobs/backfill.py", "--config", "conf/sample.yaml", "--dry-run"],
-                            cwd=REPO, env={**env, "PYTHONPATH": str(connect_client_only)}, capture_output=True,
-                            text=True, timeout=120)
+    result = sample_dry_run_with_no_session(PYTHONPATH=str(connect_client_only))
     assert result.returncode == 2, result.stderr[-3000:]
     assert ("mp-spark: config error: this Python has Spark Connect's client only (pyspark-client): give the job "
             "a server with --remote sc://HOST:PORT or SPARK_REMOTE" in result.stderr)
