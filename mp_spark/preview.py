@@ -113,9 +113,10 @@ class Previewer:
         """What the sending tasks pass on of each of the `rows` records for the profile (None for
         profile updates, which are not profiled): null, or for an event in the sample its
         fingerprints as a line of comma-separated numbers (empty for null): event, distinct_id, UTC
-        day, each property's value, then 1 for each property that was cut, else 0. Values are 64-bit
-        hashes (lists and objects by their JSON): two values hashing alike are too rare to move a
-        count. The sample is taken by the record's key, so a retried task samples the same records."""
+        day, each property's value, then 1 for each property that was cut, else 0. Values are 32-bit
+        hashes (lists and objects by their JSON): among the sample's 100,000 values, two hashing alike
+        are expected about once, too rare to move a count. The sample is taken by the record's key,
+        so a retried task samples the same records."""
         if config.profiles:  # profile updates: samples only
             return None
         fields = profiled_fields(records.schema["properties"])
@@ -185,9 +186,10 @@ def profile(properties: T.StructField, lines: pa.ChunkedArray, rows: int, sample
 
 
 def fingerprint(value: Column, dtype: T.DataType) -> Column:
-    """A 64-bit hash of a value (lists and objects by their JSON), null for null."""
+    """A 32-bit hash of a value (lists and objects by their JSON), null for null: half the text of a
+    64-bit one, which the tasks pass on and the driver parses."""
     nested = isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
-    return F.when(value.isNotNull(), F.xxhash64(F.to_json(value) if nested else value))
+    return F.when(value.isNotNull(), F.hash(F.to_json(value) if nested else value))
 
 
 def json_type(dtype: T.DataType) -> str:
