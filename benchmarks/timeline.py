@@ -25,8 +25,9 @@ STEPS = {
     run: ["source_rows", "prepare_records", "count_phases", "check_credentials", "prepare_executors",
           "write_results"],
     run.Sending: ["send"],
-    results.RunFiles: ["write_manifest", "read_phase_outcomes", "read_preview"],
+    results.RunFiles: ["write_manifest", "read_phase"],
     preview.Previewer: ["profile_column", "show"],
+    preview: ["profile", "fingerprint_table"],
 }
 
 

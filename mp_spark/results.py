@@ -160,6 +160,14 @@ def rejected_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str]
     )
 
 
+def preview_parts(passed_on: pa.Table, samples: int) -> tuple[list[str], pa.ChunkedArray]:
+    """From a dry run's sample and profile rows: the first `samples` lines of its first partitions, and
+    the profile rows' texts (each some lines of fingerprints)."""
+    is_sample = pc.equal(passed_on["record"], SAMPLE)
+    lines = passed_on.filter(is_sample).sort_by("index")["event"].to_pylist()
+    return lines[:samples], passed_on.filter(pc.invert(is_sample))["profile"]
+
+
 def outcome_rows(sent: DataFrame) -> list:
     return sent.filter(F.col("record") == OUTCOME).drop("record", "field", "insert_id", "event").collect()
 
@@ -196,19 +204,14 @@ class RunFiles:
             return []
         return [(row["attempt"], PartitionOutcome.from_row(row.asDict())) for row in outcome_rows(sent)]
 
-    def read_phase_outcomes(self, attempt: str, phase: int) -> list[PartitionOutcome]:
-        """The outcomes one attempt wrote for one phase, by partition index."""
-        rows = outcome_rows(self._spark.read.parquet(self.phase_path(attempt, phase)))
-        return sorted((PartitionOutcome.from_row(row.asDict()) for row in rows), key=lambda o: o.index)
-
-    def read_preview(self, attempt: str, samples: int) -> tuple[list[str], pa.ChunkedArray]:
-        """What a dry run's sending tasks passed on for the preview: the first `samples` lines of its
-        first partitions, and the profile rows' texts (each some lines of fingerprints)."""
-        rows = self._spark.read.parquet(f"{self.outcomes}/attempt={attempt}").filter(
-            F.col("record").isin(SAMPLE, PROFILE)).select("record", "index", "event", "profile").toArrow()
-        is_sample = pc.equal(rows["record"], SAMPLE)
-        lines = rows.filter(is_sample).sort_by("index")["event"].to_pylist()
-        return lines[:samples], rows.filter(pc.invert(is_sample))["profile"]
+    def read_phase(self, attempt: str, phase: int) -> tuple[list[PartitionOutcome], pa.Table]:
+        """What one attempt's tasks returned for one phase but the records not imported (rejected/ reads
+        those), in one Spark job: its outcomes by partition index, and a dry run's sample and profile rows."""
+        rows = self._spark.read.parquet(self.phase_path(attempt, phase)).filter(
+            F.col("record").isin(OUTCOME, SAMPLE, PROFILE)).drop("field", "insert_id").toArrow()
+        is_outcome = pc.equal(rows["record"], OUTCOME)
+        outcomes = [PartitionOutcome.from_row(row) for row in rows.filter(is_outcome).to_pylist()]
+        return sorted(outcomes, key=lambda o: o.index), rows.filter(pc.invert(is_outcome))
 
     def write_partitions(self, outcomes: list[PartitionOutcome]) -> None:
         rows = [o.as_row() for o in sorted(outcomes, key=lambda o: o.index)]

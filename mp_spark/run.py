@@ -21,10 +21,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -37,7 +39,7 @@ from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 from mp_spark.preview import Previewer
 from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
-from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
+from mp_spark.results import Manifest, RunFiles, Summary, preview_parts, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome
@@ -145,9 +147,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             if any(o.status != OK for o in outcomes):
                 break
     if previewer:
-        previewer.show(records, config, sum(manifest.phase_rows), *files.read_preview(attempt, SAMPLES_PER_PARTITION))
-    if options.dry_run:  # its manifest only tells a resume that there is nothing to resume: written last, warm
-        files.write_manifest(manifest)
+        previewer.show(records, config, sum(manifest.phase_rows), *sending.preview(SAMPLES_PER_PARTITION))
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
@@ -186,10 +186,18 @@ def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
     summary = summarize(run_id=options.run_id, dry_run=options.dry_run, rows_read=rows_read(manifest, known),
                         partitions=sum(manifest.phase_partitions), outcomes=list(known.values()),
                         resumed=resumed, imported_before=imported_before, seconds=seconds, results_path=files.path)
-    files.write_partitions(list(known.values()))
     not_imported_in = {index: attempt for index, (attempt, outcome) in sent.items()
                        if outcome.tally.rejected or outcome.tally.invalid}
-    files.write_rejected(*([rejected_records(spark, files.outcomes, not_imported_in)] if not_imported_in else []))
+    writes = [functools.partial(files.write_partitions, list(known.values())),
+              functools.partial(files.write_rejected,
+                                *([rejected_records(spark, files.outcomes, not_imported_in)] if not_imported_in else []))]
+    if options.dry_run:  # its manifest only tells a resume that there is nothing to resume: written at the end, warm
+        writes.append(functools.partial(files.write_manifest, manifest))
+    # Each small write is a Spark job that waits on the driver more than it computes: at once, they take
+    # about the time of one. The summary goes last: a reader that finds it finds the results beside it whole.
+    with ThreadPoolExecutor(len(writes), thread_name_prefix="mp-spark-results") as pool:
+        for written in [pool.submit(write) for write in writes]:
+            written.result()
     files.write_summary(summary)
     if not summary.balanced:
         log.error("accounting mismatch: %d records read, but %d imported, %d rejected, %d invalid and %d unsent",
@@ -291,6 +299,11 @@ class Sending:
         self._dry_run = dry_run
         self._progress = progress
         self._tag = f"mp-spark-{attempt}"
+        self._passed_on: list[pa.Table] = []  # a dry run's sample and profile rows, of each phase sent
+
+    def preview(self, samples: int) -> tuple[list[str], pa.ChunkedArray]:
+        """What the tasks passed on for a dry run's preview: `preview_parts` of every phase sent."""
+        return preview_parts(pa.concat_tables(self._passed_on), samples)
 
     def send(self, phase: Phase, records: DataFrame, settings: SenderSettings) -> list[PartitionOutcome]:
         valid = F.col("invalid").isNull()
@@ -325,7 +338,8 @@ class Sending:
             raise
         finally:
             self._spark.removeTag(self._tag)
-        outcomes = self._files.read_phase_outcomes(self._attempt, phase.number)
+        outcomes, passed_on = self._files.read_phase(self._attempt, phase.number)
+        self._passed_on.append(passed_on)
         self._progress.sent(sum(o.status == OK for o in outcomes))
         for outcome in outcomes:
             if outcome.status not in (OK, UNSENT):
