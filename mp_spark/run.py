@@ -146,13 +146,13 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             outcomes += sending.send(phase, phases[phase.number], settings)
             if any(o.status != OK for o in outcomes):
                 break
-    if previewer:
-        previewer.show(records, config, sum(manifest.phase_rows), *sending.preview(SAMPLES_PER_PARTITION))
+    show_preview = functools.partial(previewer.show, records, config, sum(manifest.phase_rows),
+                                     *sending.preview(SAMPLES_PER_PARTITION)) if previewer else None
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
                             imported_before=sum(o.tally.imported for _, o in sent_before.values()),
-                            seconds=time.monotonic() - started)
+                            seconds=time.monotonic() - started, meanwhile=show_preview)
     if failed:
         first = min(failed, key=lambda o: (o.status == UNSENT, o.index))  # the cause, not a partition it stopped
         raise RunStopped(first.status, first.message or "", summary)
@@ -179,9 +179,11 @@ def resumable(manifest: Manifest, options: RunOptions) -> Manifest:
 
 def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
                   sent: dict[int, tuple[str, PartitionOutcome]], failed: list[PartitionOutcome], options: RunOptions,
-                  *, resumed: int, imported_before: int, seconds: float) -> Summary:
+                  *, resumed: int, imported_before: int, seconds: float,
+                  meanwhile: Callable[[], None] | None = None) -> Summary:
     """partitions/, rejected/ and summary/ for the whole run (every attempt of it); `sent` maps each sent
-    partition to the attempt that sent it and its outcome."""
+    partition to the attempt that sent it and its outcome. `meanwhile` is the driver's own work (a dry
+    run's preview), done while Spark writes."""
     known = {**{o.index: o for o in failed}, **{index: outcome for index, (_, outcome) in sent.items()}}
     summary = summarize(run_id=options.run_id, dry_run=options.dry_run, rows_read=rows_read(manifest, known),
                         partitions=sum(manifest.phase_partitions), outcomes=list(known.values()),
@@ -195,14 +197,19 @@ def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
         writes.append(functools.partial(files.write_manifest, manifest))
     # Each small write is a Spark job that waits on the driver more than it computes: at once, they take
     # about the time of one. The summary goes last: a reader that finds it finds the results beside it whole.
-    with ThreadPoolExecutor(len(writes), thread_name_prefix="mp-spark-results") as pool:
-        for written in [pool.submit(write) for write in writes]:
-            written.result()
+    at_once(*writes, *([meanwhile] if meanwhile else []))
     files.write_summary(summary)
     if not summary.balanced:
         log.error("accounting mismatch: %d records read, but %d imported, %d rejected, %d invalid and %d unsent",
                   summary.rows_read, summary.imported, summary.rejected, summary.invalid, summary.unsent)
     return summary
+
+
+def at_once(*steps: Callable[[], object]) -> None:
+    """Run the steps on threads of their own and wait for every one; the first to fail raises."""
+    with ThreadPoolExecutor(len(steps), thread_name_prefix="mp-spark-results") as pool:
+        for done in [pool.submit(step) for step in steps]:
+            done.result()
 
 
 def rows_read(manifest: Manifest, known: dict[int, PartitionOutcome]) -> int:
