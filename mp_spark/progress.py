@@ -35,12 +35,12 @@ class Progress:
         self._sent_before = sent_before
         self._finished = sent_before  # partitions sent: by earlier attempts, and in this one's finished phases
         self._phase: tuple[int, int] = (0, 1)  # the running phase: its partitions, its sending tasks
-        self._tasks_done: Callable[[], int] = lambda: 0
+        self._tasks_done: Callable[[], int | None] = lambda: 0
 
     @contextmanager
-    def phase(self, partitions: int, tasks: int, tasks_done: Callable[[], int]) -> Iterator[None]:
+    def phase(self, partitions: int, tasks: int, tasks_done: Callable[[], int | None]) -> Iterator[None]:
         """A phase sending `partitions` in `tasks` tasks, whose finished tasks `tasks_done` counts
-        until `sent` says what its outcomes show (or the phase fails)."""
+        (None until they start) until `sent` says what its outcomes show (or the phase fails)."""
         with self._lock:
             self._phase, self._tasks_done = (partitions, max(tasks, 1)), tasks_done
         try:
@@ -76,35 +76,40 @@ class Progress:
     def line(self) -> str:
         with self._lock:
             (partitions, tasks), finished, tasks_done = self._phase, self._finished, self._tasks_done
-        done = finished + partitions * min(tasks_done(), tasks) / tasks
+        sending = tasks_done()
+        done = finished + partitions * min(sending or 0, tasks) / tasks
         rows_done = min(round(done * self._rows_per_partition), self._total_rows)
         elapsed = max(self._clock() - self._started, 1e-9)
         rows_per_s = (done - self._sent_before) * self._rows_per_partition / elapsed
         left = self._total_rows - rows_done
         if left <= 0:
             eta = "nothing left"
+        elif sending is None:  # the phase's first stage: a large source shows 0% for a while, and this says why
+            eta = "reading the records and spreading them over partitions; sending starts next"
         elif rows_per_s > 0:
             eta = f"about {_duration(left / rows_per_s)} left"
         else:
-            eta = "time left unknown yet"
+            eta = "sending: the time left is known once a partition is sent"
         percent = rows_done / self._total_rows if self._total_rows else 1.0
         return (f"progress: {percent:.0%} ({int(done)} of {self._partitions} partitions sent, about "
                 f"{rows_done:,} of {self._total_rows:,} rows); {rows_per_s:,.0f} rows/s; {eta}")
 
 
 @contextmanager
-def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callable[[], int]]:
-    """How many tasks of the running job's sending stage (its last, of `tasks` tasks) have finished.
+def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callable[[], int | None]]:
+    """How many tasks of the running job's sending stage (its last, of `tasks` tasks) have finished,
+    or None before that stage starts.
 
     The job must run in this thread, within the block: on classic Spark it is found by its job group
     (set here), on Spark Connect by the server's progress reports to this session.
     """
     if is_connect(spark):
-        latest = {"done": 0}
+        latest: dict[str, int | None] = {"done": None}
 
         def on_report(*, stages: list | None, **_: object) -> None:  # Spark passes keywords
             done = sending_stage_done([(s.stage_id, s.num_tasks, s.num_completed_tasks) for s in stages or []], tasks)
-            latest["done"] = max(latest["done"], done)  # a report without the sending stage says nothing of it
+            if done is not None:  # a report without the sending stage says nothing of it
+                latest["done"] = max(latest["done"] or 0, done)
 
         spark.registerProgressHandler(on_report)
         try:
@@ -115,7 +120,7 @@ def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callab
     context = spark.sparkContext
     tracker = context.statusTracker()
 
-    def done() -> int:
+    def done() -> int | None:
         stages = [tracker.getStageInfo(stage) for job in tracker.getJobIdsForGroup(group)
                   for stage in (tracker.getJobInfo(job).stageIds if tracker.getJobInfo(job) else [])]
         return sending_stage_done([(s.stageId, s.numTasks, s.numCompletedTasks) for s in stages if s is not None],
@@ -128,9 +133,9 @@ def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callab
         context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
 
 
-def sending_stage_done(stages: list[tuple[int, int, int]], tasks: int) -> int:
+def sending_stage_done(stages: list[tuple[int, int, int]], tasks: int) -> int | None:
     """The finished tasks of the sending stage, from the (stage id, tasks, finished tasks) of the
-    phase's job seen so far, or 0 before it starts.
+    phase's job seen so far, or None before it starts.
 
     The sending stage reads the shuffle that the map side writes, so it is never the first stage:
     the map side may have as many tasks (a source of as many files), and runs first as a job of its
@@ -138,7 +143,7 @@ def sending_stage_done(stages: list[tuple[int, int, int]], tasks: int) -> int:
     """
     first = min((stage_id for stage_id, _, _ in stages), default=None)
     sending = [(stage_id, done) for stage_id, count, done in stages if count == tasks and stage_id != first]
-    return max(sending)[1] if sending else 0
+    return max(sending)[1] if sending else None
 
 
 def _duration(seconds: float) -> str:

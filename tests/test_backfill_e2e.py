@@ -451,6 +451,7 @@ def test_progress_is_logged_while_the_run_goes(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
     midway = [line for line in lines if any(f"({n} of 5 partitions sent" in line for n in range(1, 5))]
     assert midway and all(re.search(r"about (\d+ min )?\d+ s left", line) for line in midway)
+    assert not any("sending starts next" in line for line in lines[lines.index(midway[0]):])  # only before it
     assert lines[-1].startswith(f"progress: 100% (5 of 5 partitions sent, about {ROWS:,} of {ROWS:,} rows)")
     assert lines[-1].endswith("; nothing left")
 

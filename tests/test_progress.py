@@ -22,8 +22,15 @@ def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -
 def test_nothing_done_yet_has_no_estimate() -> None:
     progress = Progress(total_rows=500, partitions=5, sent_before=0, interval_s=10)
     with progress.phase(5, 5, lambda: 0):
-        assert progress.line().endswith("0 rows/s; time left unknown yet")
+        assert progress.line().endswith("0 rows/s; sending: the time left is known once a partition is sent")
     assert Progress(total_rows=0, partitions=1, sent_before=0, interval_s=10).line().endswith("nothing left")
+
+
+def test_before_the_sending_stage_starts_the_line_says_what_is_running() -> None:
+    progress = Progress(total_rows=500, partitions=5, sent_before=0, interval_s=10)
+    with progress.phase(5, 5, lambda: None):
+        assert progress.line() == ("progress: 0% (0 of 5 partitions sent, about 0 of 500 rows); 0 rows/s; reading "
+                                   "the records and spreading them over partitions; sending starts next")
 
 
 def test_the_map_side_does_not_count_as_sent_even_with_as_many_tasks() -> None:
@@ -31,10 +38,10 @@ def test_the_map_side_does_not_count_as_sent_even_with_as_many_tasks() -> None:
     # adaptive execution first runs the map side alone, then the sending stage after it (and the
     # map side again, skipped, under a new id).
     map_side_alone = [(0, 5, 5)]
-    assert sending_stage_done(map_side_alone, 5) == 0
+    assert sending_stage_done(map_side_alone, 5) is None
     assert sending_stage_done([(0, 5, 5), (1, 5, 0), (2, 5, 3)], 5) == 3
     assert sending_stage_done([(7, 2, 2), (8, 5, 1)], 5) == 1  # a map side of other size, one job
-    assert sending_stage_done([], 5) == 0
+    assert sending_stage_done([], 5) is None
 
 
 def test_a_failed_phase_counts_none_of_its_tasks() -> None:
