@@ -42,7 +42,7 @@ from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, preview_parts, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
-from mp_spark.tally import OK, UNSENT, PartitionOutcome
+from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
 from mp_spark.transport import RequestsTransport
 
 T = TypeVar("T")
@@ -347,6 +347,11 @@ class Sending:
             self._spark.removeTag(self._tag)
         outcomes, passed_on = self._files.read_phase(self._attempt, phase.number)
         self._passed_on.append(passed_on)
+        # A partition that no record went to gives its task no rows, so it returns none. The job committed
+        # every task: such a partition is sent, with nothing in it (else a run would never be complete).
+        returned = {o.index for o in outcomes}
+        outcomes = sorted([*outcomes, *(PartitionOutcome(index, Tally()) for index in phase.to_send
+                                        if index not in returned)], key=lambda o: o.index)
         self._progress.sent(sum(o.status == OK for o in outcomes))
         for outcome in outcomes:
             if outcome.status not in (OK, UNSENT):
