@@ -77,15 +77,14 @@ class Preview:
         return found
 
     def render(self) -> str:
-        lines = [f"{len(self.samples)} events as they would be sent:"]
+        lines = [f"{len(self.samples)} events as they would be sent:" if self.samples else "nothing would be sent"]
         lines += [f"  {json.dumps(sample, ensure_ascii=False)}" for sample in self.samples]
-        if self.properties:  # profiled for events only
+        if self.properties and self.rows:  # profiled for events only, when there are any
             lines.append(f"properties over a sample of {self.rows:,} of {self.of_rows:,} rows:" if self.sampled
                          else f"properties over {self.rows:,} rows:")
             lines.append(f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}")
-        for p in self.properties:
-            lines.append(f"  {p.name[:27]:<28}{p.json_type:<9}{p.null_share:>7.0%}{p.approx_distinct:>12,}"
-                         f"{p.cut:>10,}")
+            lines += [f"  {p.name[:27]:<28}{p.json_type:<9}{p.null_share:>7.0%}{p.approx_distinct:>12,}{p.cut:>10,}"
+                      for p in self.properties]
         lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 

@@ -47,6 +47,16 @@ def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> 
     assert "events as they would be sent" in preview.render()
 
 
+def test_a_preview_of_no_rows_says_nothing_would_be_sent_and_shows_no_empty_profile() -> None:
+    empty = Preview(samples=[], rows=0, approx_event_names=0, properties=[PropertyProfile("plan", "string", 0.0, 0)])
+    assert empty.render() == "nothing would be sent"
+    one = Preview(samples=[{"event": "a"}], rows=1, approx_event_names=1, properties=[
+        PropertyProfile("plan", "string", 0.0, 1)], of_rows=1)
+    assert one.render().splitlines()[2:] == [
+        "properties over 1 rows:", f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}",
+        f"  {'plan':<28}{'string':<9}{'0%':>7}{'1':>12}{'0':>10}"]
+
+
 def test_preview_warns_about_ids_as_properties_too_many_event_names_and_hot_shards() -> None:
     preview = Preview(samples=[], rows=10_000, approx_event_names=6_000, properties=[
         PropertyProfile("order_id", "string", 0.0, 9_900), PropertyProfile("plan", "string", 0.0, 3)],
