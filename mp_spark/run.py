@@ -338,8 +338,11 @@ class Sending:
         try:
             with task_counter(self._spark, self._tag, stage_tasks) as tasks_done, \
                     self._progress.phase(len(phase.to_send), stage_tasks, tasks_done):
-                lines.mapInArrow(sender, SENT_SCHEMA).write.mode("append").parquet(
-                    self._files.phase_path(self._attempt, phase.number))
+                # Hadoop's file committer, algorithm 2: a task's rows are in place once it commits, not when
+                # the job does, so a resume after Ctrl-C or a lost driver skips the partitions sent before.
+                lines.mapInArrow(sender, SENT_SCHEMA).write.mode("append") \
+                    .option("mapreduce.fileoutputcommitter.algorithm.version", "2") \
+                    .parquet(self._files.phase_path(self._attempt, phase.number))
         except KeyboardInterrupt:  # Ctrl-C: stop the job rather than leave it running (a job that failed has ended)
             self._spark.interruptTag(self._tag)
             raise

@@ -545,13 +545,13 @@ def resume(tmp_path: Path) -> int:
 # The job as its own process, stopped from outside mid-send, as a user or the operating system does:
 # what the user reads, the exit code, and that --resume then finishes the run.
 
-def sending_job(tmp_path: Path, sources: dict[str, str], mixpanel: FakeMixpanel, remote: str | None = None
-                ) -> tuple[subprocess.Popen, Path]:
+def sending_job(tmp_path: Path, sources: dict[str, str], mixpanel: FakeMixpanel, *overrides: str,
+                remote: str | None = None) -> tuple[subprocess.Popen, Path]:
     """The job in its own process, once its executors send (the credential check is the first request),
     and the file its output goes to."""
     log = tmp_path / "job.log"
     job = job_process(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), log,
-                      "mixpanel.max_batch_events=100", remote=remote)
+                      "mixpanel.max_batch_events=100", *overrides, remote=remote)
     wait_until(lambda: mixpanel.requests >= 3 or job.poll() is not None, 300, "the executors' first requests")
     assert job.poll() is None, log.read_text()
     return job, log
@@ -563,10 +563,40 @@ def slow_mixpanel(mixpanel: FakeMixpanel) -> FakeMixpanel:
     return mixpanel
 
 
+def committed_outcomes(tmp_path: Path) -> list[Path]:
+    """The sending tasks' outcome files that Spark has committed (a running task's lie under _temporary)."""
+    return [path for path in (tmp_path / "results" / "outcomes").rglob("part-*")
+            if "_temporary" not in path.parts]
+
+
+def once_a_partition_is_sent(tmp_path: Path, sources: dict[str, str], mixpanel: FakeMixpanel
+                             ) -> tuple[subprocess.Popen, Path]:
+    """The job in its own process, once the first partition's outcome is committed. Its 5 partitions go
+    in tasks of their own, two at a time, one request at a time each (a task of several partitions,
+    as on a cluster, commits them when it ends)."""
+    job, log = sending_job(tmp_path, sources, mixpanel, "mixpanel.max_in_flight=2")
+    wait_until(lambda: committed_outcomes(tmp_path) or job.poll() is not None, 120, "a partition's outcome")
+    assert job.poll() is None, log.read_text()
+    return job, log
+
+
+def resume_sends_only_what_was_not_sent(spark: SparkSession, tmp_path: Path, mixpanel: FakeMixpanel) -> None:
+    sent_first = sent_partitions(spark, tmp_path / "results")
+    assert sent_first  # the outcomes of the tasks that ended before the job was stopped
+    time.sleep(1)  # requests of a task that was cut off may still be arriving
+    arrived_first = mixpanel.raw_arrivals
+    mixpanel.set_faults(Faults())
+    assert resume(tmp_path) == 0
+    assert len(received_keys(mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+    assert summary_of(tmp_path)["resumed_partitions"] == len(sent_first)
+    assert mixpanel.raw_arrivals - arrived_first == ROWS - sum(sent_first.values()) + CHECK
+
+
 def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishes_it(
-    sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    spark: SparkSession, sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None,
+    tmp_path: Path,
 ) -> None:
-    job, log = sending_job(tmp_path, sources, slow_mixpanel)
+    job, log = once_a_partition_is_sent(tmp_path, sources, slow_mixpanel)
     os.killpg(job.pid, signal.SIGINT)
     job.wait(timeout=120)
     err = log.read_text()
@@ -574,15 +604,14 @@ def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishe
     assert job.returncode == 130, err[-3000:]
     assert f"mp-spark: interrupted; finish the run with --resume {tmp_path / 'results'}" in err
     assert "Traceback" not in err  # py4j's own record of the interrupted call stays out of the user's way
-    slow_mixpanel.set_faults(Faults())
-    assert resume(tmp_path) == 0
-    assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+    resume_sends_only_what_was_not_sent(spark, tmp_path, slow_mixpanel)
 
 
 def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
-    sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    spark: SparkSession, sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None,
+    tmp_path: Path,
 ) -> None:
-    job, log = sending_job(tmp_path, sources, slow_mixpanel)
+    job, log = once_a_partition_is_sent(tmp_path, sources, slow_mixpanel)
     os.kill(jvm_of(job), signal.SIGKILL)  # as the kernel's out-of-memory killer does
     job.wait(timeout=120)
     err = log.read_text()
@@ -590,9 +619,7 @@ def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
     assert job.returncode == 4, err[-3000:]
     assert "the job lost Spark: the driver's JVM stopped" in err and "config error" not in err
     assert f"--resume {tmp_path / 'results'}" in err
-    slow_mixpanel.set_faults(Faults())
-    assert resume(tmp_path) == 0
-    assert len(received_keys(slow_mixpanel)) == ROWS and summary_of(tmp_path)["imported"] == ROWS
+    resume_sends_only_what_was_not_sent(spark, tmp_path, slow_mixpanel)
 
 
 def test_a_connect_server_that_stops_mid_run_is_named_as_the_cause_in_seconds_and_resume_finishes_the_run(
