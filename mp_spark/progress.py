@@ -89,7 +89,7 @@ class Progress:
         elif rows_per_s > 0:
             eta = f"about {_duration(left / rows_per_s)} left"
         else:
-            eta = "sending: the time left is known once a partition is sent"
+            eta = "sending: the time left is known once the first sending tasks end"
         percent = rows_done / self._total_rows if self._total_rows else 1.0
         return (f"progress: {percent:.0%} ({int(done)} of {self._partitions} partitions sent, about "
                 f"{rows_done:,} of {self._total_rows:,} rows); {rows_per_s:,.0f} rows/s; {eta}")

@@ -190,9 +190,9 @@ def write_results(spark: SparkSession, files: RunFiles, manifest: Manifest,
                         resumed=resumed, imported_before=imported_before, seconds=seconds, results_path=files.path)
     not_imported_in = {index: attempt for index, (attempt, outcome) in sent.items()
                        if outcome.tally.rejected or outcome.tally.invalid}
+    rejected = [rejected_records(spark, files.outcomes, not_imported_in)] if not_imported_in else []
     writes = [functools.partial(files.write_partitions, list(known.values())),
-              functools.partial(files.write_rejected,
-                                *([rejected_records(spark, files.outcomes, not_imported_in)] if not_imported_in else []))]
+              functools.partial(files.write_rejected, *rejected)]
     if options.dry_run:  # its manifest only tells a resume that there is nothing to resume: written at the end, warm
         writes.append(functools.partial(files.write_manifest, manifest))
     # Each small write is a Spark job that waits on the driver more than it computes: at once, they take

@@ -22,7 +22,7 @@ def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -
 def test_nothing_done_yet_has_no_estimate() -> None:
     progress = Progress(total_rows=500, partitions=5, sent_before=0, interval_s=10)
     with progress.phase(5, 5, lambda: 0):
-        assert progress.line().endswith("0 rows/s; sending: the time left is known once a partition is sent")
+        assert progress.line().endswith("0 rows/s; sending: the time left is known once the first sending tasks end")
     assert Progress(total_rows=0, partitions=1, sent_before=0, interval_s=10).line().endswith("nothing left")
 
 
