@@ -160,14 +160,6 @@ def rejected_records(spark: SparkSession, outcomes: str, sent_in: dict[int, str]
     )
 
 
-def preview_parts(passed_on: pa.Table, samples: int) -> tuple[list[str], pa.ChunkedArray]:
-    """From a dry run's sample and profile rows: the first `samples` lines of its first partitions, and
-    the profile rows' texts (each some lines of fingerprints)."""
-    is_sample = pc.equal(passed_on["record"], SAMPLE)
-    lines = passed_on.filter(is_sample).sort_by("index")["event"].to_pylist()
-    return lines[:samples], passed_on.filter(pc.invert(is_sample))["profile"]
-
-
 def outcome_rows(sent: DataFrame) -> list:
     return sent.filter(F.col("record") == OUTCOME).drop("record", "field", "insert_id", "event").collect()
 

@@ -33,13 +33,13 @@ from pyspark.sql import functions as F
 from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, Credentials, MixpanelConfig
 from mp_spark.endpoints import Endpoint, endpoint_for
-from mp_spark.executor import SAMPLES_PER_PARTITION, SENT_SCHEMA, partition_sender
+from mp_spark.executor import SENT_SCHEMA, partition_sender
 from mp_spark.lookup import send_lookup_table
 from mp_spark.plan import Phase, sending_phases, shuffle_partitions
-from mp_spark.preview import Previewer
+from mp_spark.preview import Previewer, passed_on_parts
 from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
-from mp_spark.results import Manifest, RunFiles, Summary, preview_parts, rejected_records, summarize
+from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
@@ -147,7 +147,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             if any(o.status != OK for o in outcomes):
                 break
     show_preview = functools.partial(previewer.show, records, config, sum(manifest.phase_rows),
-                                     *sending.preview(SAMPLES_PER_PARTITION)) if previewer else None
+                                     *passed_on_parts(sending.passed_on())) if previewer else None
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
@@ -308,9 +308,9 @@ class Sending:
         self._tag = f"mp-spark-{attempt}"
         self._passed_on: list[pa.Table] = []  # a dry run's sample and profile rows, of each phase sent
 
-    def preview(self, samples: int) -> tuple[list[str], pa.ChunkedArray]:
-        """What the tasks passed on for a dry run's preview: `preview_parts` of every phase sent."""
-        return preview_parts(pa.concat_tables(self._passed_on), samples)
+    def passed_on(self) -> pa.Table:
+        """The sample and profile rows the tasks of every phase sent passed on (a dry run's)."""
+        return pa.concat_tables(self._passed_on)
 
     def send(self, phase: Phase, records: DataFrame, settings: SenderSettings) -> list[PartitionOutcome]:
         valid = F.col("invalid").isNull()
@@ -339,7 +339,8 @@ class Sending:
             with task_counter(self._spark, self._tag, stage_tasks) as tasks_done, \
                     self._progress.phase(len(phase.to_send), stage_tasks, tasks_done):
                 # Hadoop's file committer, algorithm 2: a task's rows are in place once it commits, not when
-                # the job does, so a resume after Ctrl-C or a lost driver skips the partitions sent before.
+                # the job does, so a resume after Ctrl-C or a lost driver skips the partitions of the tasks
+                # that ended (every partition of a coalesced task is sent again if it did not).
                 lines.mapInArrow(sender, SENT_SCHEMA).write.mode("append") \
                     .option("mapreduce.fileoutputcommitter.algorithm.version", "2") \
                     .parquet(self._files.phase_path(self._attempt, phase.number))

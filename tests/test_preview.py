@@ -50,10 +50,10 @@ def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> 
 def test_a_preview_of_no_rows_says_nothing_would_be_sent_and_shows_no_empty_profile() -> None:
     empty = Preview(samples=[], rows=0, approx_event_names=0, properties=[PropertyProfile("plan", "string", 0.0, 0)])
     assert empty.render() == "nothing would be sent"
-    one = Preview(samples=[{"event": "a"}], rows=1, approx_event_names=1, properties=[
-        PropertyProfile("plan", "string", 0.0, 1)], of_rows=1)
-    assert one.render().splitlines()[2:] == [
-        "properties over 1 rows:", f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}",
+    two = Preview(samples=[{"event": "a"}, {"event": "a"}], rows=2, approx_event_names=1, properties=[
+        PropertyProfile("plan", "string", 0.0, 1)], of_rows=2)
+    assert two.render().splitlines()[3:] == [
+        "properties over 2 rows:", f"  {'name':<28}{'type':<9}{'null':>7}{'distinct':>12}{'cut':>10}",
         f"  {'plan':<28}{'string':<9}{'0%':>7}{'1':>12}{'0':>10}"]
 
 
