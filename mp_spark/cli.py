@@ -169,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if lost_spark(exc):  # a ConnectionError is an OSError too, but not the config's fault
             return unexpected_failure(exc, spark, results_path, credentials, next_step())
         return config_error(exc)
-    except RunStopped as stopped:
-        return run_stopped(stopped, next_step())
+    except RunStopped as stopped:  # with no summary it stopped before sending (the credential check): nothing to finish
+        return run_stopped(stopped, next_step() if stopped.summary is not None else "run the job again")
     except KeyboardInterrupt:
         print(f"mp-spark: interrupted; {next_step()}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -63,7 +63,8 @@ class RunOptions:
 
 class RunStopped(Exception):
     """The run stopped before it sent everything: `status` is FATAL (a config or credential problem
-    that retrying cannot fix) or EXHAUSTED (Mixpanel or the network kept failing)."""
+    that retrying cannot fix) or EXHAUSTED (Mixpanel or the network kept failing). `summary` is None
+    when it stopped before sending anything, at the credential check."""
 
     def __init__(self, status: str, message: str, summary: Summary | None = None) -> None:
         super().__init__(message)

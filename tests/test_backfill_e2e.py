@@ -189,6 +189,8 @@ def test_backfill_with_wrong_credentials_makes_one_request_and_exits_2(
     error = capsys.readouterr().err
     assert "401" in error and "mixpanel.project_id" in error and "not-the-secret" not in error
     assert not (tmp_path / "results" / "outcomes").exists()  # no sending job started
+    # Nothing was sent, and the manifest may not be written yet (the count runs beside the check).
+    assert "fix the cause, then run the job again" in error and "--resume" not in error
 
 
 @pytest.mark.parametrize("budget", [pytest.param(4, marks=pytest.mark.connect), 1])
