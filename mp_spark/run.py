@@ -41,7 +41,7 @@ from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
+from mp_spark.session import prepare_executors, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
 from mp_spark.transport import RequestsTransport
 
@@ -105,7 +105,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     sent_before = {outcome.index: (attempt, outcome) for attempt, outcome in earlier if outcome.status == OK}
     attempt = new_run_id()
 
-    def count_and_plan() -> tuple[Manifest, list[Phase]]:
+    def count_and_plan(check_ended: Callable[[], None]) -> tuple[Manifest, list[Phase]]:
         executors = prepare_executors(spark, probe=options.stream_run_id is None)
         tasks = min(executors.cores, config.mixpanel.max_in_flight)
         counted = manifest if manifest.phase_rows is not None else \
@@ -115,14 +115,20 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
                               max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
         # Python workers for the first sending tasks, started on local Spark where cores would idle. The
-        # check's query (the JVM's first to map the source) outlasts the count and the manifest: the cores
-        # but its own start them now. Without a check, they start while the driver plans the sending job
-        # (about a second), and its map side waits for them less than its first sending tasks would.
+        # check's query (the JVM's first to map the source) outlasts the count and the manifest: the other
+        # cores start theirs now, and the check's core its own once the check is done. Without a check,
+        # they start while the driver plans the sending job (about a second), and its map side waits for
+        # them less than its first sending tasks would.
         if executors.fixed and plan:
-            if check is not None:
-                start_python_workers(spark, min(plan[0].tasks, executors.cores - 1))
+            first_wave = min(plan[0].tasks, executors.cores)
+            if check is None:
+                start_python_workers_meanwhile(spark, first_wave)
             else:
-                start_python_workers_meanwhile(spark, min(plan[0].tasks, executors.cores))
+                beside_check = min(first_wave, executors.cores - 1)
+                starting = start_python_workers_meanwhile(spark, beside_check)
+                check_ended()
+                start_python_workers_meanwhile(spark, first_wave - beside_check).join()
+                starting.join()
         return counted, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
@@ -234,12 +240,13 @@ def record_phases(records: DataFrame, config: Config, now_ms: int) -> list[DataF
     return [records.filter(is_recent), records.filter(~is_recent | F.col("time").isNull())]
 
 
-def while_checking(spark: SparkSession, check: Callable[[], None] | None, work: Callable[[], T]) -> T:
+def while_checking(spark: SparkSession, check: Callable[[], None] | None,
+                   work: Callable[[Callable[[], None]], T]) -> T:
     """Do the work while the credentials are checked on another thread: wrong credentials should stop
-    it at once, and a small source should not wait for both in turn. A failed check interrupts the
-    work, and its reason is raised."""
+    it at once, and a small source should not wait for both in turn. The work is given a function
+    that waits for the check to end. A failed check interrupts the work, and its reason is raised."""
     if check is None:
-        return work()
+        return work(lambda: None)
     tag = f"mp-spark-work-{secrets.token_hex(4)}"
     failed: list[BaseException] = []
 
@@ -250,11 +257,16 @@ def while_checking(spark: SparkSession, check: Callable[[], None] | None, work: 
             failed.append(exc)
             spark.interruptTag(tag)
 
+    def check_ended() -> None:
+        checker.join()
+        if failed:
+            raise failed[0]
+
     checker = threading.Thread(target=checking, name="mp-spark-credentials-check")
     checker.start()
     spark.addTag(tag)  # for the operations of this thread: the work
     try:
-        done = work()
+        done = work(check_ended)
     except Exception:
         checker.join()
         if failed:  # the reason the work was interrupted
@@ -262,9 +274,7 @@ def while_checking(spark: SparkSession, check: Callable[[], None] | None, work: 
         raise
     finally:
         spark.removeTag(tag)
-    checker.join()
-    if failed:
-        raise failed[0]
+    check_ended()
     return done
 
 

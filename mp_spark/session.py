@@ -236,9 +236,10 @@ def start_python_workers(spark: SparkSession, count: int) -> None:
         spark.range(0, count, 1, count).mapInArrow(ready_worker, "ready boolean").collect()
 
 
-def start_python_workers_meanwhile(spark: SparkSession, count: int) -> None:
-    """start_python_workers on a thread of its own, while the caller goes on. It is only a head start:
-    should it fail, the sending tasks start their own workers (and say what is wrong)."""
+def start_python_workers_meanwhile(spark: SparkSession, count: int) -> threading.Thread:
+    """start_python_workers on a thread of its own, while the caller goes on; the thread is returned
+    for a caller that waits for it. It is only a head start: should it fail, the sending tasks start
+    their own workers (and say what is wrong)."""
 
     def start() -> None:
         try:
@@ -246,7 +247,9 @@ def start_python_workers_meanwhile(spark: SparkSession, count: int) -> None:
         except Exception:
             log.debug("Python workers not started ahead of the sending tasks", exc_info=True)
 
-    threading.Thread(target=start, name="mp-spark-python-workers", daemon=True).start()
+    starting = threading.Thread(target=start, name="mp-spark-python-workers", daemon=True)
+    starting.start()
+    return starting
 
 
 def run_probe(spark: SparkSession) -> probe.Found:
