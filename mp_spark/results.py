@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError
-from mp_spark.executor import INVALID, OUTCOME, PROFILE, REJECTION, SAMPLE
-from mp_spark.tally import OK, TALLY_FIELDS, TRAFFIC_FIELDS, PartitionOutcome, total
+from mp_spark.executor import INVALID, OUTCOME, PROFILE, REJECTION, SAMPLE, SENT_SCHEMA
+from mp_spark.tally import OK, OUTCOME_SCHEMA, TALLY_FIELDS, TRAFFIC_FIELDS, PartitionOutcome, total
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,11 @@ def literal_rows(spark: SparkSession, rows: list[dict], schema: str) -> DataFram
     return spark.range(0, 1, 1, numPartitions=1).select(F.inline(parsed))
 
 
+def ddl(schema: T.StructType) -> str:
+    """A schema's fields as literal_rows takes them."""
+    return ", ".join(f"`{field.name}` {field.dataType.simpleString()}" for field in schema.fields)
+
+
 REJECTED_SCHEMA = ("stage string, field string, message string, insert_id string, partition long, "
                    "event string")  # stage: "validation" (set aside by the job) or "mixpanel" (refused)
 
@@ -205,11 +211,14 @@ class RunFiles:
         outcomes = [PartitionOutcome.from_row(row) for row in rows.filter(is_outcome).to_pylist()]
         return sorted(outcomes, key=lambda o: o.index), rows.filter(pc.invert(is_outcome))
 
+    def add_outcomes(self, attempt: str, phase: int, outcomes: list[PartitionOutcome]) -> None:
+        """Outcome rows beside those an attempt's tasks returned for a phase (the driver's own)."""
+        rows = [{"record": OUTCOME, **o.as_row()} for o in outcomes]
+        literal_rows(self._spark, rows, ddl(SENT_SCHEMA)).write.mode("append").parquet(self.phase_path(attempt, phase))
+
     def write_partitions(self, outcomes: list[PartitionOutcome]) -> None:
         rows = [o.as_row() for o in sorted(outcomes, key=lambda o: o.index)]
-        schema = "index long, " + ", ".join(f"{name} long" for name in TALLY_FIELDS) + \
-            ", status string, message string, seconds double"
-        literal_rows(self._spark, rows, schema).write.mode("overwrite").json(f"{self.path}/partitions")
+        literal_rows(self._spark, rows, ddl(OUTCOME_SCHEMA)).write.mode("overwrite").json(f"{self.path}/partitions")
 
     def write_rejected(self, *parts: DataFrame) -> None:
         """rejected/: the records not imported, from `set_aside_records` and `refused_records` (written by

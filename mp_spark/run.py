@@ -363,10 +363,13 @@ class Sending:
         outcomes, passed_on = self._files.read_phase(self._attempt, phase.number)
         self._passed_on.append(passed_on)
         # A partition that no record went to gives its task no rows, so it returns none. The job committed
-        # every task: such a partition is sent, with nothing in it (else a run would never be complete).
+        # every task: such a partition is sent, with nothing in it (else a run would never be complete),
+        # and recorded so, for a resume to skip.
         returned = {o.index for o in outcomes}
-        outcomes = sorted([*outcomes, *(PartitionOutcome(index, Tally()) for index in phase.to_send
-                                        if index not in returned)], key=lambda o: o.index)
+        empty = [PartitionOutcome(index, Tally()) for index in phase.to_send if index not in returned]
+        if empty:
+            self._files.add_outcomes(self._attempt, phase.number, empty)
+        outcomes = sorted([*outcomes, *empty], key=lambda o: o.index)
         self._progress.sent(sum(o.status == OK for o in outcomes))
         for outcome in outcomes:
             if outcome.status not in (OK, UNSENT):

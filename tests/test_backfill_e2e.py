@@ -249,12 +249,15 @@ def test_backfill_with_project_token_auth(
 @pytest.mark.connect
 def test_a_source_with_no_rows_is_a_complete_run_of_nothing(
     spark: SparkSession, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), "source.where=1 = 0") == 0
     summary = summary_of(tmp_path)
     assert (summary["rows_read"], summary["partitions"], summary["complete"], summary["requests"]) == (0, 1, True, 0)
     partitions = spark.read.json(str(tmp_path / "results" / "partitions")).collect()
     assert [(row["index"], row["status"], row["rows"]) for row in partitions] == [(0, "ok", 0)]
+    assert main(["--resume", str(tmp_path / "results")]) == 2  # the empty partition is recorded as sent
+    assert "there is nothing to resume" in capsys.readouterr().err
 
 
 def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
