@@ -33,7 +33,7 @@ from mp_spark.batch_function import for_each_batch
 from mp_spark.config import STREAM_JOB_KEYS, STREAM_SOURCE_KEYS, Config, ConfigError, Credentials, with_defaults
 from mp_spark.results import Summary, add_up, read_text, write_text
 from mp_spark.run import RunOptions, RunStopped, run_job
-from mp_spark.session import is_connect, package_zip, prepare_executors
+from mp_spark.session import check_executors, is_connect, package_zip
 from mp_spark.sources import CHANGE_FEED_COLUMNS, open_stream
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     started = time.monotonic()
     results_path = results_path.rstrip("/")
     stream = open_stream(spark, config.source, config.job)
-    prepare_executors(spark)  # once for every micro-batch; on Spark Connect, ships mp_spark to the executors
+    check_executors(spark)  # once for every micro-batch; on Spark Connect, ships mp_spark to the executors
     send_batch = for_each_batch(package_zip() if is_connect(spark) else None, json.dumps(dataclasses.asdict(config)),
                                 (credentials.kind, credentials.username, credentials.password) if credentials else None,
                                 results_path, run_id)

@@ -193,27 +193,33 @@ class Executors:
 
 
 def prepare_executors(spark: SparkSession, *, probe: bool = True) -> Executors:
-    """Make sure the executors can run the sending tasks (ship mp_spark to a Connect server that lacks
-    it), unless `probe` is false (an earlier call of this run did), and find how many tasks the
-    cluster runs at once.
+    """Make sure the executors can run the sending tasks (check_executors), unless `probe` is false
+    (an earlier call of this run did), and find how many tasks the cluster runs at once.
 
     Raises ConfigError, naming what is missing, when the executors' Python cannot run the job.
     """
-    master = spark.conf.get("spark.master", "")
-    if not is_connect(spark) and LOCAL_MASTER.match(master):  # the tasks run this very Python
-        threads = LOCAL_MASTER.match(master).group(1) or "1"
-        return Executors(cores=(os.cpu_count() or 1) if threads == "*" else int(threads), fixed=True)
     if probe:
         check_executors(spark)
+    master = spark.conf.get("spark.master", "")
+    if runs_tasks_here(spark):
+        threads = LOCAL_MASTER.match(master).group(1) or "1"
+        return Executors(cores=(os.cpu_count() or 1) if threads == "*" else int(threads), fixed=True)
     # spark.range's default partitioning is the cluster's default parallelism, its cores.
     partition = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("partition"))
     cores = partition.agg(F.max("partition")).first()[0] + 1
     return Executors(cores=cores, fixed=bool(LOCAL_MASTER.match(master)))  # a Connect server's own master
 
 
+def runs_tasks_here(spark: SparkSession) -> bool:
+    """Classic local Spark, whose tasks run this very Python."""
+    return not is_connect(spark) and bool(LOCAL_MASTER.match(spark.conf.get("spark.master", "")))
+
+
 def check_executors(spark: SparkSession) -> None:
     """Raise ConfigError when the executors' Python cannot run the sending tasks, after shipping
-    mp_spark to a Connect server that lacks it."""
+    mp_spark to a Connect server that lacks it. Nothing to check where the tasks run here."""
+    if runs_tasks_here(spark):
+        return
     found = run_probe(spark)
     if found.mp_spark != mp_spark.__version__ and is_connect(spark):
         ship_package(spark)
