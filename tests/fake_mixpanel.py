@@ -702,6 +702,12 @@ class FakeMixpanel:
             return self._stats.max_concurrent
 
     @property
+    def in_flight(self) -> int:
+        """Requests being handled now."""
+        with self._lock:
+            return self._stats.in_flight
+
+    @property
     def admission_429s(self) -> int:
         """429 answers caused by the admission rate limit (admit_events_per_second)."""
         with self._lock:

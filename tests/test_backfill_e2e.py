@@ -587,10 +587,18 @@ def once_a_partition_is_sent(tmp_path: Path, sources: dict[str, str], mixpanel: 
     return job, log
 
 
-def resume_sends_only_what_was_not_sent(spark: SparkSession, tmp_path: Path, mixpanel: FakeMixpanel) -> None:
+def processes_of(job: subprocess.Popen) -> list[str]:
+    """The processes left of the job's session: its JVM, and the Python workers (in groups of their own)."""
+    found = subprocess.run(["ps", "-o", "pid=", "-s", str(job.pid)], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def resume_sends_only_what_was_not_sent(spark: SparkSession, tmp_path: Path, job: subprocess.Popen,
+                                        mixpanel: FakeMixpanel) -> None:
     sent_first = sent_partitions(spark, tmp_path / "results")
     assert sent_first  # the outcomes of the tasks that ended before the job was stopped
-    time.sleep(1)  # requests of a task that was cut off may still be arriving
+    # A task that was cut off sends no more once its worker is gone, and what it sent has been answered.
+    wait_until(lambda: not processes_of(job) and mixpanel.in_flight == 0, 60, "the stopped job's last requests")
     arrived_first = mixpanel.raw_arrivals
     mixpanel.set_faults(Faults())
     assert resume(tmp_path) == 0
@@ -611,7 +619,7 @@ def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishe
     assert job.returncode == 130, err[-3000:]
     assert f"mp-spark: interrupted; finish the run with --resume {tmp_path / 'results'}" in err
     assert "Traceback" not in err  # py4j's own record of the interrupted call stays out of the user's way
-    resume_sends_only_what_was_not_sent(spark, tmp_path, slow_mixpanel)
+    resume_sends_only_what_was_not_sent(spark, tmp_path, job, slow_mixpanel)
 
 
 def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
@@ -626,7 +634,7 @@ def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
     assert job.returncode == 4, err[-3000:]
     assert "the job lost Spark: the driver's JVM stopped" in err and "config error" not in err
     assert f"--resume {tmp_path / 'results'}" in err
-    resume_sends_only_what_was_not_sent(spark, tmp_path, slow_mixpanel)
+    resume_sends_only_what_was_not_sent(spark, tmp_path, job, slow_mixpanel)
 
 
 def test_a_connect_server_that_stops_mid_run_is_named_as_the_cause_in_seconds_and_resume_finishes_the_run(
