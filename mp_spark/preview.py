@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import Config
-from mp_spark.executor import SAMPLE, SAMPLES_PER_PARTITION, arrow_chunk
+from mp_spark.executor import PROFILE, SAMPLE, SAMPLES_PER_PARTITION, arrow_chunk
 from mp_spark.lookup import to_lookup_rows
 from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
 from mp_spark.records import source_rows
@@ -146,11 +146,11 @@ class Previewer:
 
 
 def passed_on_parts(passed_on: pa.Table) -> tuple[list[str], pa.ChunkedArray]:
-    """From the sample and profile rows a dry run's sending tasks passed on (`record`, `index`, `event`,
-    `profile`): the first lines of its first partitions, and the profile rows' texts, for `show`."""
-    is_sample = pc.equal(passed_on["record"], SAMPLE)
-    lines = passed_on.filter(is_sample).sort_by("index")["event"].to_pylist()
-    return lines[:SAMPLES_PER_PARTITION], passed_on.filter(pc.invert(is_sample))["profile"]
+    """From the rows a dry run's sending tasks returned (`record`, `index`, `event`, `profile`): the
+    first sample lines of its first partitions, and the profile rows' texts, for `show`."""
+    samples = passed_on.select(["index", "event"]).filter(pc.equal(passed_on["record"], SAMPLE))
+    lines = samples.sort_by("index")["event"].to_pylist()
+    return lines[:SAMPLES_PER_PARTITION], passed_on["profile"].filter(pc.equal(passed_on["record"], PROFILE))
 
 
 def fingerprint_table(lines: pa.ChunkedArray, width: int) -> pa.Table:

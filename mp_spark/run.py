@@ -153,13 +153,16 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             outcomes += sending.send(phase, phases[phase.number], settings)
             if any(o.status != OK for o in outcomes):
                 break
-    show_preview = functools.partial(previewer.show, records, config, sum(manifest.phase_rows),
-                                     *passed_on_parts(sending.passed_on())) if previewer else None
+
+    def show_preview() -> None:  # beside the results' writes: its parse and counts take the driver about 0.5 s
+        previewer.show(records, config, sum(manifest.phase_rows), *passed_on_parts(sending.passed_on()))
+
     sent = {**sent_before, **{o.index: (attempt, o) for o in outcomes if o.status == OK}}
     failed = [o for o in outcomes if o.status != OK]
     summary = write_results(spark, files, manifest, sent, failed, options, resumed=len(sent_before),
                             imported_before=sum(o.tally.imported for _, o in sent_before.values()),
-                            seconds=time.monotonic() - started, meanwhile=show_preview)
+                            seconds=time.monotonic() - started,
+                            meanwhile=show_preview if previewer else None)
     if failed:
         first = min(failed, key=lambda o: (o.status == UNSENT, o.index))  # the cause, not a partition it stopped
         raise RunStopped(first.status, first.message or "", summary)
@@ -317,10 +320,11 @@ class Sending:
         self._dry_run = dry_run
         self._progress = progress
         self._tag = f"mp-spark-{attempt}"
-        self._passed_on: list[pa.Table] = []  # a dry run's sample and profile rows, of each phase sent
+        self._passed_on: list[pa.Table] = []  # rows of each phase's tasks, a dry run's sample and profile among them
 
     def passed_on(self) -> pa.Table:
-        """The sample and profile rows the tasks of every phase sent passed on (a dry run's)."""
+        """The rows the tasks of every phase returned (`record`, `index`, `event`, `profile`), a dry run's
+        sample and profile rows among them (preview.passed_on_parts)."""
         return pa.concat_tables(self._passed_on)
 
     def send(self, phase: Phase, records: DataFrame, settings: SenderSettings) -> list[PartitionOutcome]:
@@ -361,7 +365,7 @@ class Sending:
         finally:
             self._spark.removeTag(self._tag)
         outcomes, passed_on = self._files.read_phase(self._attempt, phase.number)
-        self._passed_on.append(passed_on)
+        self._passed_on.append(passed_on.select(["record", "index", "event", "profile"]))
         # A partition that no record went to gives its task no rows, so it returns none. The job committed
         # every task: such a partition is sent, with nothing in it (else a run would never be complete),
         # and recorded so, for a resume to skip.
