@@ -6,11 +6,13 @@ and a Delta source without Delta's jars.
 """
 
 import email
+import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +25,23 @@ from tests.fake_mixpanel import FakeMixpanel
 
 REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
-# `make dist` empties the repository's dist/ and build/: with pytest -n 2, every test that reads them
-# runs in the one process that builds them.
+# `make dist` empties the repository's dist/ and build/. With pytest -n 2 the mark asks xdist to run
+# these tests in one process, which it does not always do: the lock of `wheel` is what keeps another
+# process from building while one uses them.
 pytestmark = pytest.mark.xdist_group("dist")
+DIST_LOCK = Path(tempfile.gettempdir()) / "mp-spark-tests-dist.lock"
 
 
 @pytest.fixture(scope="module")
-def wheel() -> Path:
-    """Build dist/ with the README's command; the wheel's path."""
-    build = subprocess.run(["make", "dist", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True,
-                           timeout=600)
-    assert build.returncode == 0, build.stderr[-3000:]
-    (path,) = DIST.glob("mp_spark-*-py3-none-any.whl")
-    return path
+def wheel() -> Iterator[Path]:
+    """Build dist/ with the README's command; the wheel's path, until the module's tests are done."""
+    with DIST_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        build = subprocess.run(["make", "dist", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True,
+                               text=True, timeout=600)
+        assert build.returncode == 0, build.stderr[-3000:]
+        (path,) = DIST.glob("mp_spark-*-py3-none-any.whl")
+        yield path
 
 
 @pytest.fixture(scope="module")
