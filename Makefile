@@ -23,10 +23,9 @@ sample: setup
 	$(BIN)/mp-spark-backfill --config conf/sample.yaml --dry-run
 
 # The classic suite in two processes, each with its own local Spark: its tests wait on JVMs, servers
-# and subprocesses more than they compute, and take half the time (tests marked xdist_group share a
-# process). The Connect suite gains nothing.
+# and subprocesses more than they compute, and take half the time. The Connect suite gains nothing.
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 	$(BIN)/python -m pytest --spark-connect
 
 # dist/mp_spark-<version>-py3-none-any.whl for Databricks (or pip) and dist/mp_spark.zip for

@@ -25,10 +25,9 @@ from tests.fake_mixpanel import FakeMixpanel
 
 REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
-# `make dist` empties the repository's dist/ and build/. With pytest -n 2 the mark asks xdist to run
-# these tests in one process, which it does not always do: the lock of `wheel` is what keeps another
-# process from building while one uses them.
-pytestmark = pytest.mark.xdist_group("dist")
+# `make dist` empties the repository's dist/ and build/. With pytest -n 2 these tests may run in both
+# processes (xdist's xdist_group mark, with this pytest, kept no group together): the lock of `wheel`
+# keeps one process from building while the other uses them.
 DIST_LOCK = Path(tempfile.gettempdir()) / "mp-spark-tests-dist.lock"
 
 
