@@ -155,7 +155,9 @@ def local_builder(
     # Workers must run this same interpreter (not whatever `python3` is on PATH) to see the same
     # packages; PySpark takes the workers' interpreter from this variable when the context starts.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = builder.master(master)
+    # The job logs its own progress lines; Spark's bar, which a plain `python` run would get, only
+    # splices carriage returns and stage counts into them (and into any log file).
+    builder = builder.master(master).config("spark.ui.showConsoleProgress", "false")
     java_options = local_java_options(short_run)
     if java_options:  # Spark puts these before spark.driver.extraJavaOptions, which still apply
         builder = builder.config("spark.driver.defaultJavaOptions", java_options)

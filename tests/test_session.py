@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from mp_spark import class_archive, sources
 from mp_spark.config import SourceConfig, parse_config
@@ -89,6 +90,11 @@ def test_a_short_run_compiles_with_c1_alone_and_keeps_the_collector_and_the_arch
 
 def source_of(path: str) -> SourceConfig:
     return SourceConfig(format="parquet", path=path)
+
+
+def test_local_spark_leaves_progress_to_the_jobs_own_lines(spark: SparkSession) -> None:
+    """A plain `python` run would otherwise get Spark's console bar, spliced into the job's log lines."""
+    assert spark.sparkContext._jsc.sc().progressBar().isEmpty()
 
 
 def test_a_local_source_is_small_up_to_the_limit_counting_every_file_below_its_path(tmp_path: Path) -> None:
