@@ -204,8 +204,8 @@ class BatchSender:
                 wait_s, paced_retry_left = 0.0, False
             else:
                 wait_s = self.backoff_s(attempt)
-            log.warning("%s attempt %d failed (%s); retrying in %.1f s", self._endpoint.name, attempt, problem,
-                        wait_s)
+            when = f"in {wait_s:.1f} s" if wait_s else "at this task's slowed pace"
+            log.warning("%s attempt %d failed (%s); retrying %s", self._endpoint.name, attempt, problem, when)
             self._count(retries=1)
             self._sleep(wait_s)
         raise AssertionError("unreachable: the loop returns or raises")

@@ -251,7 +251,8 @@ def test_for_tasks_splits_the_job_budgets_between_concurrent_tasks() -> None:
     assert (many.in_flight, many.max_events_per_second, many.rate_share) == (1, None, 1500)
 
 
-def test_with_pacing_a_batch_s_first_429_waits_only_for_the_pacer_and_a_second_backs_off() -> None:
+def test_with_pacing_a_batch_s_first_429_waits_only_for_the_pacer_and_a_second_backs_off(
+        caplog: pytest.LogCaptureFixture) -> None:
     transport, waits = ScriptedTransport(status(429), status(429), ok()), []
     paced = dataclasses.replace(SETTINGS, pacing=True, rate_share=1e9)  # too fast for the pacer itself to wait
     sender = BatchSender(IMPORT, paced, transport, sleep=waits.append, rng=random.Random(1))
@@ -259,6 +260,10 @@ def test_with_pacing_a_batch_s_first_429_waits_only_for_the_pacer_and_a_second_b
     assert tally.imported == 1 and tally.retries == 2
     assert waits[0] == 0.0  # the pacer, cut by the 429, spaces the retry
     assert waits[1] >= 4 + 1  # attempt 2: 4 s doubling backoff plus at least 1 s of jitter
+    # what a user reads: the first retry is not "in 0.0 s", as if Mixpanel's advice to back off were ignored
+    assert [r.getMessage() for r in caplog.records] == [
+        "/import attempt 1 failed (HTTP 429); retrying at this task's slowed pace",
+        f"/import attempt 2 failed (HTTP 429); retrying in {waits[1]:.1f} s"]
 
 
 class UpdatesTransport:
