@@ -1,3 +1,5 @@
 """mp-spark: backfill events from a data lake into Mixpanel's /import API with Spark."""
 
 __version__ = "0.1.0"
+# How the job's log lines look, on the driver (mp_spark.cli) and in the executors' logs (mp_spark.executor).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from mp_spark import LOG_FORMAT
 from mp_spark.config import (
     Config,
     ConfigError,
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and reshaping:
         return config_error(ConfigError(f"--resume: --set {reshaping[0]} would change which rows the run's "
                                         "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
     # Spark Connect's client warns as it gives up on a server; the job says what failed, in its own words.
     warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]")

@@ -25,6 +25,7 @@ by reference).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import tempfile
 import time
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import types as T
 
+from mp_spark import LOG_FORMAT
 from mp_spark.batching import Chunk, batches_from_chunks
 from mp_spark.config import ConfigError
 from mp_spark.endpoints import Endpoint
@@ -78,6 +80,7 @@ def partition_sender(
     """The function a task runs on its partitions: one connection pool per task, one sender per partition."""
 
     def send_task(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        log_in_the_drivers_format()
         failed: str | None = None  # why no partition can be sent from this task
         transport: Transport | None = None
         try:
@@ -103,6 +106,16 @@ def partition_sender(
                 transport.close()
 
     return send_task
+
+
+def log_in_the_drivers_format() -> None:
+    """Give this Python worker's warnings (a request retried, say) the driver's time, level and logger:
+    with no handler, Python writes the bare message to the executor's stderr. Once per worker."""
+    logger = logging.getLogger("mp_spark")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
 
 
 def stopped_by(attempt: str) -> str | None:

@@ -371,6 +371,25 @@ def test_backfill_exits_3_when_mixpanel_keeps_failing(
     assert "when Mixpanel or the network is back, run the job again" in error and "--resume" not in error
 
 
+def test_a_sending_tasks_warnings_carry_the_time_level_and_logger_as_the_drivers_do(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    """A retry is logged by the task's Python worker, whose stderr a user reads among the driver's lines
+    (local Spark) or in the executor's log (a cluster)."""
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    overrides = [*FAST_RETRIES, "mixpanel.max_attempts=2", "mixpanel.check_credentials=false"]
+    result = subprocess.run(
+        [sys.executable, "jobs/backfill.py", "--config", config,
+         *[arg for override in overrides for arg in ("--set", override)]],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    retried = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING mp_spark\.sender: "
+                         r"/import attempt 1 failed \(HTTP 50[023]\); retrying in \d+\.\d s$", re.M)
+    assert retried.search(result.stderr), result.stderr[-3000:]
+
+
 def test_backfill_sends_only_the_time_window(
     spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None,
     tmp_path: Path,
