@@ -41,7 +41,7 @@ from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.session import prepare_executors, start_python_workers_meanwhile
+from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
 from mp_spark.transport import RequestsTransport
 
@@ -127,7 +127,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
                 beside_check = min(first_wave, executors.cores - 1)
                 starting = start_python_workers_meanwhile(spark, beside_check)
                 check_ended()
-                start_python_workers_meanwhile(spark, first_wave - beside_check).join()
+                start_python_workers(spark, first_wave - beside_check)
                 starting.join()
         return counted, plan
 

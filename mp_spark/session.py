@@ -239,23 +239,21 @@ def check_executors(spark: SparkSession) -> None:
 def start_python_workers(spark: SparkSession, count: int) -> None:
     """Start `count` Python workers of a local master (local Spark's, or a Connect server's, which has
     mp_spark by now), the sending tasks' imports done: Spark reuses them for the sending tasks,
-    whose first wave would otherwise wait about 2 s for its workers. None for a count under 1."""
-    if count > 0:
+    whose first wave would otherwise wait about 2 s for its workers. It is only a head start: should
+    it fail, the sending tasks start their own workers (and say what is wrong)."""
+    if count < 1:
+        return
+    try:
         spark.range(0, count, 1, count).mapInArrow(ready_worker, "ready boolean").collect()
+    except Exception:
+        log.debug("Python workers not started ahead of the sending tasks", exc_info=True)
 
 
 def start_python_workers_meanwhile(spark: SparkSession, count: int) -> threading.Thread:
     """start_python_workers on a thread of its own, while the caller goes on; the thread is returned
-    for a caller that waits for it. It is only a head start: should it fail, the sending tasks start
-    their own workers (and say what is wrong)."""
-
-    def start() -> None:
-        try:
-            start_python_workers(spark, count)
-        except Exception:
-            log.debug("Python workers not started ahead of the sending tasks", exc_info=True)
-
-    starting = threading.Thread(target=start, name="mp-spark-python-workers", daemon=True)
+    for a caller that waits for it."""
+    starting = threading.Thread(target=start_python_workers, args=(spark, count), name="mp-spark-python-workers",
+                                daemon=True)
     starting.start()
     return starting
 
