@@ -218,6 +218,9 @@ class JobConfig:
     kind: str = "events"  # or "people" / "groups": user or group profile updates
     order: str = "any"  # "recent_first": the last `recent_days` first, as Mixpanel advises
     recent_days: int = 30
+    # Send in phases of this many days of event time, newest first, each a Spark job whose outcomes are
+    # kept when it ends: a long run on a cluster then loses at most a phase when stopped (mp_spark/phases.py).
+    phase_days: int | None = None
     progress_interval_s: float = 10.0  # how often the driver logs progress and records finished partitions
     # job.mode incremental: read the source as a stream, and send each micro-batch as a backfill is sent
     mode: str = "backfill"
@@ -241,15 +244,18 @@ class JobConfig:
         elif self.kind == "lookup_table":
             raise ConfigError("job.mode: incremental is for events and profiles; a lookup table is replaced "
                               "whole at every run (job.mode: backfill)")
-        elif self.order != "any":
-            raise ConfigError("job.order is for job.mode: backfill (an incremental run sends what is new)")
+        elif self.order != "any" or self.phase_days is not None:
+            key = "job.order" if self.order != "any" else "job.phase_days"
+            raise ConfigError(f"{key} is for job.mode: backfill (an incremental run sends what is new)")
         _require_range("job.progress_interval_s", self.progress_interval_s, 0.1, 3600)
         _require_choice("job.order", self.order, JOB_ORDERS)
         _require_choice("job.kind", self.kind, JOB_KINDS)
-        if self.kind != "events" and (self.order != "any" or self.time_from or self.time_to):
-            raise ConfigError("job.order, job.time_from and job.time_to are for job.kind: events "
+        if self.kind != "events" and (self.order != "any" or self.time_from or self.time_to or self.phase_days):
+            raise ConfigError("job.order, job.phase_days, job.time_from and job.time_to are for job.kind: events "
                               "(profile updates have no time)")
         _require_range("job.recent_days", self.recent_days, 1, 36_500)
+        if self.phase_days is not None:
+            _require_range("job.phase_days", self.phase_days, 1, 36_500)
         time_from_ms, time_to_ms = self.time_from_ms, self.time_to_ms  # parsed here to fail early
         if time_from_ms is not None and time_to_ms is not None and time_from_ms >= time_to_ms:
             raise ConfigError(f"job.time_from ({self.time_from}) must be before job.time_to ({self.time_to})")

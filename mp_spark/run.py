@@ -35,6 +35,7 @@ from mp_spark.config import Config, ConfigError, Credentials, MixpanelConfig
 from mp_spark.endpoints import Endpoint, endpoint_for
 from mp_spark.executor import SENT_SCHEMA, partition_sender
 from mp_spark.lookup import send_lookup_table
+from mp_spark.phases import phase_counts, phase_number, phase_records
 from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 from mp_spark.preview import Previewer, passed_on_parts
 from mp_spark.progress import Progress, task_counter
@@ -98,8 +99,9 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
     source = source_rows(spark, config, rows)
     records = prepare_records(source, config, manifest.now_ms)
-    phases = record_phases(records, config, manifest.now_ms)
-    check = functools.partial(check_credentials, endpoint, config.mixpanel, phases) \
+    phase_of = phase_number(config.job, manifest.now_ms)
+    recent = phase_of == 0 if config.job.order == "recent_first" else None
+    check = functools.partial(check_credentials, endpoint, config.mixpanel, records, recent) \
         if config.mixpanel.check_credentials and not options.dry_run else None
     earlier = files.read_outcomes() if options.resume else []
     sent_before = {outcome.index: (attempt, outcome) for attempt, outcome in earlier if outcome.status == OK}
@@ -109,7 +111,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         executors = prepare_executors(spark, probe=options.stream_run_id is None)
         tasks = min(executors.cores, config.mixpanel.max_in_flight)
         counted = manifest if manifest.phase_rows is not None else \
-            count_phases(manifest, source, phases, config, tasks)
+            count_phases(manifest, source, records, phase_of, config, tasks)
         if counted is not manifest and not options.dry_run:
             files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
         plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
@@ -133,6 +135,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
     manifest, plan = while_checking(spark, check, count_and_plan)
+    phases = phase_records(records, phase_of, len(manifest.phase_rows))
     if options.resume and not plan:
         raise ConfigError(f"--resume: run {manifest.run_id} has sent everything: there is nothing to resume")
     if sent_before:
@@ -169,15 +172,15 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     return summary
 
 
-def count_phases(manifest: Manifest, source: DataFrame, phases: list[DataFrame], config: Config,
-                 tasks: int) -> Manifest:
+def count_phases(manifest: Manifest, source: DataFrame, records: DataFrame, phase_of: Column | None,
+                 config: Config, tasks: int) -> Manifest:
     """The manifest with each phase's records counted, and so its number of partitions (for `tasks`
-    sending at once)."""
-    if len(phases) == 1:
-        counts = [count_records(source, phases[0], config)]
-    else:
-        counts = [records.count() for records in phases]
-    partitions = [shuffle_partitions(count, config.job.records_per_partition, tasks) for count in counts]
+    sending at once). An empty phase among several gets no partition, and so no Spark job; a run of
+    one phase keeps one, whose outcome records that the run is complete."""
+    counts = [count_records(source, records, config)] if phase_of is None else \
+        phase_counts(records, phase_of, config.job)
+    partitions = [shuffle_partitions(count, config.job.records_per_partition, tasks) if count or len(counts) == 1
+                  else 0 for count in counts]
     return dataclasses.replace(manifest, phase_rows=counts, phase_partitions=partitions)
 
 
@@ -233,16 +236,6 @@ def rows_read(manifest: Manifest, known: dict[int, PartitionOutcome]) -> int:
     return total
 
 
-def record_phases(records: DataFrame, config: Config, now_ms: int) -> list[DataFrame]:
-    """The records in the order they are sent: all at once, or with job.order recent_first the last
-    `job.recent_days` first (Mixpanel advises importing the last weeks first: its autocomplete draws
-    on the last 30 days)."""
-    if config.job.order != "recent_first":
-        return [records]
-    is_recent = F.col("time") >= now_ms - config.job.recent_days * 86_400_000
-    return [records.filter(is_recent), records.filter(~is_recent | F.col("time").isNull())]
-
-
 def while_checking(spark: SparkSession, check: Callable[[], None] | None,
                    work: Callable[[Callable[[], None]], T]) -> T:
     """Do the work while the credentials are checked on another thread: wrong credentials should stop
@@ -281,14 +274,14 @@ def while_checking(spark: SparkSession, check: Callable[[], None] | None,
     return done
 
 
-def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, phases: list[DataFrame]) -> None:
+def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, records: DataFrame,
+                      recent: Column | None) -> None:
     """Send one record from the driver before any executor sends: wrong credentials cost one request,
     not one per task. Its `$insert_id` (or, for a profile update, its idempotence) makes sending it
-    again with its partition harmless; it is the first record of the first phase, so the order of
-    the phases holds."""
-    first = []
-    for records in phases:
-        first = first or records.filter(F.col("invalid").isNull()).select("line").limit(1).collect()
+    again with its partition harmless. With job.order recent_first it is a `recent` one where there
+    is one, so that the recent days still go first."""
+    valid = records.filter(F.col("invalid").isNull()).select("line")
+    first = (valid.filter(recent).limit(1).collect() if recent is not None else []) or valid.limit(1).collect()
     if not first:
         return
     transport = RequestsTransport()

@@ -424,6 +424,27 @@ def test_backfill_recent_first_sends_the_recent_window_before_older_history(
     assert sorted(indexes) == list(range(len(indexes)))  # the two phases' partitions numbered apart
 
 
+@pytest.mark.connect
+def test_phases_of_days_are_sent_newest_first_each_in_a_job_of_its_own(
+    spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None,
+    tmp_path: Path,
+) -> None:
+    # The events span 2024-06-01T00:00Z to 2024-06-03T03:23Z: days back from 06-04 make three phases.
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    time_to_ms = 1_717_459_200_000  # 2024-06-04T00:00Z
+
+    assert run_job(config, "job.phase_days=1", "job.time_to=2024-06-04") == 0
+
+    manifest = json.loads(next((tmp_path / "results" / "run").glob("part-*")).read_text())
+    assert manifest["phase_rows"] == [329, 2335, 2336] and manifest["phase_partitions"] == [1, 3, 3]
+    (attempt,) = (tmp_path / "results" / "outcomes").glob("run=*/attempt=*")
+    assert sorted(path.name for path in attempt.glob("phase=*")) == ["phase=0", "phase=1", "phase=2"]
+    # Past the credential check's event (any of them), each day arrives before the day before it.
+    days_back = [(time_to_ms - 1 - key[2]) // 86_400_000 for key in mixpanel.unique_events][CHECK:]
+    assert days_back == sorted(days_back) and set(days_back) == {0, 1, 2}
+    assert len(mixpanel.unique_events) == ROWS
+
+
 @pytest.mark.parametrize("budget", [pytest.param(2, marks=pytest.mark.connect), 1])  # two partitions at once; one
 def test_an_interrupted_run_resumes_without_resending_sent_partitions(
     spark: SparkSession, events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel,

@@ -203,6 +203,7 @@ def test_the_time_window_is_exact_utc_whatever_the_process_time_zone(
     (["source.change_feed=true"], "need source.format: delta"),
     (["source.format=delta", "source.change_feed=true"], "are for job.mode: incremental"),
     (["job.mode=incremental", "job.order=recent_first"], "job.order is for job.mode: backfill"),
+    (["job.mode=incremental", "job.phase_days=30"], "job.phase_days is for job.mode: backfill"),
     (["job.mode=incremental", "job.max_bytes_per_batch=1g"], "job.max_bytes_per_batch needs source.format: delta"),
     (["job.mode=incremental", "source.format=delta", "source.version=3"], "source.starting_version"),
     (["job.mode=streaming"], "job.mode must be one of backfill, incremental"),
@@ -250,3 +251,12 @@ def test_the_command_line_takes_no_abbreviations_so_spark_submits_conf_is_not_re
 
     assert stopped.value.code == 2
     assert "unrecognized arguments: --conf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("config", "overrides", "message"), [
+    (MINIMAL, ["job.phase_days=0"], "job.phase_days must be between 1 and 36500, got 0"),
+    (PEOPLE, ["job.phase_days=30"], "job.phase_days, job.time_from and job.time_to are for job.kind: events"),
+])
+def test_phases_of_days_are_checked(config: str, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config, overrides)
