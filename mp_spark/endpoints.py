@@ -50,6 +50,7 @@ class _Gzipped:
     authorization: str = field(repr=False)  # the Basic auth header value: never logged
     gzip_level: int = 6
     content_type: ClassVar[str]
+    accepted: ClassVar[bytes] = b'{"code":200,"status":"OK"}'  # Mixpanel's answer to a batch it took whole
 
     def headers(self) -> dict[str, str]:
         return {"Content-Type": self.content_type, "Content-Encoding": "gzip", "User-Agent": USER_AGENT,
@@ -91,6 +92,7 @@ class Profiles:
     token: str = field(repr=False)  # the project token, which each update carries
     name: str = "/engage"  # or /groups
     method: ClassVar[str] = "POST"
+    accepted: ClassVar[bytes] = b'{"error":null,"status":1}'  # Mixpanel's answer to a batch it took whole
 
     def headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "User-Agent": USER_AGENT}  # Mixpanel documents no gzip here

@@ -85,7 +85,8 @@ def partition_sender(
         transport: Transport | None = None
         try:
             # An executor's own environment (spark.executorEnv.*) may name a CA bundle it does not have.
-            transport = DryRunTransport() if dry_run else RequestsTransport(pool_size=settings.in_flight)
+            transport = DryRunTransport(endpoint.accepted) if dry_run else \
+                RequestsTransport(pool_size=settings.in_flight)
         except ConfigError as exc:
             failed = f"on an executor: {exc}"
         try:

@@ -117,7 +117,7 @@ def send_lookup_table(spark: SparkSession, config: Config, endpoint: Endpoint, f
     invalid, trimmed = rows.agg(F.count_if(F.col("invalid").isNotNull()),
                                 F.count_if(F.col("invalid").isNull() & F.col("trimmed"))).first()
     settings = dataclasses.replace(SenderSettings.for_tasks(config.mixpanel), pacing=False)  # one request
-    transport = DryRunTransport() if dry_run else RequestsTransport()
+    transport = DryRunTransport(endpoint.accepted) if dry_run else RequestsTransport()
     sender = BatchSender(endpoint, settings, transport)
     status, message, refused = OK, None, []
     try:

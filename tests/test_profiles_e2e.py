@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
+from mp_spark.cli import main
 from mp_spark.config import ConfigError, ProfileMappingConfig
 from mp_spark.profiles import to_profile_updates
 from tests.fake_mixpanel import FakeMixpanel, Faults
@@ -105,6 +106,20 @@ def test_groups_profiles_by_group_key_and_id(
     assert sorted(members) == [f"user-{i:03d}" for i in range(0, USERS, 7)]
     assert summary_of(tmp_path)["imported"] == USERS * 2
     assert sum(mixpanel.injected.values()) > 0
+
+
+@pytest.mark.parametrize(("kind", "mapping", "updates"), [("people", PEOPLE, USERS * 4), ("groups", GROUPS, USERS * 2)])
+def test_a_dry_run_of_profile_updates_would_import_every_one_in_one_request_a_batch(
+    user_sources: dict[str, str], mixpanel: FakeMixpanel, tmp_path: Path, kind: str, mapping: dict, updates: int,
+) -> None:
+    config = profile_config(tmp_path, kind, "parquet", user_sources["parquet"], mixpanel, mapping)
+
+    assert main(["--config", config, "--dry-run"]) == 0
+
+    summary = summary_of(tmp_path)
+    assert (summary["dry_run"], summary["imported"], summary["rejected"]) == (True, updates, 0)
+    assert summary["requests"] == summary["batches"]  # none halved, as a refused batch would be
+    assert mixpanel.requests == 0
 
 
 def test_profile_rows_without_an_id_are_set_aside_and_nothing_leaks_the_token(
