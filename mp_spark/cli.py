@@ -123,8 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = results_path = None
     incremental = False
 
-    def next_step() -> str:  # reads results_path and incremental when called: as far as the run got
-        return what_next(results_path, incremental, args.dry_run)
+    def next_step() -> str:  # reads results_path, incremental and config when called: as far as the run got
+        # A dry run sent nothing, and a lookup table goes whole in one request: --resume finishes neither.
+        lookup_table = config is not None and config.job.kind == "lookup_table"
+        return what_next(results_path, incremental, resumable=not (args.dry_run or lookup_table))
 
     try:
         spark = get_spark(args.remote, config)  # None: the config is remote, or in the run being resumed
@@ -182,12 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK if all_imported else EXIT_NOT_ALL_IMPORTED
 
 
-def what_next(results_path: str | None, incremental: bool, dry_run: bool) -> str:
+def what_next(results_path: str | None, incremental: bool, resumable: bool) -> str:
     """What to do once the cause of a stop is fixed."""
     if incremental:
         return ("run the job again: it starts from the micro-batch it has not finished (what that batch "
                 "sent is sent again, and Mixpanel keeps one of each)")
-    if results_path is None or dry_run:  # a dry run sent nothing, and --resume refuses it
+    if results_path is None or not resumable:
         return "run the job again"
     return f"finish the run with --resume {results_path} (partitions that were sent are not sent again)"
 

@@ -724,9 +724,9 @@ def test_a_connect_url_that_leads_nowhere_is_a_config_error_naming_its_address_n
     assert "dapi-not-a-real-token" not in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_failed_dry_run_is_run_again_not_resumed() -> None:  # --resume refuses a dry run: it sent nothing
-    assert what_next("/runs/r1", incremental=False, dry_run=True) == "run the job again"
-    assert what_next("/runs/r1", incremental=False, dry_run=False).startswith("finish the run with --resume /runs/r1")
+def test_a_run_that_cannot_be_resumed_is_run_again() -> None:
+    assert what_next("/runs/r1", incremental=False, resumable=False) == "run the job again"
+    assert what_next("/runs/r1", incremental=False, resumable=True).startswith("finish the run with --resume /runs/r1")
 
 
 def test_only_what_py4j_logs_on_the_root_logger_is_left_out() -> None:

@@ -123,7 +123,9 @@ def test_a_refused_service_account_exits_2_and_a_failing_mixpanel_exits_3_with_t
     config = lookup_config(tmp_path, "parquet", product_sources["parquet"], mixpanel)
     mixpanel.set_faults(Faults(rate_5xx=1.0))
     assert run_job(config, "mixpanel.max_attempts=2") == 3
-    assert "gave up after 2 attempts; last: HTTP 5" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "gave up after 2 attempts; last: HTTP 5" in error
+    assert "run the job again" in error and "--resume" not in error  # a table goes whole: nothing to finish
 
     mixpanel.set_faults(Faults())
     monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
