@@ -175,8 +175,16 @@ class RunFiles:
 
     def __init__(self, spark: SparkSession, results_path: str, run_id: str = "") -> None:
         self._spark = spark
+        self._run_id = run_id
         self.path = results_path.rstrip("/")
         self.outcomes = f"{self.path}/outcomes/run={run_id}"
+
+    def has_summary(self) -> bool:
+        """Whether the run's summary is written: it goes last, so the results beside it are whole."""
+        try:
+            return json.loads(read_text(self._spark, f"{self.path}/summary")).get("run_id") == self._run_id
+        except OSError:
+            return False
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_text(self._spark, f"{self.path}/run", json.dumps(dataclasses.asdict(manifest)))

@@ -136,7 +136,9 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     # The check ends before anything is sent, so that wrong credentials cost one request.
     manifest, plan = while_checking(spark, check, count_and_plan)
     phases = phase_records(records, phase_of, len(manifest.phase_rows))
-    if options.resume and not plan:
+    # A run stopped after its last partition was sent, but before its results were written, has only
+    # those to finish.
+    if options.resume and not plan and files.has_summary():
         raise ConfigError(f"--resume: run {manifest.run_id} has sent everything: there is nothing to resume")
     if sent_before:
         log.info("resuming run %s: %d of %d partitions were sent before and are not sent again",

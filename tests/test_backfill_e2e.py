@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,6 +259,25 @@ def test_a_source_with_no_rows_is_a_complete_run_of_nothing(
     assert [(row["index"], row["status"], row["rows"]) for row in partitions] == [(0, "ok", 0)]
     assert main(["--resume", str(tmp_path / "results")]) == 2  # the empty partition is recorded as sent
     assert "there is nothing to resume" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_results_were_written_is_finished_by_writing_them(
+    spark: SparkSession, sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    mixpanel.set_faults(Faults(refuse_event="Sign Up"))
+    assert run_job(write_config(tmp_path, "parquet", sources["parquet"], mixpanel)) == 1
+    results, first = tmp_path / "results", summary_of(tmp_path)
+    refused = spark.read.json(str(results / "rejected")).count()
+    for written in ("summary", "partitions", "rejected"):  # as if the driver had died while writing them
+        shutil.rmtree(results / written)
+    arrivals = mixpanel.raw_arrivals
+
+    assert main(["--resume", str(results)]) == 1
+
+    counts = ("rows_read", "imported", "rejected", "invalid", "complete")
+    assert {key: summary_of(tmp_path)[key] for key in counts} == {key: first[key] for key in counts}
+    assert spark.read.json(str(results / "rejected")).count() == refused == first["rejected"] > 0
+    assert mixpanel.raw_arrivals - arrivals <= CHECK  # nothing sent again but the credential check's event
 
 
 def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
