@@ -238,19 +238,21 @@ def rows_read(manifest: Manifest, known: dict[int, PartitionOutcome]) -> int:
     return total
 
 
-def while_checking(spark: SparkSession, check: Callable[[], None] | None,
+def while_checking(spark: SparkSession, check: Callable[[threading.Event], None] | None,
                    work: Callable[[Callable[[], None]], T]) -> T:
     """Do the work while the credentials are checked on another thread: wrong credentials should stop
     it at once, and a small source should not wait for both in turn. The work is given a function
-    that waits for the check to end. A failed check interrupts the work, and its reason is raised."""
+    that waits for the check to end. A failed check interrupts the work, and its reason is raised;
+    Ctrl-C during the work stops the check (which it is given an event for)."""
     if check is None:
         return work(lambda: None)
     tag = f"mp-spark-work-{secrets.token_hex(4)}"
     failed: list[BaseException] = []
+    stopping = threading.Event()
 
     def checking() -> None:
         try:
-            check()
+            check(stopping)
         except BaseException as exc:
             failed.append(exc)
             spark.interruptTag(tag)
@@ -260,11 +262,15 @@ def while_checking(spark: SparkSession, check: Callable[[], None] | None,
         if failed:
             raise failed[0]
 
-    checker = threading.Thread(target=checking, name="mp-spark-credentials-check")
+    # A daemon: after Ctrl-C the process does not wait for a check still in its Spark query.
+    checker = threading.Thread(target=checking, name="mp-spark-credentials-check", daemon=True)
     checker.start()
     spark.addTag(tag)  # for the operations of this thread: the work
     try:
         done = work(check_ended)
+    except KeyboardInterrupt:
+        stopping.set()  # a check backing off from Mixpanel would otherwise hold the process for minutes
+        raise
     except Exception:
         checker.join()
         if failed:  # the reason the work was interrupted
@@ -276,19 +282,19 @@ def while_checking(spark: SparkSession, check: Callable[[], None] | None,
     return done
 
 
-def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, records: DataFrame,
-                      recent: Column | None) -> None:
+def check_credentials(endpoint: Endpoint, mixpanel: MixpanelConfig, records: DataFrame, recent: Column | None,
+                      stop: threading.Event) -> None:
     """Send one record from the driver before any executor sends: wrong credentials cost one request,
     not one per task. Its `$insert_id` (or, for a profile update, its idempotence) makes sending it
     again with its partition harmless. With job.order recent_first it is a `recent` one where there
-    is one, so that the recent days still go first."""
+    is one, so that the recent days still go first. Setting `stop` ends its retries."""
     valid = records.filter(F.col("invalid").isNull()).select("line")
     first = (valid.filter(recent).limit(1).collect() if recent is not None else []) or valid.limit(1).collect()
     if not first:
         return
     transport = RequestsTransport()
     try:
-        sender = BatchSender(endpoint, SenderSettings.for_tasks(mixpanel), transport)
+        sender = BatchSender(endpoint, SenderSettings.for_tasks(mixpanel), transport, stop=stop)
         for _ in sender.send([Batch.of_lines([first[0].line.encode("utf-8")])]):
             pass  # a refused record is fine here: it is sent, and accounted for, with its partition
     except SendStopped as stopped:

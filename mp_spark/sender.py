@@ -89,12 +89,14 @@ class BatchSender:
         *,
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """`stop`, once set from outside, cuts a backoff short and starts no more requests."""
         self._endpoint = endpoint
         self._settings = settings
         self._transport = transport
         self._headers = endpoint.headers()
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._sleep = sleep or self._stop.wait  # by default a failing sibling cuts a backoff short
         self._rng = rng or random.Random()
         self._pacer = Pacer(share=settings.rate_share, max_rate=settings.max_events_per_second,

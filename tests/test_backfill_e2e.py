@@ -682,6 +682,21 @@ def test_ctrl_c_says_how_to_finish_the_run_without_tracebacks_and_resume_finishe
     resume_sends_only_what_was_not_sent(spark, tmp_path, job, slow_mixpanel)
 
 
+def test_ctrl_c_while_the_credentials_are_checked_does_not_wait_for_the_checks_backoff(
+    sources: dict[str, str], mixpanel: FakeMixpanel, tmp_path: Path,
+) -> None:
+    mixpanel.set_faults(Faults(rate_5xx=1.0))  # the check's request keeps failing, and it backs off for 60 s
+    log = tmp_path / "job.log"
+    job = job_process(write_config(tmp_path, "parquet", sources["parquet"], mixpanel), log,
+                      "mixpanel.backoff_initial_s=60", "mixpanel.jitter_min_s=0", "mixpanel.jitter_max_s=0.01")
+    wait_until(lambda: mixpanel.requests >= 1 or job.poll() is not None, 300, "the credential check's request")
+    os.killpg(job.pid, signal.SIGINT)
+    job.wait(timeout=40)  # well before the check's next try
+
+    assert job.returncode == 130, log.read_text()[-3000:]
+    assert mixpanel.requests == 1
+
+
 def test_a_killed_driver_jvm_is_named_as_the_cause_and_resume_finishes_the_run(
     spark: SparkSession, sources: dict[str, str], slow_mixpanel: FakeMixpanel, service_account: None,
     tmp_path: Path,
