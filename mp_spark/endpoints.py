@@ -197,19 +197,20 @@ def parse_failed_records(batch: list[bytes], body: bytes) -> list[Rejection]:
     """Map a strict-mode 400's `failed_records` back to the lines of the batch.
 
     The valid events of the batch were imported; only the listed ones were not. A 400 that lists
-    nothing, or lists records that cannot be matched to lines, leaves no way to tell which events
-    were imported, so every event in it is counted as rejected: resending them is safe (their
-    `$insert_id`s dedupe), counting a refused event as imported would lose it silently.
+    nothing, or lists records that cannot be matched to lines (an index out of the batch, or an
+    `insert_id` that is not the indexed line's), leaves no way to tell which events were imported,
+    so every event in it is counted as rejected: resending them is safe (their `$insert_id`s
+    dedupe), counting a refused event as imported would lose it silently.
     """
     payload = _json_object(body)
     failed = payload.get("failed_records") or []
     by_index: dict[int, Rejection] = {}
     for record in failed:
         index = record.get("index") if isinstance(record, dict) else None
-        if not isinstance(index, int) or not 0 <= index < len(batch):
+        insert_id = record.get("insert_id", record.get("$insert_id")) if isinstance(record, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(batch) or not names_line(insert_id, batch[index]):
             by_index.clear()
             break
-        insert_id = record.get("insert_id", record.get("$insert_id"))
         by_index.setdefault(index, rejection(batch[index], record.get("field"), str(record.get("message", "")),
                                              insert_id))
     if not by_index:
@@ -218,6 +219,12 @@ def parse_failed_records(batch: list[bytes], body: bytes) -> list[Rejection]:
             reason = f"{reason} (failed_records could not be matched to the batch's events)"
         return [rejection(line, None, reason) for line in batch]
     return [by_index[i] for i in sorted(by_index)]
+
+
+def names_line(insert_id: object, line: bytes) -> bool:
+    """Whether a failed record's `insert_id` (if Mixpanel gave one) is the line's `$insert_id`."""
+    found = INSERT_ID_IN_LINE.search(line.decode("utf-8")) if insert_id is not None else None
+    return found is None or found.group(1) == str(insert_id)
 
 
 def rejection(line: bytes, field: str | None, message: str, insert_id: str | None = None) -> Rejection:

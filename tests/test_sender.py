@@ -153,10 +153,11 @@ def test_400_without_failed_records_rejects_the_whole_batch() -> None:
     assert [r.insert_id for r in rejections] == ["id-0", "id-1"]  # read from the lines
 
 
-def test_400_whose_failed_records_do_not_match_rejects_the_whole_batch() -> None:
+@pytest.mark.parametrize("unmatched", [{"index": 7}, {"index": 2, "insert_id": "id-1"}])  # out of the batch; not it
+def test_400_whose_failed_records_do_not_match_rejects_the_whole_batch(unmatched: dict) -> None:
     failed = {"code": 400, "error": "some data points in the request failed validation",
               "failed_records": [{"index": 0, "field": "f", "message": "m"},
-                                 {"index": 7, "field": "f", "message": "m"}]}
+                                 {**unmatched, "field": "f", "message": "m"}]}
     transport, waits = ScriptedTransport(status(400, failed)), []
     tally, rejections = send(make_sender(transport, waits), 3)
     assert (tally.imported, tally.rejected) == (0, 3)
