@@ -90,7 +90,7 @@ class MicroBatches:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         path = batch_path(self.results_path, batch_id)
-        options = RunOptions(run_id=f"{self.run_id}-batch{batch_id}", results_path=path, stream_run_id=self.run_id)
+        options = RunOptions(run_id=batch_run_id(self.run_id, batch_id), results_path=path, stream_run_id=self.run_id)
         try:  # the driver logs the batch's counts once the query reports it done (record_progress)
             run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))
         except RunStopped as stopped:
@@ -103,6 +103,10 @@ class MicroBatches:
 
 def batch_path(results_path: str, batch_id: int) -> str:
     return f"{results_path}/batches/batch={batch_id}"
+
+
+def batch_run_id(run_id: str, batch_id: int) -> str:
+    return f"{run_id}-batch{batch_id}"
 
 
 def stop_path(results_path: str, run_id: str) -> str:
@@ -160,15 +164,15 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
                 query.awaitTermination(1)
             except StreamingQueryException:
                 break
-            record_progress(spark, query, results_path, done)
+            record_progress(spark, query, results_path, run_id, done)
     except BaseException:  # Ctrl-C on the driver: the running micro-batch stays uncommitted
         query.stop()
         raise
-    record_progress(spark, query, results_path, done)
+    record_progress(spark, query, results_path, run_id, done)
     failure = query.exception()
     stop = read_stop(spark, results_path, run_id) if failure is not None else None
     summaries = [summary for summary, _ in done.values()]
-    stopped_batch = batch_summary(spark, results_path, stop["batch_id"]) if stop else None
+    stopped_batch = batch_summary(spark, results_path, run_id, stop["batch_id"]) if stop else None
     total = add_up(run_id, summaries + ([stopped_batch] if stopped_batch else []),
                    seconds=time.monotonic() - started, results_path=results_path)
     summary = StreamSummary(total, [done[batch_id][1] for batch_id in sorted(done)], checkpoint,
@@ -179,14 +183,15 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     return summary
 
 
-def record_progress(spark: SparkSession, query, results_path: str, done: dict[int, tuple[Summary, dict]]) -> None:
+def record_progress(spark: SparkSession, query, results_path: str, run_id: str,
+                    done: dict[int, tuple[Summary, dict]]) -> None:
     """Log each micro-batch the query has finished since the last call, and keep its summary and the
     source offsets it read (from the query's progress)."""
     for report in query.recentProgress:
         batch_id = report["batchId"]
         if batch_id in done:
             continue
-        summary = batch_summary(spark, results_path, batch_id)
+        summary = batch_summary(spark, results_path, run_id, batch_id)
         if summary is None:  # the batch failed: its stop is reported once the query has ended
             continue
         sources = [{"description": s["description"], "start": offset(s["startOffset"]), "end": offset(s["endOffset"])}
@@ -212,11 +217,14 @@ def offset(reported: object) -> object:
         return reported
 
 
-def batch_summary(spark: SparkSession, results_path: str, batch_id: int) -> Summary | None:
+def batch_summary(spark: SparkSession, results_path: str, run_id: str, batch_id: int) -> Summary | None:
+    """The summary this run wrote for a micro-batch; None when the batch stopped before it had one (a
+    summary there may be an earlier run's, of a batch with the same number)."""
     try:
-        return Summary(**json.loads(read_text(spark, f"{batch_path(results_path, batch_id)}/summary")))
-    except OSError:  # the batch stopped before it had a summary
+        summary = Summary(**json.loads(read_text(spark, f"{batch_path(results_path, batch_id)}/summary")))
+    except OSError:
         return None
+    return summary if summary.run_id == batch_run_id(run_id, batch_id) else None
 
 
 def read_stop(spark: SparkSession, results_path: str, run_id: str) -> dict | None:

@@ -205,6 +205,21 @@ def test_a_batch_whose_sending_failed_exits_3_and_is_sent_by_the_next_run(
     assert commits(tmp_path) == ["0"]
 
 
+def test_a_run_that_stops_before_sending_counts_no_earlier_runs_batch(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 300))
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+    assert run(config, "mixpanel.max_attempts=1", "mixpanel.check_credentials=false") == 3
+    assert summary(tmp_path)["rows_read"] == 300  # micro-batch 0 stopped, with its summary written
+
+    mixpanel.set_faults(Faults())
+    monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
+    assert run(config) == 2  # micro-batch 0 again, stopped by the credential check before it had a summary
+    assert summary(tmp_path)["rows_read"] == 0
+
+
 def test_a_driver_killed_mid_batch_loses_and_duplicates_nothing(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
