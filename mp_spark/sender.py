@@ -195,8 +195,8 @@ class BatchSender:
                 problem = f"HTTP {response.status}"
                 retry_after = retry_after_s(response.headers)
             if attempt == settings.max_attempts:
-                raise SendStopped(EXHAUSTED, f"{self._endpoint.name}: gave up after {attempt} attempts; "
-                                             f"last: {problem}")
+                attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                raise SendStopped(EXHAUSTED, f"{self._endpoint.name}: gave up after {attempts}; last: {problem}")
             if retry_after is not None:  # never seen from Mixpanel so far; honoured within our backoff's bounds
                 wait_s = min(retry_after, settings.backoff_max_s)
             elif throttled and paced_retry_left:
