@@ -72,10 +72,7 @@ class Import(_Gzipped):
         if status == 400:  # strict mode: the valid events were imported, `failed_records` lists the others
             return Answer(DELIVERED, tuple(parse_failed_records(batch.lines(), body)))
         if status == 413:  # the byte cap is below the documented limit, but the limit is disputed: halve
-            if batch.count > 1:
-                return Answer(SPLIT)
-            too_large = rejection(batch.lines()[0], "event", "event alone exceeds Mixpanel's request size limit (413)")
-            return Answer(DELIVERED, (too_large,))
+            return halved(batch, "event", "event")
         return unusable_answer(self, status, body)
 
 
@@ -101,6 +98,8 @@ class Profiles:
         return updates_body(batch.body, self.token)
 
     def classify(self, status: int, body: bytes, batch: Batch) -> Answer:
+        if status == 413:  # not documented here, but a size cap like /import's would answer so
+            return halved(batch, None, "update")
         if status not in (200, 400):
             return unusable_answer(self, status, body)
         refused = update_error(status, body)
@@ -153,6 +152,14 @@ def endpoint_for(config: Config, credentials: Credentials | None) -> Endpoint:
     params = {"verbose": "1", **({"ip": "0"} if kind == "people" and config.mapping.ip is None else {})}
     return Profiles(f"{mixpanel.base_url}/{path}?{urlencode(params)}", credentials.username if credentials else "",
                     name=f"/{path}")
+
+
+def halved(batch: Batch, field: str | None, record: str) -> Answer:
+    """A 413: send the batch in halves; a `record` too large alone is refused."""
+    if batch.count > 1:
+        return Answer(SPLIT)
+    too_large = rejection(batch.lines()[0], field, f"{record} alone exceeds Mixpanel's request size limit (413)")
+    return Answer(DELIVERED, (too_large,))
 
 
 def unusable_answer(endpoint: Endpoint, status: int, body: bytes) -> Answer:

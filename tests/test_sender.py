@@ -304,6 +304,26 @@ def test_refused_profile_updates_are_isolated_by_halving_and_carry_the_token_onl
     assert len(transport.batches[0]) == 8 and len(transport.batches) > 3  # halved down to the refused ones
 
 
+def test_profile_updates_answered_413_are_halved_until_one_alone_is_refused() -> None:
+    settings = SenderSettings.for_tasks(MixpanelConfig(max_attempts=2, pacing=False, max_batch_events=4))
+    updates = [json.dumps({"$distinct_id": f"u{i}", "$set": {"big": "x" * (900 if i == 3 else 1)}}) for i in range(4)]
+    sizes = []
+
+    def answer(method: str, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        sizes.append(len(json.loads(body)))
+        return Response(413, b"") if len(body) > 800 else Response(200, Profiles.accepted)
+
+    transport = UpdatesTransport()
+    transport.send = answer
+    sender = BatchSender(Profiles("https://mp.test/engage?verbose=1", "tk"), settings, transport, sleep=lambda s: None)
+    rejections = [r for found in sender.send(batches_from_chunks([chunk_of_lines(updates)], max_events=4,
+                                                                 max_bytes=1_000_000)) for r in found]
+    assert (sender.tally.imported, sender.tally.rejected) == (3, 1)
+    assert [json.loads(r.event)["$distinct_id"] for r in rejections] == ["u3"]
+    assert rejections[0].message == "update alone exceeds Mixpanel's request size limit (413)"
+    assert sizes == [4, 2, 2, 1, 1]
+
+
 def test_a_lookup_table_mixpanel_refuses_is_rejected_whole_for_the_reason_it_gives() -> None:
     table = Batch(b'id,name\n1,"two\nlines"\n2,b\n', 2)  # CSV rows may hold newlines: counted, not split
     transport = ScriptedTransport(status(400, {"error": "bad header"}))
