@@ -30,6 +30,7 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mp_spark import counted
 from mp_spark.batching import Batch
 from mp_spark.config import Config, ConfigError, Credentials, MixpanelConfig
 from mp_spark.endpoints import Endpoint, endpoint_for
@@ -153,8 +154,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
             settings = SenderSettings.for_tasks(config.mixpanel, phase.tasks, options.stream_run_id or options.run_id)
             if options.dry_run:  # nothing to pace without a server
                 settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
-            log.info("sending %d partitions, %d at a time, %d requests in flight each", len(phase.to_send),
-                     phase.tasks, settings.in_flight)
+            log.info("sending %s, %d at a time, %s in flight each", counted(len(phase.to_send), "partition"),
+                     phase.tasks, counted(settings.in_flight, "request"))
             outcomes += sending.send(phase, phases[phase.number], settings)
             if any(o.status != OK for o in outcomes):
                 break

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from mp_spark import counted
 from mp_spark.batching import Batch
 from mp_spark.config import MixpanelConfig
 from mp_spark.endpoints import FATAL, SPLIT, Endpoint, is_retryable
@@ -195,8 +196,8 @@ class BatchSender:
                 problem = f"HTTP {response.status}"
                 retry_after = retry_after_s(response.headers)
             if attempt == settings.max_attempts:
-                attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
-                raise SendStopped(EXHAUSTED, f"{self._endpoint.name}: gave up after {attempts}; last: {problem}")
+                raise SendStopped(EXHAUSTED, f"{self._endpoint.name}: gave up after {counted(attempt, 'attempt')}; "
+                                             f"last: {problem}")
             if retry_after is not None:  # never seen from Mixpanel so far; honoured within our backoff's bounds
                 wait_s = min(retry_after, settings.backoff_max_s)
             elif throttled and paced_retry_left:

@@ -128,6 +128,9 @@ def test_no_answer_names_the_host_and_the_cause() -> None:
         send(sender, 1)
     assert stopped.value.message == ("/import: gave up after 4 attempts; last: no answer from mp.test:8443 "
                                      "(ConnectionError: the connection was refused)")
+    once = BatchSender(endpoint, dataclasses.replace(SETTINGS, max_attempts=1), ScriptedTransport(refused))
+    with pytest.raises(SendStopped, match="gave up after 1 attempt; "):
+        send(once, 1)
 
 
 @pytest.mark.parametrize("key", ["insert_id", "$insert_id"])
