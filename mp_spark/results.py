@@ -180,11 +180,13 @@ class RunFiles:
         self.outcomes = f"{self.path}/outcomes/run={run_id}"
 
     def has_summary(self) -> bool:
-        """Whether the run's summary is written: it goes last, so the results beside it are whole."""
+        """Whether the run's summary of its whole run is written (it goes last, so the results beside it
+        are whole), not that of an attempt that stopped."""
         try:
-            return json.loads(read_text(self._spark, f"{self.path}/summary")).get("run_id") == self._run_id
+            summary = json.loads(read_text(self._spark, f"{self.path}/summary"))
         except OSError:
             return False
+        return summary.get("run_id") == self._run_id and summary.get("complete") is True
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_text(self._spark, f"{self.path}/run", json.dumps(dataclasses.asdict(manifest)))

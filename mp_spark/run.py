@@ -136,7 +136,6 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
     manifest, plan = while_checking(spark, check, count_and_plan)
-    phases = phase_records(records, phase_of, len(manifest.phase_rows))
     # A run stopped after its last partition was sent, but before its results were written, has only
     # those to finish.
     if options.resume and not plan and files.has_summary():
@@ -156,7 +155,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
                 settings = dataclasses.replace(settings, pacing=False, max_events_per_second=None)
             log.info("sending %s, %d at a time, %s in flight each", counted(len(phase.to_send), "partition"),
                      phase.tasks, counted(settings.in_flight, "request"))
-            outcomes += sending.send(phase, phases[phase.number], settings)
+            in_phase = phase_records(records, phase_of, len(manifest.phase_rows), phase.number)
+            outcomes += sending.send(phase, in_phase, settings)
             if any(o.status != OK for o in outcomes):
                 break
 
@@ -178,12 +178,14 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
 def count_phases(manifest: Manifest, source: DataFrame, records: DataFrame, phase_of: Column | None,
                  config: Config, tasks: int) -> Manifest:
     """The manifest with each phase's records counted, and so its number of partitions (for `tasks`
-    sending at once). An empty phase among several gets no partition, and so no Spark job; a run of
-    one phase keeps one, whose outcome records that the run is complete."""
+    sending at once). An empty phase gets no partition, and so no Spark job, but a run of no records
+    keeps one, whose outcome records that the run is complete."""
     counts = [count_records(source, records, config)] if phase_of is None else \
         phase_counts(records, phase_of, config.job)
-    partitions = [shuffle_partitions(count, config.job.records_per_partition, tasks) if count or len(counts) == 1
-                  else 0 for count in counts]
+    partitions = [shuffle_partitions(count, config.job.records_per_partition, tasks) if count else 0
+                  for count in counts]
+    if not any(partitions):
+        partitions[0] = 1
     return dataclasses.replace(manifest, phase_rows=counts, phase_partitions=partitions)
 
 
@@ -269,6 +271,7 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
     spark.addTag(tag)  # for the operations of this thread: the work
     try:
         done = work(check_ended)
+        check_ended()
     except KeyboardInterrupt:
         stopping.set()  # a check backing off from Mixpanel would otherwise hold the process for minutes
         raise
@@ -279,7 +282,6 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
         raise
     finally:
         spark.removeTag(tag)
-    check_ended()
     return done
 
 

@@ -280,6 +280,33 @@ def test_a_run_stopped_before_its_results_were_written_is_finished_by_writing_th
     assert mixpanel.raw_arrivals - arrivals <= CHECK  # nothing sent again but the credential check's event
 
 
+def test_a_resume_stopped_while_writing_its_results_is_finished_by_the_next(
+    sources: dict[str, str], mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    mixpanel.set_faults(Faults(rate_5xx=1.0))
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    assert run_job(config, "mixpanel.max_attempts=1", "mixpanel.check_credentials=false") == 3
+    summary, stopped_summary = tmp_path / "results" / "summary", tmp_path / "stopped-summary"
+    shutil.copytree(summary, stopped_summary)  # the first attempt's, which says the run is not complete
+    mixpanel.set_faults(Faults())
+    assert resume(tmp_path) == 0
+    shutil.rmtree(summary)
+    shutil.copytree(stopped_summary, summary)  # as if the resume had died before it wrote its own
+
+    assert resume(tmp_path) == 0  # not "nothing to resume": the run's results are written this time
+    assert (summary_of(tmp_path)["complete"], summary_of(tmp_path)["imported"]) == (True, ROWS)
+
+
+def test_a_dry_run_of_no_rows_in_two_phases_is_a_complete_run_of_nothing(
+    sources: dict[str, str], mixpanel: FakeMixpanel, tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "parquet", sources["parquet"], mixpanel)
+    overrides = ["--set", "source.where=1 = 0", "--set", "job.order=recent_first"]
+    assert main(["--config", config, "--dry-run", *overrides]) == 0
+    summary = summary_of(tmp_path)
+    assert (summary["rows_read"], summary["partitions"], summary["complete"]) == (0, 1, True)
+
+
 def test_backfill_dry_run_sends_nothing_and_reports_what_it_would(
     events: DataFrame, sources: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -6,6 +6,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from mp_spark.config import JobConfig
 from mp_spark.phases import DAY_MS, phase_counts, phase_number, phase_records
+from mp_spark.validation import EPOCH_MS_1971
 
 NOW = int(dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
 HOUR_MS = 3_600_000
@@ -23,6 +24,13 @@ def test_phases_of_days_go_back_from_now_and_a_later_time_is_in_the_newest(spark
     job = JobConfig(phase_days=2)
     assert numbered(spark, job, NOW + HOUR_MS, NOW - 1, NOW - 2 * DAY_MS, NOW - 2 * DAY_MS - 1,
                     NOW - 4 * DAY_MS - 1, None) == [0, 0, 0, 1, 2, None]
+
+
+def test_a_time_before_1971_goes_with_no_time_into_the_oldest_phase_not_back_phase_by_phase(
+        spark: SparkSession) -> None:
+    job = JobConfig(phase_days=1)
+    assert numbered(spark, job, EPOCH_MS_1971, EPOCH_MS_1971 - 1, 0, -(2 ** 63)) == [
+        (NOW - 1 - EPOCH_MS_1971) // DAY_MS, None, None, None]  # the last: no overflow either
 
 
 def test_after_the_recent_days_phases_of_days_go_back_from_time_to(spark: SparkSession) -> None:
@@ -44,5 +52,5 @@ def test_the_oldest_phase_takes_the_records_with_no_time_and_any_older_added_sin
     counted = records(spark, NOW - 1, NOW - 2, NOW - 2 * DAY_MS - 5, None)
     assert phase_counts(counted, phase, job) == [2, 0, 2]
     added_since = counted.union(records(spark, NOW - 9 * DAY_MS))
-    assert [len(part.collect()) for part in phase_records(added_since, phase, 3)] == [2, 0, 3]
-    assert phase_records(counted, None, 1) == [counted]
+    assert [len(phase_records(added_since, phase, 3, number).collect()) for number in range(3)] == [2, 0, 3]
+    assert phase_records(counted, None, 1, 0) is counted
