@@ -198,16 +198,17 @@ class BatchSender:
             if attempt == settings.max_attempts:
                 raise SendStopped(EXHAUSTED, f"{self._endpoint.name}: gave up after {counted(attempt, 'attempt')}; "
                                              f"last: {problem}")
+            paced = throttled and paced_retry_left and retry_after is None
             if retry_after is not None:  # never seen from Mixpanel so far; honoured within our backoff's bounds
                 wait_s = min(retry_after, settings.backoff_max_s)
-            elif throttled and paced_retry_left:
+            elif paced:
                 # The pacer has just slowed down and spaces the retry itself: a batch's first 429 waits only
                 # for it. Sleeping seconds more would hold a request slot idle, and at the end of a partition
                 # the whole task. A second 429 for the same batch backs off as Mixpanel advises.
                 wait_s, paced_retry_left = 0.0, False
             else:
                 wait_s = self.backoff_s(attempt)
-            when = f"in {wait_s:.1f} s" if wait_s else "at this task's slowed pace"
+            when = "at this task's slowed pace" if paced else f"in {wait_s:.1f} s"
             log.warning("%s attempt %d failed (%s); retrying %s", self._endpoint.name, attempt, problem, when)
             self._count(retries=1)
             self._sleep(wait_s)

@@ -104,10 +104,13 @@ def test_backoff_doubles_from_two_seconds_with_one_to_five_seconds_of_jitter() -
         assert base + 1 <= wait <= base + 5, (attempt, wait)
 
 
-def test_send_batch_honours_retry_after() -> None:
+def test_send_batch_honours_retry_after(caplog: pytest.LogCaptureFixture) -> None:
     transport, waits = ScriptedTransport(status(429, headers={"Retry-After": "7"}), ok()), []
     send(make_sender(transport, waits), 1)
     assert waits == [7.0]
+    now = ScriptedTransport(status(429, headers={"Retry-After": "0"}), ok())
+    send(make_sender(now, waits), 1)  # no pacing here: a wait of 0 s is Mixpanel's, said as such
+    assert caplog.records[-1].getMessage() == "/import attempt 1 failed (HTTP 429); retrying in 0.0 s"
 
 
 def test_send_batch_gives_up_after_max_attempts() -> None:
