@@ -230,17 +230,19 @@ def parse_failed_records(batch: list[bytes], body: bytes) -> list[Rejection]:
 
 def names_line(insert_id: object, line: bytes) -> bool:
     """Whether a failed record's `insert_id` (if Mixpanel gave one) is the line's `$insert_id`."""
-    found = INSERT_ID_IN_LINE.search(line.decode("utf-8")) if insert_id is not None else None
-    return found is None or found.group(1) == str(insert_id)
+    in_line = insert_id_in(line.decode("utf-8")) if insert_id is not None else None
+    return in_line is None or in_line == str(insert_id)
 
 
 def rejection(line: bytes, field: str | None, message: str, insert_id: str | None = None) -> Rejection:
     """A Rejection for one line, taking its `$insert_id` from the line when Mixpanel did not say."""
     event = line.decode("utf-8")
-    if insert_id is None:
-        found = INSERT_ID_IN_LINE.search(event)
-        insert_id = found.group(1) if found else None
-    return Rejection(field, message, insert_id, event)
+    return Rejection(field, message, insert_id if insert_id is not None else insert_id_in(event), event)
+
+
+def insert_id_in(event: str) -> str | None:
+    found = INSERT_ID_IN_LINE.search(event)
+    return found.group(1) if found else None
 
 
 def error_text(body: bytes) -> str:

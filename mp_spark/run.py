@@ -111,11 +111,11 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     def count_and_plan(check_ended: Callable[[], None]) -> tuple[Manifest, list[Phase]]:
         executors = prepare_executors(spark, probe=options.stream_run_id is None)
         tasks = min(executors.cores, config.mixpanel.max_in_flight)
-        counted = manifest if manifest.phase_rows is not None else \
+        with_counts = manifest if manifest.phase_rows is not None else \
             count_phases(manifest, source, records, phase_of, config, tasks)
-        if counted is not manifest and not options.dry_run:
-            files.write_manifest(counted)  # from here on a resume numbers the partitions as this run does
-        plan = sending_phases(counted.phase_partitions, set(sent_before), cores=executors.cores,
+        if with_counts is not manifest and not options.dry_run:
+            files.write_manifest(with_counts)  # from here on a resume numbers the partitions as this run does
+        plan = sending_phases(with_counts.phase_partitions, set(sent_before), cores=executors.cores,
                               max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
         # Python workers for the first sending tasks, started on local Spark where cores would idle. The
         # check's query (the JVM's first to map the source) outlasts the count and the manifest: the other
@@ -132,7 +132,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
                 check_ended()
                 start_python_workers(spark, first_wave - beside_check)
                 starting.join()
-        return counted, plan
+        return with_counts, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
     manifest, plan = while_checking(spark, check, count_and_plan)
