@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--remote", metavar="sc://HOST:PORT",
                         help="run on a Spark Connect server (default: SPARK_REMOTE, else the running session, "
                              "else local Spark)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much the job logs (default INFO: progress lines and a summary)")
     return parser
 
 
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and reshaping:
         return config_error(ConfigError(f"--resume: --set {reshaping[0]} would change which rows the run's "
                                         "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
     # Spark Connect's client warns as it gives up on a server; the job says what failed, in its own words.
     warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]")
@@ -113,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.addFilter(not_py4j_on_root)
     config = credentials = None
     try:
-        if args.config and urlparse(args.config).scheme == "":  # checked before a JVM starts: fail fast
-            with open(args.config, encoding="utf-8") as handle:
+        if read_here(args.config, remote=bool(args.remote or os.environ.get("SPARK_REMOTE"))):
+            with open(args.config, encoding="utf-8") as handle:  # checked before a JVM starts: fail fast
                 config = parse_config(handle.read(), args.set)
             credentials = credentials_for(config, args.dry_run)
     except (OSError, ConfigError) as exc:
@@ -142,8 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "starts from the micro-batch it has not finished")
             options = RunOptions(run_id=manifest.run_id, results_path=results_path, resume=True)
         else:
-            if config is None:
-                config = parse_config(read_text(spark, args.config), args.set)
+            if config is None:  # a relative path is this process's, not the Connect server's working directory's
+                config = parse_config(read_text(spark, absolute_local(args.config) if is_connect(spark)
+                                                else args.config), args.set)
             if is_connect(spark):  # the server would resolve relative paths from its own working directory
                 config = with_absolute_paths(config)
             if config.incremental and args.dry_run:
@@ -184,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK if all_imported else EXIT_NOT_ALL_IMPORTED
 
 
+def read_here(config_path: str | None, *, remote: bool) -> bool:
+    """Whether the config is a file this process reads itself, before Spark starts. A path Spark
+    reads (a URL), or one that is not here but may be where a Spark Connect server runs (a Databricks
+    Connect client's /Volumes/...), is read through Spark."""
+    if not config_path or urlparse(config_path).scheme:
+        return False
+    return not remote or os.path.exists(config_path)
+
+
 def what_next(results_path: str | None, incremental: bool, resumable: bool) -> str:
     """What to do once the cause of a stop is fixed."""
     if incremental:
@@ -218,7 +229,14 @@ def run() -> None:
 
 def credentials_for(config: Config, dry_run: bool) -> Credentials | None:
     """The environment's credentials for the job's kind; a dry run needs none."""
-    return None if dry_run else credentials_from_env(os.environ, config.mixpanel, config.job.kind)
+    if dry_run:
+        return None
+    credentials = credentials_from_env(os.environ, config.mixpanel, config.job.kind)
+    url = urlparse(config.mixpanel.base_url)
+    if url.scheme == "http" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("mixpanel.api_host is plain http, to %s: the credentials and the events cross the network "
+                    "unencrypted (Mixpanel's hosts take https:// only)", url.hostname)
+    return credentials
 
 
 def config_error(exc: Exception) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ TRIGGERS = ("available_now", "continuous")
 # The keys that only job.mode incremental takes, in the job and source sections
 STREAM_JOB_KEYS = ("trigger", "trigger_interval_s", "checkpoint_path", "max_files_per_batch", "max_bytes_per_batch")
 STREAM_SOURCE_KEYS = ("change_feed", "starting_version", "starting_timestamp")
+# Delta's maxBytesPerTrigger: whole bytes, or kibi-, mebi-, gibi-, tebi- or pebibytes (512m, 1g, 2tb)
+BYTE_SIZE = re.compile(r"^\s*\d+\s*([kmgtp]b?|b)?\s*$", re.IGNORECASE)
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
 MAX_REQUEST_BYTES = 10_000_000  # /import cap on the uncompressed body
 
@@ -71,6 +74,9 @@ class SourceConfig:
                               "source.format: delta")
         if self.starting_version is not None and self.starting_timestamp is not None:
             raise ConfigError("give at most one of source.starting_version or source.starting_timestamp")
+        for key in ("timestamp", "starting_timestamp"):  # Delta reads them; a typo should not wait for Spark
+            if getattr(self, key) is not None:
+                iso_to_epoch_ms(f"source.{key}", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,8 @@ class MixpanelConfig:
         _require_range("mixpanel.rate_limit_events_per_second", self.rate_limit_events_per_second, 1, 10_000_000)
         if self.max_events_per_second is not None:
             _require_range("mixpanel.max_events_per_second", self.max_events_per_second, 1, 10_000_000)
-        for key in ("timeout_s", "backoff_initial_s", "backoff_max_s", "jitter_min_s", "jitter_max_s"):
+        _require_range("mixpanel.timeout_s", self.timeout_s, 0.1, 3600)  # an HTTP client cannot wait 0 s
+        for key in ("backoff_initial_s", "backoff_max_s", "jitter_min_s", "jitter_max_s"):
             _require_range(f"mixpanel.{key}", getattr(self, key), 0, 3600)
         if self.jitter_min_s > self.jitter_max_s:
             raise ConfigError("mixpanel.jitter_min_s must not exceed mixpanel.jitter_max_s")
@@ -254,6 +261,14 @@ class JobConfig:
             raise ConfigError("job.order, job.phase_days, job.time_from and job.time_to are for job.kind: events "
                               "(profile updates have no time)")
         _require_range("job.recent_days", self.recent_days, 1, 36_500)
+        if self.order != "recent_first" and non_default(self, ["recent_days"]):
+            raise ConfigError("job.recent_days is for job.order: recent_first")
+        if self.trigger != "continuous" and non_default(self, ["trigger_interval_s"]):
+            raise ConfigError("job.trigger_interval_s is for job.trigger: continuous (available_now stops "
+                              "when the source has nothing new)")
+        if self.max_bytes_per_batch is not None and not BYTE_SIZE.match(str(self.max_bytes_per_batch)):
+            raise ConfigError("job.max_bytes_per_batch must be a whole number of bytes with an optional unit, "
+                              f"such as 512m or 1g, got {self.max_bytes_per_batch!r}")
         if self.phase_days is not None:
             _require_range("job.phase_days", self.phase_days, 1, 36_500)
         time_from_ms, time_to_ms = self.time_from_ms, self.time_to_ms  # parsed here to fail early
@@ -320,10 +335,27 @@ def with_defaults(section: Any, names: Sequence[str]) -> Any:
     return dataclasses.replace(section, **{f.name: f.default for f in dataclasses.fields(section) if f.name in names})
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: plain YAML keeps the last
+    one, so a second `job:` section would silently drop the first one's time window."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, whose keys a section may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"the config gives {key!r} twice in the same section (again on line "
+                                  f"{key_node.start_mark.line + 1}): YAML would keep only the last")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
     """Parse YAML or JSON config text, apply `dotted.key=value` overrides, and validate."""
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=UniqueKeyLoader) or {}  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ConfigError(f"config is not valid YAML or JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -369,7 +401,8 @@ def credentials_from_env(environ: Mapping[str, str], mixpanel: MixpanelConfig, k
     can be `{{secrets/<scope>/<key>}}`.)
     """
     user_name, secret_name, token_name = "MP_SERVICE_ACCOUNT_USER", "MP_SERVICE_ACCOUNT_SECRET", "MP_PROJECT_TOKEN"
-    user, secret, token = environ.get(user_name, ""), environ.get(secret_name, ""), environ.get(token_name, "")
+    # Stripped: a secret kept in a file or a secret store often ends in a newline, which Mixpanel refuses.
+    user, secret, token = (environ.get(name, "").strip() for name in (user_name, secret_name, token_name))
     if kind == "lookup_table" and not (user and secret):
         raise ConfigError(f"job.kind: lookup_table needs a service account: set {user_name} and {secret_name} "
                           "(with mixpanel.project_id)")
@@ -425,6 +458,8 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 
 def _build(cls: type, data: Any, prefix: str, field_types: Mapping[str, type] | None = None) -> Any:
     """Build dataclass `cls` from a dict, naming the dotted key of anything unknown, missing or mistyped."""
+    if data is None:  # a section whose keys are all commented out
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping")
     hints = {**typing.get_type_hints(cls), **(field_types or {})}

@@ -3,9 +3,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mp_spark.cli import build_parser
-from mp_spark.config import ConfigError, Credentials, credentials_from_env, parse_config
+from mp_spark.cli import build_parser, credentials_for, read_here
+from mp_spark.config import ConfigError, Credentials, UniqueKeyLoader, credentials_from_env, parse_config
 from mp_spark.incremental import as_backfill, checkpoint_path
 
 MINIMAL = """
@@ -260,3 +261,82 @@ def test_the_command_line_takes_no_abbreviations_so_spark_submits_conf_is_not_re
 def test_phases_of_days_are_checked(config: str, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(config, overrides)
+
+
+def test_a_key_given_twice_is_refused_not_overwritten() -> None:
+    two_jobs = MINIMAL + "job: {time_from: 2024-06-20}\njob: {results_path: /tmp/runs}\n"
+    with pytest.raises(ConfigError, match=r"'job' twice in the same section \(again on line 5\)"):
+        parse_config(two_jobs)
+    with pytest.raises(ConfigError, match="'plan' twice"):
+        parse_config(MINIMAL.replace("user_id}", "user_id, properties: {plan: a, plan: b}}"))
+    # A YAML merge key is not a repeat: the section's own keys override the merged ones.
+    merged = "base: &base {event: name, time: ts}\nmapping: {<<: *base, time: ts2}\n"
+    assert yaml.load(merged, Loader=UniqueKeyLoader)["mapping"] == {"event": "name", "time": "ts2"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["mixpanel.timeout_s=0"], "mixpanel.timeout_s must be between 0.1 and 3600, got 0"),
+    (["job.recent_days=7"], "job.recent_days is for job.order: recent_first"),
+    (["job.mode=incremental", "job.trigger_interval_s=30"], "job.trigger_interval_s is for job.trigger: continuous"),
+    (["source.format=delta", "job.mode=incremental", "job.max_bytes_per_batch=lots"],
+     "job.max_bytes_per_batch must be a whole number of bytes with an optional unit, such as 512m or 1g, got 'lots'"),
+    (["source.format=delta", "job.mode=incremental", "job.max_bytes_per_batch=1.5g"], "got '1.5g'"),
+    (["source.format=delta", "job.mode=incremental", "source.starting_timestamp=yesterday"],
+     "source.starting_timestamp must be an ISO 8601 date or timestamp"),
+    (["source.format=delta", "source.timestamp=yesterday"], "source.timestamp must be an ISO 8601 date or timestamp"),
+])
+def test_values_spark_or_requests_would_refuse_later_are_refused_up_front(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(MINIMAL, overrides)
+
+
+def test_byte_sizes_and_timestamps_that_delta_reads_are_taken() -> None:
+    for size in ("512m", "1g", "2TB", "1048576", "64 kb"):
+        parse_config(MINIMAL, ["source.format=delta", "job.mode=incremental", f"job.max_bytes_per_batch={size}"])
+    for key in ("source.starting_timestamp=2024-01-31", "source.starting_timestamp='2024-01-31 10:00:00'"):
+        parse_config(MINIMAL, ["source.format=delta", "job.mode=incremental", key])
+    recent = parse_config(MINIMAL, ["job.order=recent_first", "job.recent_days=7"]).job
+    assert recent.recent_days == 7
+
+
+def test_a_section_whose_keys_are_all_commented_out_is_empty() -> None:
+    assert parse_config(MINIMAL + "job:\n  # time_from: 2024-01-01\n").job.records_per_partition == 200_000
+    with pytest.raises(ConfigError, match=r"missing required key mapping\.event"):
+        parse_config("source: {format: parquet, path: x}\nmapping:\n  # event: name\n")
+
+
+def test_credentials_from_a_secret_file_lose_their_trailing_newline() -> None:
+    mixpanel = parse_config(MINIMAL + "mixpanel: {project_id: '7'}").mixpanel
+    from_files = {"MP_SERVICE_ACCOUNT_USER": "sa\n", "MP_SERVICE_ACCOUNT_SECRET": " s3cret\n"}
+    creds = credentials_from_env(from_files, mixpanel)
+    assert creds.authorization_header() == "Basic c2E6czNjcmV0"  # base64("sa:s3cret")
+    with pytest.raises(ConfigError, match="no Mixpanel credentials"):
+        credentials_from_env({"MP_PROJECT_TOKEN": "\n"}, mixpanel)
+
+
+def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert build_parser().parse_args(["--config", "job.yaml", "--log-level", "debug"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["--config", "job.yaml", "--log-level", "verbose"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'VERBOSE'" in capsys.readouterr().err
+
+
+def test_a_config_path_not_here_is_left_to_a_spark_connect_server(tmp_path: Path) -> None:
+    here = tmp_path / "job.yaml"
+    here.write_text(MINIMAL)
+    assert read_here(str(here), remote=False) and read_here(str(here), remote=True)
+    assert read_here("/Volumes/main/mixpanel/job.yaml", remote=False)  # not found: said before Spark starts
+    assert not read_here("/Volumes/main/mixpanel/job.yaml", remote=True)  # a Databricks Connect client's
+    assert not read_here("s3://bucket/job.yaml", remote=False)
+
+
+def test_plain_http_to_another_machine_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MP_PROJECT_TOKEN", "tok")
+    for host, warned in (("http://127.0.0.1:9", False), ("https://relay.example", False),
+                         ("http://relay.example:8080", True)):
+        caplog.clear()
+        credentials_for(parse_config(MINIMAL, [f"mixpanel.api_host={host}"]), dry_run=False)
+        assert ("plain http, to relay.example" in caplog.text) == warned, host
+    assert "tok" not in caplog.text
