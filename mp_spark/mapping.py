@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 SECONDS_BELOW = 10**11  # an epoch number below this is seconds, above it milliseconds (10^11 s is year 5138)
 MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
-INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}$"  # Mixpanel's rule for $insert_id
+# Mixpanel's rule for $insert_id; \z, as Java's $ would also match before a final newline
+INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}\\z"
 # Mixpanel's date type is YYYY-MM-DDTHH:MM:SS in UTC: years outside 1-9999 have no such form.
 MIN_YEAR, MAX_YEAR = 1, 9999
 # Mixpanel's limits on property values (reference §3 "Properties", §7): strings are cut at 255
@@ -100,7 +101,9 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
             distinct_id = F.when(distinct_id.isNull() & device_id.isNull() & user_id.isNull(), F.lit("")).otherwise(
                 distinct_id
             )
-        ip = analysed_expr(df, mapping.ip, "mapping.ip").cast("string") if mapping.ip else F.lit("0")
+        # "0": no geolocation. Without an ip, Mixpanel would place the event where the Spark cluster is.
+        ip = F.coalesce(analysed_expr(df, mapping.ip, "mapping.ip").cast("string"), F.lit("0")) if mapping.ip \
+            else F.lit("0")
         properties = event_properties(df, mapping)
         mapped = df.select(
             event.alias("event"),
@@ -189,7 +192,9 @@ def _number_to_ms(number: Column, unit: str | None) -> Column:
         factor = F.when(F.abs(value) < SECONDS_BELOW, F.lit(1000.0)).otherwise(F.lit(1.0))
     else:
         factor = F.lit(MS_PER_UNIT[unit])
-    return F.round(value * factor).cast("long")
+    # try_cast: NaN, infinities and values beyond a long's range give no time (the row is set aside as
+    # such), where ANSI mode's cast would stop the whole job.
+    return F.round(value * factor).try_cast("long")
 
 
 def _string_to_ms(text: Column, unit: str | None) -> Column:
@@ -554,18 +559,21 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
 
     Without `mapping.insert_id` it is the first 36 hex digits of a SHA-256 over the event, time,
     identity (distinct_id, device_id, user_id) and properties (those found by a spread too). A mapped
-    id that breaks Mixpanel's rule (at most 36 of [0-9a-zA-Z-], not a placeholder such as "0" or
-    "null") is replaced by a hash of itself, which keeps it stable and unique; a null one falls back
-    to the content hash.
+    id that breaks Mixpanel's rule (at most 36 of [0-9a-zA-Z-]) is replaced by a hash of itself,
+    which keeps it stable and unique; a null, empty or placeholder one (such as "0" or "null") falls
+    back to the content hash.
     """
     content = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id", "properties",
-                                 *(["spread"] if "spread" in mapped.columns else [])))
+                                 *(["spread"] if "spread" in mapped.columns else [])), JSON_OPTIONS)
     derived = F.substring(F.sha2(content, 256), 1, 36)
     if not mapped_id:
         return derived
     given = F.col("insert_id")
+    # An empty or placeholder id is no id: hashed, every row with it would get the same one, and
+    # Mixpanel would keep one event of each day's lot.
+    no_id = given.isNull() | (F.trim(given) == "") | F.lower(F.trim(given)).isin(*PLACEHOLDER_IDS)
     return (
-        F.when(given.isNull(), derived)
-        .when(given.rlike(INSERT_ID_PATTERN) & ~F.lower(given).isin(*PLACEHOLDER_IDS), given)
+        F.when(no_id, derived)
+        .when(given.rlike(INSERT_ID_PATTERN), given)
         .otherwise(F.substring(F.sha2(given, 256), 1, 36))
     )

@@ -38,8 +38,9 @@ def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], D
             key_name = "$distinct_id"
             key = analysed_expr(df, mapping.distinct_id, "mapping.distinct_id").cast("string")
             identity = [key.alias(key_name)]
-            if mapping.ip:
-                identity.append(analysed_expr(df, mapping.ip, "mapping.ip").cast("string").alias("$ip"))
+            if mapping.ip:  # where a row has none, "0" (as the request's ip=0 does without mapping.ip)
+                ip = analysed_expr(df, mapping.ip, "mapping.ip").cast("string")
+                identity.append(F.coalesce(ip, F.lit("0")).alias("$ip"))
         else:
             key_name = "$group_id"
             key = analysed_expr(df, mapping.group_id, "mapping.group_id").cast("string")

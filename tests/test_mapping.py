@@ -1,5 +1,6 @@
 import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_derived_insert_id_is_deterministic_and_mixpanel_shaped(spark: SparkSess
 
 def test_mapped_insert_id_is_kept_when_valid_and_rehashed_when_not(spark: SparkSession) -> None:
     rows = [("u1", "A", 1, "order-17"), ("u1", "A", 1, "order_17/with:bad chars"), ("u1", "A", 1, None),
-            ("u1", "A", 1, "Null")]
+            ("u1", "A", 1, "Null"), ("u1", "A", 1, "order-17\n")]
     df = spark.createDataFrame(rows, "user string, name string, ts long, oid string")
     mapping = MappingConfig(event="name", time="ts", distinct_id="user", insert_id="oid")
     ids = [e["properties"]["$insert_id"] for e in sent_events(df, mapping)]
@@ -80,6 +81,30 @@ def test_mapped_insert_id_is_kept_when_valid_and_rehashed_when_not(spark: SparkS
     assert len(ids[1]) == 36 and ids[1].isalnum()
     assert len(ids[2]) == 36 and ids[2] != ids[1]
     assert len(ids[3]) == 36 and ids[3].isalnum()  # a placeholder Mixpanel refuses
+    assert len(ids[4]) == 36 and ids[4] not in (ids[0], ids[1])  # a trailing newline breaks Mixpanel's rule too
+
+
+@pytest.mark.parametrize("no_id", ["", "  ", "null", "0", "N/A"])
+def test_an_empty_or_placeholder_mapped_id_falls_back_to_the_content_hash(spark: SparkSession, no_id: str) -> None:
+    rows = [("u1", "buy", 1_704_164_645, 10.0, no_id), ("u1", "buy", 1_704_168_245, 25.0, no_id)]
+    df = spark.createDataFrame(rows, "user string, name string, ts long, amount double, oid string")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", insert_id="oid", include_columns=["amount"])
+    unmapped = MappingConfig(event="name", time="ts", distinct_id="user", include_columns=["amount"])
+    ids = [e["properties"]["$insert_id"] for e in sent_events(df, mapping)]
+    # Two purchases an hour apart: one id for both would have Mixpanel keep only one of them.
+    assert ids[0] != ids[1]
+    assert ids == [e["properties"]["$insert_id"] for e in sent_events(df.drop("oid"), unmapped)]
+
+
+def test_the_content_hash_does_not_depend_on_the_sessions_json_settings(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, None)], "user string, name string, ts long, p string")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns=["p"])
+    default = sent_events(df, mapping)[0]["properties"]["$insert_id"]
+    spark.conf.set("spark.sql.jsonGenerator.ignoreNullFields", "false")
+    try:
+        assert sent_events(df, mapping)[0]["properties"]["$insert_id"] == default
+    finally:
+        spark.conf.unset("spark.sql.jsonGenerator.ignoreNullFields")
 
 
 def test_properties_and_included_columns_are_sent_with_their_types(spark: SparkSession) -> None:
@@ -135,6 +160,18 @@ def test_ip_is_zero_unless_mapped(spark: SparkSession) -> None:
     assert sent_events(df)[0]["properties"]["ip"] == "0"
     mapped = MappingConfig(event="name", time="ts", distinct_id="user", ip="addr")
     assert sent_events(df, mapped)[0]["properties"]["ip"] == "203.0.113.9"
+    # A row without one: "0" still, or Mixpanel would place the event where the cluster is.
+    assert sent_events(df.withColumn("addr", F.lit(None).cast("string")), mapped)[0]["properties"]["ip"] == "0"
+
+
+@pytest.mark.parametrize(("ddl", "value"), [
+    ("ts double", float("nan")), ("ts double", float("inf")), ("ts double", 1e20),
+    ("ts string", "99999999999999999999999"), ("ts decimal(38,0)", Decimal(10**30)),
+])
+def test_a_time_beyond_any_epoch_is_no_time_not_a_failed_job(spark: SparkSession, ddl: str, value: object) -> None:
+    df = spark.createDataFrame([("u1", "A", value)], f"user string, name string, {ddl}")
+    events = df.transform(to_mixpanel_events(MAPPING)).select("time").collect()
+    assert events[0].time is None  # set aside by validation as an event without a time
 
 
 def test_simplified_id_merge_sends_device_and_user_ids_without_distinct_id(spark: SparkSession) -> None:

@@ -186,6 +186,13 @@ def test_a_null_value_is_left_out_of_the_update_whatever_the_session_s_json_sett
     assert lines == [{"$distinct_id": "u1", "$ignore_time": True, "$set": {"tier": "gold"}}]
 
 
+def test_a_profile_row_without_its_mapped_ip_is_not_geolocated_to_the_cluster(spark: SparkSession) -> None:
+    users = spark.createDataFrame([("u1", "203.0.113.9"), ("u2", None)], "user_id string, addr string")
+    mapping = ProfileMappingConfig(distinct_id="user_id", ip="addr", set={"seen": "true"})
+    lines = [json.loads(row.line) for row in users.transform(to_profile_updates(mapping)).collect()]
+    assert [line["$ip"] for line in lines] == ["203.0.113.9", "0"]
+
+
 def test_profile_times_are_utc_text_in_every_session_zone(spark: SparkSession, session_zone: str) -> None:
     users = wall_clock_rows(spark, DST_WALL_CLOCKS)
     mapping = ProfileMappingConfig(distinct_id="wall", set={"at": "instant", "wall clock": "ntz"},
