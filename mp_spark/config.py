@@ -440,6 +440,13 @@ def iso_to_epoch_ms(key: str, text: str) -> int:
     return (moment - UNIX_EPOCH) // timedelta(milliseconds=1)
 
 
+def utc_text(key: str, text: str) -> str:
+    """An ISO 8601 date or timestamp (UTC when it names no zone) as an ISO text that says UTC: Delta
+    reads a zone-less one in the Spark session's time zone."""
+    moment = UNIX_EPOCH + timedelta(milliseconds=iso_to_epoch_ms(key, text))
+    return moment.isoformat(timespec="milliseconds")
+
+
 def _apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw_value = override.partition("=")
     if not sep or not key.strip():

@@ -12,7 +12,7 @@ from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mp_spark.config import ConfigError, JobConfig, SourceConfig
+from mp_spark.config import ConfigError, JobConfig, SourceConfig, utc_text
 
 DELTA_VERSION = "4.4.0"  # the delta-spark release built for Spark 4.0, 4.1 and 4.2 (pyproject.toml pins it)
 GLOB = re.compile(r"[*?[{]")
@@ -47,9 +47,11 @@ def open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> Da
 
 def _open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> DataFrame:
     reader = spark.readStream.format(source.format)
+    starting = source.starting_timestamp
     options = {
         "readChangeFeed": "true" if source.change_feed else None,
-        "startingVersion": source.starting_version, "startingTimestamp": source.starting_timestamp,
+        "startingVersion": source.starting_version,
+        "startingTimestamp": utc_text("source.starting_timestamp", starting) if starting else None,
         "maxFilesPerTrigger": job.max_files_per_batch, "maxBytesPerTrigger": job.max_bytes_per_batch,
         "timeZone": "UTC" if source.format == "json" else None,  # as read_source reads JSON
     }
@@ -137,7 +139,7 @@ def _read(spark: SparkSession, source: SourceConfig) -> DataFrame:
     if source.version is not None:
         reader = reader.option("versionAsOf", source.version)
     if source.timestamp is not None:
-        reader = reader.option("timestampAsOf", source.timestamp)
+        reader = reader.option("timestampAsOf", utc_text("source.timestamp", source.timestamp))
     if source.schema is not None:
         reader = _with_schema(reader, source.schema)
     key = "source.path" if source.path is not None else "source.table"

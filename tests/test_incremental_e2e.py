@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,25 @@ def test_a_delta_table_that_grows_is_sent_once_run_by_run(
     assert "nothing new since 20" in capsys.readouterr().out
     assert mixpanel.requests == requests_before
     assert summary(tmp_path)["nothing_new_since"].startswith("20")
+
+
+def test_a_zone_less_starting_timestamp_is_utc_whatever_the_session_zone(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    """Delta reads a zone-less time in the session's zone: 8 hours off in the tests' Los Angeles,
+    which would start the stream after commits it should send (or at none at all)."""
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 20))
+    time.sleep(1.5)  # Delta's commit times are the clock's
+    between = datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds")
+    time.sleep(1.5)
+    rows(spark, 20, 30).write.format("delta").mode("append").save(str(tmp_path / "events"))
+    assert spark.conf.get("spark.sql.session.timeZone") != "UTC"
+
+    assert run(config, f"source.starting_timestamp={between}") == 0  # the commits from then on
+    assert sent_ids(mixpanel) == list(range(20, 50))
+    as_of = ["job.mode=backfill", f"source.timestamp={between}", f"job.results_path={tmp_path / 'as-of'}"]
+    assert run(config, *as_of) == 0  # the table as it was then
+    assert sent_ids(mixpanel) == list(range(50))
 
 
 @pytest.mark.parametrize("fmt", ["parquet", pytest.param("json", marks=pytest.mark.connect)])
