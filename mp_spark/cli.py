@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mp_spark import LOG_FORMAT
+from mp_spark import LOG_FORMAT, counted
 from mp_spark.config import (
     Config,
     ConfigError,
@@ -304,19 +304,16 @@ def format_stream_summary(stream: StreamSummary) -> str:
     if stream.nothing_new_since is not None:
         return (f"mp-spark run {stream.total.run_id}: nothing new since {stream.nothing_new_since} "
                 f"(checkpoint {stream.checkpoint_path})")
-    return "\n".join([format_summary(stream.total),
+    if not stream.micro_batches and stream.total.rows_read == 0:
+        return (f"mp-spark run {stream.total.run_id}: stopped before any micro-batch "
+                f"(checkpoint {stream.checkpoint_path})")
+    return "\n".join([format_summary(stream.total, incremental=True),
                       f"  {counted(len(stream.micro_batches), 'micro-batch')}; checkpoint {stream.checkpoint_path}"])
 
 
-PLURALS = {"batch": "batches", "micro-batch": "micro-batches", "retry": "retries"}
-
-
-def counted(number: int, noun: str) -> str:
-    """The number and the noun, such as "1 request", "2 requests" or "0 retries"."""
-    return f"{number} {noun if number == 1 else PLURALS.get(noun, noun + 's')}"
-
-
-def format_summary(s: Summary) -> str:
+def format_summary(s: Summary, incremental: bool = False) -> str:
+    """The summary a run prints; an incremental run's not-sent rows go with the next run, and its
+    rejected rows are kept per micro-batch."""
     imported_label = "would import" if s.dry_run else "imported"
     lines = [
         f"mp-spark run {s.run_id}" + ("  (dry run: nothing was sent)" if s.dry_run else ""),
@@ -324,7 +321,8 @@ def format_summary(s: Summary) -> str:
         f"  {imported_label:<13}{s.imported:>14,}",
         f"  {'rejected':<13}{s.rejected:>14,}   refused by Mixpanel",
         f"  {'invalid':<13}{s.invalid:>14,}   set aside before sending",
-        *([f"  {'unsent':<13}{s.unsent:>14,}   not sent yet: finish with --resume"] if s.unsent else []),
+        *([f"  {'unsent':<13}{s.unsent:>14,}   not sent yet: "
+           + ("the next run sends them" if incremental else "finish with --resume")] if s.unsent else []),
         *([f"  {'trimmed':<13}{s.trimmed:>14,}   sent with a value cut to fit Mixpanel's limits"]
           if s.trimmed else []),
         *([f"  {s.resumed_partitions} of {s.partitions} partitions were sent before this resumed run"]
@@ -336,7 +334,8 @@ def format_summary(s: Summary) -> str:
         f"  results: {s.results_path}",
     ]
     if s.rejected or s.invalid:
-        lines.append(f"  reasons for every row not imported: {s.results_path}/rejected/")
+        rejected = f"{s.results_path}/batches/*/rejected/" if incremental else f"{s.results_path}/rejected/"
+        lines.append(f"  reasons for every row not imported: {rejected}")
     if not s.balanced:
         lines.append("  ACCOUNTING MISMATCH: rows read != imported + rejected + invalid + unsent (see the log)")
     return "\n".join(lines)

@@ -42,13 +42,15 @@ CONFIG_PROBLEM = "config"  # a stopped batch's status when a ConfigError stopped
 
 
 def checkpoint_path(config: Config, results_root: str) -> str:
-    """job.checkpoint_path, or `<results_root>/checkpoints/<kind>-<digest of the source>`: the same
-    for every run of a config whose source and kind stay the same (a changed mapping keeps the
-    stream's place; a changed source starts a new stream)."""
+    """job.checkpoint_path, or `<results_root>/checkpoints/<kind>-<digest>`: the same for every run of
+    a config whose source, kind and Mixpanel project (host and project_id) stay the same. A changed
+    mapping keeps the stream's place; a changed source starts a new stream, and so does another
+    project (a test project first, as Mixpanel advises, must not leave the real one "nothing new")."""
     if config.job.checkpoint_path:
         return config.job.checkpoint_path
     source = json.dumps(dataclasses.asdict(config.source), sort_keys=True)
-    digest = hashlib.sha256(f"{config.job.kind}\n{source}".encode()).hexdigest()[:12]
+    target = f"{config.mixpanel.base_url} {config.mixpanel.project_id}"
+    digest = hashlib.sha256(f"{config.job.kind}\n{source}\n{target}".encode()).hexdigest()[:12]
     return f"{results_root.rstrip('/')}/checkpoints/{config.job.kind}-{digest}"
 
 
@@ -170,16 +172,17 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
         raise
     record_progress(spark, query, results_path, run_id, done)
     failure = query.exception()
-    stop = read_stop(spark, results_path, run_id) if failure is not None else None
+    recorded_stop = read_stop(spark, results_path, run_id) if failure is not None else None
     summaries = [summary for summary, _ in done.values()]
-    stopped_batch = batch_summary(spark, results_path, run_id, stop["batch_id"]) if stop else None
+    stopped_batch = batch_summary(spark, results_path, run_id, recorded_stop["batch_id"]) if recorded_stop else None
     total = add_up(run_id, summaries + ([stopped_batch] if stopped_batch else []),
                    seconds=time.monotonic() - started, results_path=results_path)
+    nothing_new = not (done or failure or stop.is_set())  # a stop before the first batch is not "nothing new"
     summary = StreamSummary(total, [done[batch_id][1] for batch_id in sorted(done)], checkpoint,
-                            None if done or failure else last_read(spark, checkpoint))
+                            last_read(spark, checkpoint) if nothing_new else None)
     write_text(spark, f"{results_path}/summary", summary.as_json())
     if failure is not None:
-        raise stop_error(stop, total if summaries or stopped_batch else None) if stop else failure
+        raise stop_error(recorded_stop, total if summaries or stopped_batch else None) if recorded_stop else failure
     return summary
 
 
@@ -189,7 +192,8 @@ def record_progress(spark: SparkSession, query, results_path: str, run_id: str,
     source offsets it read (from the query's progress)."""
     for report in query.recentProgress:
         batch_id = report["batchId"]
-        if batch_id in done:
+        # An idle report (no micro-batch ran) carries the next batch's id, which has nothing to read yet.
+        if batch_id in done or "addBatch" not in report["durationMs"]:
             continue
         summary = batch_summary(spark, results_path, run_id, batch_id)
         if summary is None:  # the batch failed: its stop is reported once the query has ended

@@ -233,6 +233,8 @@ def test_the_default_checkpoint_is_stable_for_a_source_and_changes_with_it() -> 
     assert re.fullmatch(r"s3://bucket/runs/checkpoints/events-[0-9a-f]{12}", path)
     moved = parse_config(MINIMAL, ["job.mode=incremental", "source.where=id > 3"])
     assert checkpoint_path(moved, "s3://bucket/runs") != path
+    for project in (["mixpanel.project_id=222"], ["mixpanel.region=eu"]):  # a test project first, then the real one
+        assert checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", *project]), "s3://bucket/runs") != path
     assert checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", "job.checkpoint_path=/cp"]), "x") == "/cp"
 
 

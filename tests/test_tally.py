@@ -4,9 +4,10 @@ import dataclasses
 
 from pyspark.sql import types as T
 
-from mp_spark.cli import format_summary
+from mp_spark.cli import format_stream_summary, format_summary
 from mp_spark.executor import SENT_SCHEMA
-from mp_spark.results import summarize
+from mp_spark.incremental import StreamSummary
+from mp_spark.results import add_up, summarize
 from mp_spark.tally import EXHAUSTED, OUTCOME_SCHEMA, TALLY_FIELDS, PartitionOutcome, Tally
 
 
@@ -46,3 +47,16 @@ def test_the_printed_summary_counts_one_of_a_thing_in_the_singular() -> None:
     assert "  1 partition, 1 batch, 2 requests, 1 retry\n" in format_summary(one)
     two = dataclasses.replace(one, partitions=2, batches=0, requests=1, retries=2)
     assert "  2 partitions, 0 batches, 1 request, 2 retries\n" in format_summary(two)
+
+
+def test_a_stopped_incremental_run_points_to_the_next_run_and_its_batches_rejections() -> None:
+    outcomes = [PartitionOutcome(0, Tally(rows=4, imported=3, rejected=1)), PartitionOutcome(1, Tally(), EXHAUSTED)]
+    stopped = summarize(run_id="r", dry_run=False, rows_read=10, partitions=2, outcomes=outcomes,
+                        resumed=0, imported_before=0, seconds=1.0, results_path="/r")
+    backfill, stream = format_summary(stopped), format_summary(stopped, incremental=True)
+    assert "not sent yet: finish with --resume" in backfill and "not imported: /r/rejected/" in backfill
+    assert "--resume" not in stream and "not sent yet: the next run sends them" in stream
+    assert "not imported: /r/batches/*/rejected/" in stream  # where an incremental run keeps them
+    before_any = StreamSummary(add_up("r", [], seconds=0.1, results_path="/r"), [], "/r/checkpoints/events-1")
+    assert format_stream_summary(before_any) == "mp-spark run r: stopped before any micro-batch " \
+                                                "(checkpoint /r/checkpoints/events-1)"
