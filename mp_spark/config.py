@@ -34,7 +34,7 @@ JOB_MODES = ("backfill", "incremental")
 TRIGGERS = ("available_now", "continuous")
 # The keys that only job.mode incremental takes, in the job and source sections
 STREAM_JOB_KEYS = ("trigger", "trigger_interval_s", "checkpoint_path", "max_files_per_batch", "max_bytes_per_batch")
-STREAM_SOURCE_KEYS = ("change_feed", "starting_version", "starting_timestamp")
+STREAM_SOURCE_KEYS = ("change_feed", "skip_change_commits", "starting_version", "starting_timestamp")
 # Delta's maxBytesPerTrigger: whole bytes, or kibi-, mebi-, gibi-, tebi- or pebibytes (512m, 1g, 2tb)
 BYTE_SIZE = re.compile(r"^\s*\d+\s*([kmgtp]b?|b)?\s*$", re.IGNORECASE)
 MAX_EVENTS_PER_REQUEST = 2000  # /import cap per request
@@ -54,8 +54,10 @@ class SourceConfig:
     version: int | None = None
     timestamp: str | None = None
     schema: str | None = None
-    # job.mode incremental only: read Delta's change data feed, and where a Delta stream starts
+    # job.mode incremental only: read Delta's change data feed, or pass over commits that change or
+    # delete rows (a stream of the rows stops at them), and where a Delta stream starts
     change_feed: bool = False
+    skip_change_commits: bool = False
     starting_version: int | None = None
     starting_timestamp: str | None = None
 
@@ -69,9 +71,12 @@ class SourceConfig:
             raise ConfigError("give at most one of source.version or source.timestamp")
         if self.schema is not None and self.format != "json":
             raise ConfigError("source.schema is only used with source.format: json")
-        if self.format != "delta" and non_default(self, STREAM_SOURCE_KEYS):
-            raise ConfigError("source.change_feed, source.starting_version and source.starting_timestamp need "
-                              "source.format: delta")
+        stream_keys = non_default(self, STREAM_SOURCE_KEYS)
+        if self.format != "delta" and stream_keys:
+            raise ConfigError(f"source.{stream_keys[0]} needs source.format: delta")
+        if self.change_feed and self.skip_change_commits:
+            raise ConfigError("source.skip_change_commits is for a stream of the table's rows; its change feed "
+                              "(source.change_feed) has every change already")
         if self.starting_version is not None and self.starting_timestamp is not None:
             raise ConfigError("give at most one of source.starting_version or source.starting_timestamp")
         for key in ("timestamp", "starting_timestamp"):  # Delta reads them; a typo should not wait for Spark
@@ -293,9 +298,9 @@ class Config:
 
     def __post_init__(self) -> None:
         incremental = self.job.mode == "incremental"
-        if non_default(self.source, STREAM_SOURCE_KEYS) and not incremental:
-            raise ConfigError("source.change_feed, source.starting_version and source.starting_timestamp are "
-                              "for job.mode: incremental")
+        stream_keys = non_default(self.source, STREAM_SOURCE_KEYS)
+        if stream_keys and not incremental:
+            raise ConfigError(f"source.{stream_keys[0]} is for job.mode: incremental")
         if incremental and (self.source.version is not None or self.source.timestamp is not None):
             raise ConfigError("source.version and source.timestamp read one version of a table (job.mode: "
                               "backfill); an incremental run starts at source.starting_version or "

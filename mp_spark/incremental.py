@@ -48,7 +48,8 @@ def checkpoint_path(config: Config, results_root: str) -> str:
     project (a test project first, as Mixpanel advises, must not leave the real one "nothing new")."""
     if config.job.checkpoint_path:
         return config.job.checkpoint_path
-    source = json.dumps(dataclasses.asdict(config.source), sort_keys=True)
+    # Passing over change commits does not move the stream: a run told to do so goes on from its place.
+    source = json.dumps({**dataclasses.asdict(config.source), "skip_change_commits": False}, sort_keys=True)
     target = f"{config.mixpanel.base_url} {config.mixpanel.project_id}"
     digest = hashlib.sha256(f"{config.job.kind}\n{source}\n{target}".encode()).hexdigest()[:12]
     return f"{results_root.rstrip('/')}/checkpoints/{config.job.kind}-{digest}"
@@ -182,8 +183,21 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
                             last_read(spark, checkpoint) if nothing_new else None)
     write_text(spark, f"{results_path}/summary", summary.as_json())
     if failure is not None:
-        raise stop_error(recorded_stop, total if summaries or stopped_batch else None) if recorded_stop else failure
+        raise stop_error(recorded_stop, total if summaries or stopped_batch else None) if recorded_stop else \
+            changed_rows_error(failure) or failure
     return summary
+
+
+def changed_rows_error(failure: Exception) -> ConfigError | None:
+    """Delta's stream of a table's rows stops at a commit that changed or deleted rows (a DELETE,
+    UPDATE or MERGE, a GDPR erasure): what the user can set to go on, as a config error."""
+    if not any(condition in str(failure) for condition in ("DELTA_SOURCE_TABLE_IGNORE_CHANGES",
+                                                           "DELTA_SOURCE_IGNORE_DELETE")):
+        return None
+    return ConfigError("source: a commit changed or deleted rows of the Delta table (DELETE, UPDATE or MERGE), "
+                       "which a stream of its rows cannot follow: set source.skip_change_commits: true to send "
+                       "only the rows added from then on (rows changed in place are not sent again), or read "
+                       "its change feed with source.change_feed: true")
 
 
 def record_progress(spark: SparkSession, query, results_path: str, run_id: str,

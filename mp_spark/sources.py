@@ -50,6 +50,7 @@ def _open_stream(spark: SparkSession, source: SourceConfig, job: JobConfig) -> D
     starting = source.starting_timestamp
     options = {
         "readChangeFeed": "true" if source.change_feed else None,
+        "skipChangeCommits": "true" if source.skip_change_commits else None,
         "startingVersion": source.starting_version,
         "startingTimestamp": utc_text("source.starting_timestamp", starting) if starting else None,
         "maxFilesPerTrigger": job.max_files_per_batch, "maxBytesPerTrigger": job.max_bytes_per_batch,

@@ -201,8 +201,11 @@ def test_the_time_window_is_exact_utc_whatever_the_process_time_zone(
 @pytest.mark.parametrize(("overrides", "message"), [
     (["job.trigger=continuous"], "job.trigger is for job.mode: incremental"),
     (["job.checkpoint_path=/tmp/cp"], "job.checkpoint_path is for job.mode: incremental"),
-    (["source.change_feed=true"], "need source.format: delta"),
-    (["source.format=delta", "source.change_feed=true"], "are for job.mode: incremental"),
+    (["source.change_feed=true"], "source.change_feed needs source.format: delta"),
+    (["source.format=delta", "source.change_feed=true"], "source.change_feed is for job.mode: incremental"),
+    (["source.format=delta", "source.skip_change_commits=true"], "source.skip_change_commits is for job.mode: inc"),
+    (["source.format=delta", "job.mode=incremental", "source.change_feed=true", "source.skip_change_commits=true"],
+     "its change feed \\(source.change_feed\\) has every change already"),
     (["job.mode=incremental", "job.order=recent_first"], "job.order is for job.mode: backfill"),
     (["job.mode=incremental", "job.phase_days=30"], "job.phase_days is for job.mode: backfill"),
     (["job.mode=incremental", "job.max_bytes_per_batch=1g"], "job.max_bytes_per_batch needs source.format: delta"),
@@ -235,6 +238,9 @@ def test_the_default_checkpoint_is_stable_for_a_source_and_changes_with_it() -> 
     assert checkpoint_path(moved, "s3://bucket/runs") != path
     for project in (["mixpanel.project_id=222"], ["mixpanel.region=eu"]):  # a test project first, then the real one
         assert checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", *project]), "s3://bucket/runs") != path
+    skipping = parse_config(MINIMAL, ["job.mode=incremental", "source.format=delta", "source.skip_change_commits=true"])
+    assert checkpoint_path(skipping, "s3://bucket/runs") == checkpoint_path(  # told to go on, from its place
+        parse_config(MINIMAL, ["job.mode=incremental", "source.format=delta"]), "s3://bucket/runs")
     assert checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", "job.checkpoint_path=/cp"]), "x") == "/cp"
 
 

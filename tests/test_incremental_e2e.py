@@ -113,6 +113,25 @@ def test_a_delta_table_that_grows_is_sent_once_run_by_run(
     assert summary(tmp_path)["nothing_new_since"].startswith("20")
 
 
+def test_a_delete_in_the_table_stops_the_stream_with_what_to_set_and_that_setting_goes_on(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = delta_table_config(tmp_path, mixpanel, rows(spark, 0, 40))
+    assert run(config) == 0
+    table = str(tmp_path / "events")
+    spark.sql(f"DELETE FROM delta.`{table}` WHERE id = 5")  # a GDPR erasure, say
+    rows(spark, 40, 10).write.format("delta").mode("append").save(table)
+    capsys.readouterr()
+
+    assert run(config) == 2
+    assert "set source.skip_change_commits: true" in capsys.readouterr().err
+    requests = mixpanel.requests
+    assert run(config, "source.skip_change_commits=true") == 0  # from the stream's place, not from the start
+    assert sent_ids(mixpanel) == list(range(50))
+    assert summary(tmp_path)["rows_read"] == 10 and mixpanel.requests - requests == 1 + 1  # the check, the rows
+
+
 def test_a_zone_less_starting_timestamp_is_utc_whatever_the_session_zone(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
 ) -> None:
