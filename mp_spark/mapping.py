@@ -36,6 +36,7 @@ MAX_STRING_BYTES = 255
 MAX_ITEMS = 254
 MAX_DEPTH = 3
 MAX_CONTAINER_BYTES = 8192
+MAX_PROFILE_CONTAINER_BYTES = 256 * 1024  # a list or object on a user or group profile
 # Why a value is left out of every row (fit_value's `left_out`), as the warnings say it.
 TOO_DEEP_OR_WIDE = f"values nested deeper than {MAX_DEPTH} levels or beyond {MAX_ITEMS} fields"
 BINARY = "binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead)"
@@ -232,7 +233,7 @@ def event_properties(df: DataFrame, mapping: MappingConfig) -> Properties:
 
 def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: list[str], *, named_key: str,
                       spread_key: str, columns: Collection[str] = (), reserved: Collection[str] = (),
-                      room: int | None = None) -> Properties:
+                      room: int | None = None, container_bytes: int = MAX_CONTAINER_BYTES) -> Properties:
     """Properties from three places; a name is taken by the first of them that has it.
 
     1. `named` (the config key `named_key`): name -> Spark SQL expression. A name mapped to None is
@@ -243,6 +244,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
        (and the first spread wins).
     3. `columns`: source columns sent under their own names.
     `room`: at most this many properties in all; names found in the data beyond it are cut.
+    `container_bytes`: the most JSON a list or object value may take (an event's, or a profile's).
     """
     blocked = {name for name, expression in named.items() if expression is None} | set(reserved)
     fixed = {name: analysed_expr(df, expression, f"{named_key}.{name}")
@@ -263,12 +265,12 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
                 if f.name not in blocked:
                     fixed.setdefault(f.name, column[f.name])
         else:
-            found.append(spread_entries(column, dtype, item_key))
+            found.append(spread_entries(column, dtype, item_key, container_bytes))
             unique_names = unique_names and isinstance(dtype, T.VariantType)
     for name in columns:
         if name not in blocked:
-            fixed.setdefault(name, F.col(f"`{name}`"))
-    struct, cut = fitted_struct(df, fixed)
+            fixed.setdefault(name, F.col("`" + name.replace("`", "``") + "`"))  # a name may hold dots, or `
+    struct, cut = fitted_struct(df, fixed, container_bytes)
     if not found:
         return Properties(struct, cut, None)
     left = None if room is None else max(room - len(fixed), 0)
@@ -296,7 +298,8 @@ def no_null_names(names: str) -> Column:
     return F.coalesce(F.col(names), F.array().cast("array<string>"))
 
 
-def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
+def spread_entries(column: Column, dtype: T.DataType, key: str, container_bytes: int = MAX_CONTAINER_BYTES
+                   ) -> Column:
     """The entries of a spread value as an array of ENTRY, each value fitted to Mixpanel's limits."""
     if isinstance(dtype, T.MapType) and isinstance(dtype.keyType, T.StringType):
         found = F.transform(F.map_entries(column), lambda e: variant_entry(e["key"], e["value"], dtype.valueType))
@@ -309,11 +312,11 @@ def spread_entries(column: Column, dtype: T.DataType, key: str) -> Column:
                   else F.from_json(column, "map<string,variant>"))  # from_json keeps a repeated key twice
         # Values that are VARIANTs already need no pass of their own to become one.
         return F.transform(F.map_entries(values), lambda e: within_limits(
-            variant_entry(e["key"], e["value"], T.VariantType())))
+            variant_entry(e["key"], e["value"], T.VariantType()), container_bytes))
     else:
         raise ConfigError(f"{key}: a spread must yield a struct, a map, a list of key/value structs, a VARIANT "
                           f"object or a JSON object string; got {dtype.simpleString()}")
-    return F.transform(found, within_limits)
+    return F.transform(found, lambda e: within_limits(e, container_bytes))
 
 
 def let(value: Column, body: Callable[[Column], Column]) -> Column:
@@ -339,14 +342,14 @@ def variant_entry(name: Column, value: Column, dtype: T.DataType) -> Column:
     return F.struct(name.alias("key"), value.alias("value"), cut.alias("cut"))
 
 
-def within_limits(entry: Column) -> Column:
+def within_limits(entry: Column, container_bytes: int = MAX_CONTAINER_BYTES) -> Column:
     """An ENTRY whose value, found in the data, is cut to Mixpanel's limits: its type is known only row
     by row, and shows in its JSON's first character."""
     value = entry["value"]
 
     def fitted(json: Column, text: Column) -> Column:
         too_long = json.startswith('"') & (F.octet_length(text) > MAX_STRING_BYTES)
-        too_big = (json.startswith("{") | json.startswith("[")) & (F.octet_length(json) > MAX_CONTAINER_BYTES)
+        too_big = (json.startswith("{") | json.startswith("[")) & (F.octet_length(json) > container_bytes)
         return F.struct(entry["key"].alias("key"),
                         F.when(too_long, utf8_prefix(text, MAX_STRING_BYTES).cast("variant")).when(~too_big, value)
                         .alias("value"),
@@ -401,7 +404,8 @@ def refuse_binary(df: DataFrame, columns: Mapping[str, Column], key: str) -> Non
                               "send them as text, e.g. hex(...) or base64(...) of the expression")
 
 
-def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Column]:
+def fitted_struct(df: DataFrame, columns: dict[str, Column], container_bytes: int = MAX_CONTAINER_BYTES
+                  ) -> tuple[Column, Column]:
     """A struct of the named values fitted to Mixpanel's types and limits, and the names cut in each row.
 
     What is left out of every row is logged, and carried in the struct's metadata under LEFT_OUT_KEY.
@@ -414,7 +418,7 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column]) -> tuple[Column, Co
             continue
         value, cut = fitted.value, fitted.cut
         if isinstance(f.dataType, (T.ArrayType, T.MapType, T.StructType)):
-            too_big = F.octet_length(F.to_json(value)) > MAX_CONTAINER_BYTES
+            too_big = F.octet_length(F.to_json(value)) > container_bytes
             value = F.when(~too_big, value)
             cut = too_big if cut is None else (cut | too_big)
         values.append(value.alias(f.name))

@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 from mp_spark.config import ConfigError, ProfileMappingConfig
 from mp_spark.mapping import (
     JSON_OPTIONS,
+    MAX_PROFILE_CONTAINER_BYTES,
     fitted_struct,
     no_null_names,
     refuse_binary,
@@ -74,7 +75,8 @@ def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str
     if operation == "unset":
         return F.array(*[F.lit(name) for name in mapping.unset]), F.array().cast("array<string>"), None
     if operation == "set":
-        found = spread_properties(df, mapping.set, mapping.spread, named_key="mapping.set", spread_key="mapping.spread")
+        found = spread_properties(df, mapping.set, mapping.spread, named_key="mapping.set", spread_key="mapping.spread",
+                                  container_bytes=MAX_PROFILE_CONTAINER_BYTES)
         return found.fixed, found.cut, found.spread
     expressions = getattr(mapping, operation)
     columns = {name: analysed_expr(df, e, f"mapping.{operation}.{name}") for name, e in expressions.items()}
@@ -84,7 +86,7 @@ def operation_value(df: DataFrame, mapping: ProfileMappingConfig, operation: str
             if not isinstance(df.select(column).schema[0].dataType, T.ArrayType):
                 raise ConfigError(f"mapping.union.{name}: $union adds list items, so the expression must "
                                   f"yield an array (e.g. array({expressions[name]}))")
-    return (*fitted_struct(df, columns), None)
+    return (*fitted_struct(df, columns, MAX_PROFILE_CONTAINER_BYTES), None)
 
 
 def invalid_reason(key: Column, line: Column, key_name: str) -> Column:

@@ -154,6 +154,14 @@ def test_mapping_errors_name_the_key(spark: SparkSession, mapping: MappingConfig
         df.transform(to_mixpanel_events(mapping))
 
 
+def test_a_column_name_with_a_backtick_or_a_dot_is_sent_under_its_name(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, "x", "y")],
+                               "user string, name string, ts long, `odd``name` string, `page.url` string")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns="*")
+    props = sent_events(df, mapping)[0]["properties"]
+    assert props["odd`name"] == "x" and props["page.url"] == "y"
+
+
 def test_ip_is_zero_unless_mapped(spark: SparkSession) -> None:
     df = spark.createDataFrame([("u1", "A", 1_704_164_645, "203.0.113.9")],
                                "user string, name string, ts long, addr string")

@@ -186,6 +186,17 @@ def test_a_null_value_is_left_out_of_the_update_whatever_the_session_s_json_sett
     assert lines == [{"$distinct_id": "u1", "$ignore_time": True, "$set": {"tier": "gold"}}]
 
 
+def test_a_profile_list_may_hold_256_kb_where_an_events_holds_8(spark: SparkSession) -> None:
+    tags = [f"tag-{i:04d}-" + "x" * 40 for i in range(200)]  # about 10 KB of JSON
+    users = spark.createDataFrame([("u1", tags, '{"seen": ' + json.dumps(tags) + "}")],
+                                  "user_id string, tags array<string>, extra string")
+    mapping = ProfileMappingConfig(distinct_id="user_id", set={"tags": "tags"}, union={"all tags": "tags"},
+                                   spread=["extra"])
+    set_update, union_update = [json.loads(row.line) for row in users.transform(to_profile_updates(mapping)).collect()]
+    assert set_update["$set"]["tags"] == tags and set_update["$set"]["seen"] == tags  # named, and spread
+    assert union_update["$union"]["all tags"] == tags
+
+
 def test_a_profile_row_without_its_mapped_ip_is_not_geolocated_to_the_cluster(spark: SparkSession) -> None:
     users = spark.createDataFrame([("u1", "203.0.113.9"), ("u2", None)], "user_id string, addr string")
     mapping = ProfileMappingConfig(distinct_id="user_id", ip="addr", set={"seen": "true"})
