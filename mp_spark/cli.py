@@ -107,7 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_error(ConfigError(f"--resume: --set {reshaping[0]} would change which rows the run's "
                                         "partitions hold; only mixpanel.* and job.progress_interval_s may change"))
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are about its own sockets
+    # py4j's INFO lines are about its own sockets. Its errors (such as a micro-batch's traceback, when a
+    # stop interrupts it) come back as the call's or the stream's failure, which the job reports in its
+    # own words: they are shown only with --log-level DEBUG.
+    logging.getLogger("py4j").setLevel(logging.WARNING if args.log_level == "DEBUG" else logging.CRITICAL)
     # Spark Connect's client warns as it gives up on a server; the job says what failed, in its own words.
     warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]")
     for handler in logging.getLogger().handlers:

@@ -158,13 +158,19 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     log.info("incremental run %s: checkpoint %s", run_id, checkpoint)
     query = writer.start()
     done: dict[int, tuple[Summary, dict]] = {}
+    done_when_stopped: int | None = None  # micro-batches done when the stop was first seen
     try:
         while query.isActive:
-            if stop.is_set() and not query.status["isTriggerActive"]:
-                log.info("stopping: the stream stops between micro-batches")
+            if stop.is_set() and done_when_stopped is None:
+                done_when_stopped = len(done)
+                log.info("stopping: after the micro-batch that is running, if one is")
+            # With a backlog one micro-batch follows another at once, with no idle moment to stop in:
+            # the stop comes as soon as the running one is done, when the next has only begun to read.
+            if done_when_stopped is not None and (not query.status["isTriggerActive"] or len(done) > done_when_stopped):
                 query.stop()
+                break
             try:
-                query.awaitTermination(1)
+                query.awaitTermination(1 if done_when_stopped is None else 0.1)
             except StreamingQueryException:
                 break
             record_progress(spark, query, results_path, run_id, done)

@@ -113,6 +113,35 @@ def test_a_delta_table_that_grows_is_sent_once_run_by_run(
     assert summary(tmp_path)["nothing_new_since"].startswith("20")
 
 
+def test_sigterm_with_a_backlog_stops_after_the_running_micro_batch_and_the_next_run_sends_the_rest(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    """Back-to-back micro-batches leave no idle moment to stop in: the stop comes as one ends."""
+    source = tmp_path / "landing"
+    for i in range(4):
+        add_files(spark, rows(spark, i * 50, 50).coalesce(1), "parquet", source, tmp_path / f"file{i}")
+    config = write_config(tmp_path, mixpanel, {"format": "parquet", "path": str(source)}, max_files_per_batch=1)
+    mixpanel.set_faults(Faults(latency_s=1.0))  # each micro-batch takes a few seconds
+    log = tmp_path / "job.log"
+    job = job_process(config, log)
+    try:
+        wait_until(lambda: mixpanel.raw_arrivals > 1 or job.poll() is not None, 300, "the first micro-batch")
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, log.read_text()
+    assert 1 <= len(commits(tmp_path)) < 4, log.read_text()
+    assert "Traceback" not in log.read_text()  # the micro-batch the stop cut short is not an error of the job's
+    assert summary(tmp_path)["imported"] == 50 * len(commits(tmp_path))  # what was committed, counted
+
+    mixpanel.set_faults(Faults())
+    assert run(config) == 0  # the rest, from where the stream stopped
+    assert sent_ids(mixpanel) == list(range(200))
+    assert commits(tmp_path) == ["0", "1", "2", "3"]
+
+
 def test_a_delete_in_the_table_stops_the_stream_with_what_to_set_and_that_setting_goes_on(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
