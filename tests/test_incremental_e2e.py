@@ -5,7 +5,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +70,17 @@ def commits(tmp_path: Path) -> list[str]:
     return sorted(path.name for path in found)
 
 
+def stopped_by_sigterm(job: subprocess.Popen, until: Callable[[], None]) -> int:
+    """Once `until` returns, SIGTERM the job (a scheduler stopping it), and its exit code."""
+    try:
+        until()
+        job.send_signal(signal.SIGTERM)
+        return job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+
+
 def sent_ids(server: FakeMixpanel) -> list[int]:
     return sorted(event["properties"]["row"] for event in server.unique_events.values())
 
@@ -124,14 +137,11 @@ def test_sigterm_with_a_backlog_stops_after_the_running_micro_batch_and_the_next
     mixpanel.set_faults(Faults(latency_s=1.0))  # each micro-batch takes a few seconds
     log = tmp_path / "job.log"
     job = job_process(config, log)
-    try:
+
+    def first_batch_sent() -> None:
         wait_until(lambda: mixpanel.raw_arrivals > 1 or job.poll() is not None, 300, "the first micro-batch")
-        job.send_signal(signal.SIGTERM)
-        job.wait(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, log.read_text()
+
+    assert stopped_by_sigterm(job, first_batch_sent) == 0, log.read_text()
     assert 1 <= len(commits(tmp_path)) < 4, log.read_text()
     assert "Traceback" not in log.read_text()  # the micro-batch the stop cut short is not an error of the job's
     assert summary(tmp_path)["imported"] == 50 * len(commits(tmp_path))  # what was committed, counted
@@ -320,17 +330,14 @@ def test_a_continuous_run_picks_up_new_files_and_stops_on_sigterm(
                           trigger="continuous", trigger_interval_s=1)
     log = tmp_path / "job.log"
     job = job_process(config, log)
-    try:
+
+    def new_file_sent() -> None:
         wait_until(lambda: len(mixpanel.unique_events) >= 100 or job.poll() is not None, 300, "the first file")
         add_files(spark, rows(spark, 100, 50), "parquet", source, tmp_path / "second")
         wait_until(lambda: len(mixpanel.unique_events) >= 150 or job.poll() is not None, 120, "the new file")
         assert job.poll() is None, log.read_text()
-        job.send_signal(signal.SIGTERM)
-        job.wait(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, log.read_text()
+
+    assert stopped_by_sigterm(job, new_file_sent) == 0, log.read_text()
     assert sent_ids(mixpanel) == list(range(150))
     assert commits(tmp_path) == ["0", "1"]
     assert summary(tmp_path)["imported"] == 150
