@@ -1,12 +1,6 @@
 """Command line: `mp-spark-backfill`, `python jobs/backfill.py` and `spark-submit jobs/backfill.py`.
 
-Exit codes:
-  0  every row imported
-  1  some rows rejected by Mixpanel or set aside as invalid (the results say which and why)
-  2  a config, credential or environment problem, found before sending
-  3  sending failed after every retry (Mixpanel kept answering 429/5xx, or the network kept failing)
-  4  anything unexpected: a Spark failure, an unreadable source, a bug
-After 2, 3 or 4, `--resume` finishes the run without resending the partitions that were sent.
+Its credentials and exit codes are in HELP_EPILOG, which `--help` prints.
 """
 
 from __future__ import annotations
@@ -51,10 +45,29 @@ EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
 log = logging.getLogger("mp_spark")
 
 
+HELP_EPILOG = """\
+credentials, from the environment (never from the config):
+  MP_SERVICE_ACCOUNT_USER and MP_SERVICE_ACCOUNT_SECRET (with mixpanel.project_id), or MP_PROJECT_TOKEN
+  (job.kind people and groups take only the token; lookup tables only a service account)
+
+exit codes:
+  0    every row imported
+  1    some rows rejected by Mixpanel or set aside as invalid (the results say which and why)
+  2    a config, credential or environment problem
+  3    sending failed after every retry (Mixpanel kept answering 429/5xx, or the network kept failing)
+  4    anything unexpected: a Spark failure, an unreadable source, a bug
+  130  interrupted (Ctrl-C)
+  After a stop, the job prints what finishes the run (--resume, or running it again).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--conf KEY=VALUE` (spark-submit's spelling) would otherwise be read as --config.
-    parser = argparse.ArgumentParser(prog="mp-spark-backfill", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="mp-spark-backfill", allow_abbrev=False, epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Send events, profile updates or a lookup table from Parquet, Delta or JSON to Mixpanel,\n"
+                    "with Spark: local Spark, the cluster of spark-submit, or a Spark Connect server.")
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--config", help="YAML or JSON config file: a local path or any URL Spark reads "
                                         "(s3://, dbfs:/, abfss://, gs://, /Volumes/...)")

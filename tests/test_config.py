@@ -348,3 +348,9 @@ def test_plain_http_to_another_machine_is_warned_about(monkeypatch: pytest.Monke
         credentials_for(parse_config(MINIMAL, [f"mixpanel.api_host={host}"]), dry_run=False)
         assert ("plain http, to relay.example" in caplog.text) == warned, host
     assert "tok" not in caplog.text
+
+
+def test_help_says_where_credentials_come_from_and_what_each_exit_code_means() -> None:
+    shown = build_parser().format_help()
+    assert "MP_SERVICE_ACCOUNT_SECRET" in shown and "MP_PROJECT_TOKEN" in shown
+    assert all(f"\n  {code} " in shown for code in ("0", "1", "2", "3", "4", "130"))
