@@ -69,8 +69,8 @@ class SourceConfig:
             raise ConfigError("source.version and source.timestamp (time travel) need source.format: delta")
         if self.version is not None and self.timestamp is not None:
             raise ConfigError("give at most one of source.version or source.timestamp")
-        if self.schema is not None and self.format != "json":
-            raise ConfigError("source.schema is only used with source.format: json")
+        if self.schema is not None and self.format == "delta":
+            raise ConfigError("source.schema is for files (json, parquet): a Delta table has its own")
         stream_keys = non_default(self, STREAM_SOURCE_KEYS)
         if self.format != "delta" and stream_keys:
             raise ConfigError(f"source.{stream_keys[0]} needs source.format: delta")

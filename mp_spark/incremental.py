@@ -48,8 +48,10 @@ def checkpoint_path(config: Config, results_root: str) -> str:
     project (a test project first, as Mixpanel advises, must not leave the real one "nothing new")."""
     if config.job.checkpoint_path:
         return config.job.checkpoint_path
-    # Passing over change commits does not move the stream: a run told to do so goes on from its place.
-    source = json.dumps({**dataclasses.asdict(config.source), "skip_change_commits": False}, sort_keys=True)
+    # How the rows are read (the files' schema given, change commits passed over) is not where the
+    # stream is: a run told so goes on from its place.
+    source = json.dumps({**dataclasses.asdict(config.source), "schema": None, "skip_change_commits": False},
+                        sort_keys=True)
     target = f"{config.mixpanel.base_url} {config.mixpanel.project_id}"
     digest = hashlib.sha256(f"{config.job.kind}\n{source}\n{target}".encode()).hexdigest()[:12]
     return f"{results_root.rstrip('/')}/checkpoints/{config.job.kind}-{digest}"

@@ -148,7 +148,9 @@ def _read(spark: SparkSession, source: SourceConfig) -> DataFrame:
         df = reader.load(source.path) if source.path is not None else reader.table(source.table)
         df.schema  # noqa: B018 - force analysis here so a bad path fails with the key named
     except (AnalysisException, ParseException) as exc:
-        raise ConfigError(f"{key}: cannot read {source.format} source: {first_line(exc)}") from None
+        no_files = "UNABLE_TO_INFER_SCHEMA" in str(exc) and source.schema is None
+        raise ConfigError(f"{key}: cannot read {source.format} source: {first_line(exc)}"
+                          + ("; no files there yet? source.schema gives their schema" if no_files else "")) from None
     if source.where:
         df = df.filter(analysed_expr(df, source.where, "source.where"))
     return df

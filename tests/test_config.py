@@ -241,6 +241,8 @@ def test_the_default_checkpoint_is_stable_for_a_source_and_changes_with_it() -> 
     skipping = parse_config(MINIMAL, ["job.mode=incremental", "source.format=delta", "source.skip_change_commits=true"])
     assert checkpoint_path(skipping, "s3://bucket/runs") == checkpoint_path(  # told to go on, from its place
         parse_config(MINIMAL, ["job.mode=incremental", "source.format=delta"]), "s3://bucket/runs")
+    typed = parse_config(MINIMAL, ["job.mode=incremental", "source.schema=id bigint"])
+    assert checkpoint_path(typed, "s3://bucket/runs") == path
     assert checkpoint_path(parse_config(MINIMAL, ["job.mode=incremental", "job.checkpoint_path=/cp"]), "x") == "/cp"
 
 

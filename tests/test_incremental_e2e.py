@@ -152,6 +152,24 @@ def test_sigterm_with_a_backlog_stops_after_the_running_micro_batch_and_the_next
     assert commits(tmp_path) == ["0", "1", "2", "3"]
 
 
+def test_a_landing_directory_without_files_yet_is_nothing_new_given_its_schema(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "landing"
+    source.mkdir()
+    config = write_config(tmp_path, mixpanel, {"format": "parquet", "path": str(source)})
+    assert run(config) == 2  # nothing to infer a schema from
+    assert "no files there yet? source.schema gives their schema" in capsys.readouterr().err
+
+    schema = "id bigint, user_id string, event_name string, ts timestamp, plan string"
+    assert run(config, f"source.schema={schema}") == 0
+    assert "nothing new since never" in capsys.readouterr().out
+    add_files(spark, rows(spark, 0, 30), "parquet", source, tmp_path / "first")
+    assert run(config, f"source.schema={schema}") == 0
+    assert sent_ids(mixpanel) == list(range(30))
+
+
 def test_a_delete_in_the_table_stops_the_stream_with_what_to_set_and_that_setting_goes_on(
     spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
