@@ -202,8 +202,21 @@ def _string_to_ms(text: Column, unit: str | None) -> Column:
     """Epoch digits as numbers; ISO strings with a zone as instants; zone-less ISO strings as UTC.
 
     A zone follows the clock time: Z, an offset, or a name such as UTC or Europe/Berlin (which the
-    cast to timestamp_ntz would silently ignore).
+    cast to timestamp_ntz would silently ignore). Forms that Spark's cast does not take but ISO 8601
+    allows (a clock without seconds before a zone, a lowercase t or z, blanks around the text) are
+    tried again, written as Spark takes them: only for a row that the first try cannot read.
     """
+    return F.coalesce(_iso_or_epoch_ms(text, unit), _iso_or_epoch_ms(_as_spark_reads_it(text), unit))
+
+
+def _as_spark_reads_it(text: Column) -> Column:
+    trimmed = F.trim(text)
+    upper_t = F.regexp_replace(trimmed, r"^(\d{4}-\d\d-\d\d)t", "$1T")
+    upper_z = F.regexp_replace(upper_t, r"(\d)z$", "$1Z")
+    return F.regexp_replace(upper_z, r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d)(?![:\d])", "$1:00")
+
+
+def _iso_or_epoch_ms(text: Column, unit: str | None) -> Column:
     has_zone = text.rlike(r"(?i)\d\d:\d\d(:\d\d(\.\d+)?)?\s*(z|[+-]\d\d(:?\d\d)?|[a-z]\S*)$")
     return (
         F.when(text.rlike(r"^-?\d+(\.\d+)?$"), _number_to_ms(text, unit))

@@ -45,6 +45,13 @@ def test_time_becomes_epoch_ms_in_utc_whatever_the_session_zone(
     assert event["properties"]["time"] == JAN_2_2024_MS
 
 
+@pytest.mark.parametrize("text", ["2024-01-02T03:04Z", "2024-01-02T05:04+02:00", "2024-01-02t03:04:00z",
+                                  " 2024-01-02T03:04:00Z ", "2024-01-02T03:04 UTC", " 1704164640 "])
+def test_iso_forms_spark_does_not_cast_are_read_too(spark: SparkSession, session_zone: str, text: str) -> None:
+    df = spark.createDataFrame([("u1", "Signup", text)], "user string, name string, ts string")
+    assert sent_events(df)[0]["properties"]["time"] == 1_704_164_640_000  # 2024-01-02T03:04:00Z
+
+
 @pytest.mark.parametrize(("ddl", "value"), [("ts date", dt.date(2024, 1, 2)), ("ts string", "2024-01-02")])
 def test_a_date_is_midnight_utc(spark: SparkSession, ddl: str, value: object) -> None:
     df = spark.createDataFrame([("u1", "Signup", value)], f"user string, name string, {ddl}")
