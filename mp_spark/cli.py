@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.incremental:
             incremental = True
             stream = run_incremental(spark, config, credentials, options)
-            report, summary = format_stream_summary(stream), stream.total
+            report, summary = format_stream_summary(stream, records_noun(config)), stream.total
         else:
             previewer = None
             if args.dry_run:
@@ -183,15 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.dry_run and config.job.kind == "lookup_table":
                 print(preview_lookup_table(spark, config).render())
             elif args.dry_run:
-                previewer = Previewer(lambda preview: print(preview.render(), flush=True))
+                previewer = Previewer(lambda preview: print(preview.render(records_noun(config)), flush=True))
             summary = run_job(spark, config, credentials, options, previewer)
-            report = format_summary(summary)
+            report = format_summary(summary, noun=records_noun(config))
     except (OSError, ConfigError) as exc:
         if lost_spark(exc):  # a ConnectionError is an OSError too, but not the config's fault
             return unexpected_failure(exc, spark, results_path, credentials, next_step())
         return config_error(exc)
     except RunStopped as stopped:  # with no summary it stopped before sending (the credential check): nothing to finish
-        return run_stopped(stopped, next_step() if stopped.summary is not None else "run the job again")
+        return run_stopped(stopped, next_step() if stopped.summary is not None else "run the job again",
+                           records_noun(config))
     except KeyboardInterrupt:
         print(f"mp-spark: interrupted; {next_step()}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -260,9 +261,9 @@ def config_error(exc: Exception) -> int:
     return EXIT_CONFIG
 
 
-def run_stopped(stopped: RunStopped, next_step: str) -> int:
+def run_stopped(stopped: RunStopped, next_step: str, noun: str = "events") -> int:
     if stopped.summary is not None:
-        print(format_summary(stopped.summary))
+        print(format_summary(stopped.summary, noun=noun))
     if stopped.status == EXHAUSTED:
         print(f"mp-spark: sending failed after every retry ({stopped.message}); when Mixpanel or the network "
               f"is back, {next_step}", file=sys.stderr)
@@ -316,20 +317,27 @@ def redacted(text: str, credentials: Credentials | None) -> str:
     return text
 
 
-def format_stream_summary(stream: StreamSummary) -> str:
+def format_stream_summary(stream: StreamSummary, noun: str = "events") -> str:
     if stream.nothing_new_since is not None:
         return (f"mp-spark run {stream.total.run_id}: nothing new since {stream.nothing_new_since} "
                 f"(checkpoint {stream.checkpoint_path})")
     if not stream.micro_batches and stream.total.rows_read == 0:
         return (f"mp-spark run {stream.total.run_id}: stopped before any micro-batch "
                 f"(checkpoint {stream.checkpoint_path})")
-    return "\n".join([format_summary(stream.total, incremental=True),
+    return "\n".join([format_summary(stream.total, incremental=True, noun=noun),
                       f"  {counted(len(stream.micro_batches), 'micro-batch')}; checkpoint {stream.checkpoint_path}"])
 
 
-def format_summary(s: Summary, incremental: bool = False) -> str:
+def records_noun(config: Config | None) -> str:
+    """What a run's records are, in its printed lines."""
+    kind = config.job.kind if config is not None else "events"
+    return {"people": "updates", "groups": "updates", "lookup_table": "rows"}.get(kind, "events")
+
+
+def format_summary(s: Summary, incremental: bool = False, noun: str = "events") -> str:
     """The summary a run prints; an incremental run's not-sent rows go with the next run, and its
-    rejected rows are kept per micro-batch."""
+    rejected rows are kept per micro-batch. Profile updates go to Mixpanel as plain JSON, not gzip."""
+    sent = f"{s.gzip_bytes / 1e6:,.1f} MB gzip, " if noun != "updates" else ""
     imported_label = "would import" if s.dry_run else "imported"
     lines = [
         f"mp-spark run {s.run_id}" + ("  (dry run: nothing was sent)" if s.dry_run else ""),
@@ -345,8 +353,7 @@ def format_summary(s: Summary, incremental: bool = False) -> str:
           if s.resumed_partitions else []),
         f"  {counted(s.partitions, 'partition')}, {counted(s.batches, 'batch')}, {counted(s.requests, 'request')}, "
         f"{counted(s.retries, 'retry')}",
-        f"  {s.raw_bytes / 1e6:,.1f} MB of JSON, {s.gzip_bytes / 1e6:,.1f} MB gzip, "
-        f"{s.seconds:,.1f} s, {s.events_per_second:,.0f} events/s",
+        f"  {s.raw_bytes / 1e6:,.1f} MB of JSON, {sent}{s.seconds:,.1f} s, {s.events_per_second:,.0f} {noun}/s",
         f"  results: {s.results_path}",
     ]
     if s.rejected or s.invalid:

@@ -76,8 +76,8 @@ class Preview:
                          f"events beyond {HOT_SHARD_EVENTS_PER_DAY:,} a day to $hotshard_events")
         return found
 
-    def render(self) -> str:
-        lines = [f"{len(self.samples)} events as they would be sent:" if self.samples else "nothing would be sent"]
+    def render(self, noun: str = "events") -> str:
+        lines = [f"{len(self.samples)} {noun} as they would be sent:" if self.samples else "nothing would be sent"]
         lines += [f"  {json.dumps(sample, ensure_ascii=False)}" for sample in self.samples]
         if self.properties and self.rows:  # profiled for events only, when there are any
             lines.append(f"properties over a sample of {self.rows:,} of {self.of_rows:,} rows:" if self.sampled

@@ -111,10 +111,13 @@ def test_groups_profiles_by_group_key_and_id(
 @pytest.mark.parametrize(("kind", "mapping", "updates"), [("people", PEOPLE, USERS * 4), ("groups", GROUPS, USERS * 2)])
 def test_a_dry_run_of_profile_updates_would_import_every_one_in_one_request_a_batch(
     user_sources: dict[str, str], mixpanel: FakeMixpanel, tmp_path: Path, kind: str, mapping: dict, updates: int,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = profile_config(tmp_path, kind, "parquet", user_sources["parquet"], mixpanel, mapping)
 
     assert main(["--config", config, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "updates as they would be sent" in out and "updates/s" in out and "events" not in out
 
     summary = summary_of(tmp_path)
     assert (summary["dry_run"], summary["imported"], summary["rejected"]) == (True, updates, 0)

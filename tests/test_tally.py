@@ -60,3 +60,12 @@ def test_a_stopped_incremental_run_points_to_the_next_run_and_its_batches_reject
     before_any = StreamSummary(add_up("r", [], seconds=0.1, results_path="/r"), [], "/r/checkpoints/events-1")
     assert format_stream_summary(before_any) == "mp-spark run r: stopped before any micro-batch " \
                                                 "(checkpoint /r/checkpoints/events-1)"
+
+
+def test_a_profile_runs_summary_speaks_of_updates_sent_as_plain_json() -> None:
+    run = summarize(run_id="r", dry_run=False, rows_read=5, partitions=1,
+                    outcomes=[PartitionOutcome(0, Tally(rows=5, imported=5, batches=1, requests=1, raw_bytes=2_000_000,
+                                                        gzip_bytes=2_100_000))],
+                    resumed=0, imported_before=0, seconds=1.0, results_path="/r")
+    assert "  2.0 MB of JSON, 1.0 s, 5 updates/s\n" in format_summary(run, noun="updates")
+    assert "  2.0 MB of JSON, 2.1 MB gzip, 1.0 s, 5 events/s\n" in format_summary(run)
