@@ -187,8 +187,11 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     total = add_up(run_id, summaries + ([stopped_batch] if stopped_batch else []),
                    seconds=time.monotonic() - started, results_path=results_path)
     nothing_new = not (done or failure or stop.is_set())  # a stop before the first batch is not "nothing new"
-    summary = StreamSummary(total, [done[batch_id][1] for batch_id in sorted(done)], checkpoint,
-                            last_read(spark, checkpoint) if nothing_new else None)
+    batches = [done[batch_id][1] for batch_id in sorted(done)]
+    if stopped_batch:  # counted in the total, so listed too: the list adds up to it
+        batches.append({"batch_id": recorded_stop["batch_id"], "stopped": recorded_stop["status"],
+                        **{name: getattr(stopped_batch, name) for name in (*BATCH_COUNTS, "unsent")}})
+    summary = StreamSummary(total, batches, checkpoint, last_read(spark, checkpoint) if nothing_new else None)
     write_text(spark, f"{results_path}/summary", summary.as_json())
     if failure is not None:
         raise stop_error(recorded_stop, total if summaries or stopped_batch else None) if recorded_stop else \

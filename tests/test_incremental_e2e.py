@@ -310,6 +310,8 @@ def test_a_run_that_stops_before_sending_counts_no_earlier_runs_batch(
     mixpanel.set_faults(Faults(rate_5xx=1.0))
     assert run(config, "mixpanel.max_attempts=1", "mixpanel.check_credentials=false") == 3
     assert summary(tmp_path)["rows_read"] == 300  # micro-batch 0 stopped, with its summary written
+    (stopped,) = summary(tmp_path)["micro_batches"]  # listed, as it is counted in the total
+    assert [stopped[key] for key in ("batch_id", "stopped", "rows_read", "unsent")] == [0, "exhausted", 300, 300]
 
     mixpanel.set_faults(Faults())
     monkeypatch.setenv("MP_SERVICE_ACCOUNT_SECRET", "not-the-secret")
