@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[local,test]'
 	@# One sample run that leaves the classes local Spark loads in an archive, for faster starts (docs/performance.md)
+	@# Quiet unless it fails: then its output says why.
+	mkdir -p build
 	$(BIN)/python -m mp_spark.class_archive --config conf/sample.yaml --dry-run --log-level WARN \
-		--set job.results_path=$(CURDIR)/build/class-archive-run > /dev/null 2>&1
+		--set job.results_path=$(CURDIR)/build/class-archive-run > build/class-archive.log 2>&1 \
+		|| { cat build/class-archive.log; exit 1; }
 	touch $@
 
 sample: setup

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--remote", metavar="sc://HOST:PORT",
                         help="run on a Spark Connect server (default: SPARK_REMOTE, else the running session, "
                              "else local Spark)")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "WARN", "ERROR"],
                         help="how much the job logs (default INFO: progress lines and a summary)")
     return parser
 

@@ -326,6 +326,7 @@ def test_credentials_from_a_secret_file_lose_their_trailing_newline() -> None:
 
 def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert build_parser().parse_args(["--config", "job.yaml", "--log-level", "debug"]).log_level == "DEBUG"
+    assert build_parser().parse_args(["--config", "job.yaml", "--log-level", "WARN"]).log_level == "WARN"  # make's
     with pytest.raises(SystemExit) as stopped:
         build_parser().parse_args(["--config", "job.yaml", "--log-level", "verbose"])
     assert stopped.value.code == 2
