@@ -70,11 +70,14 @@ def changed_rows(batch: DataFrame, config: Config) -> DataFrame:
         return batch
     if not config.profiles:
         return batch.filter(F.col("_change_type") == "insert").drop(*CHANGE_FEED_COLUMNS)
-    key = config.mapping.distinct_id if config.job.kind == "people" else config.mapping.group_id
-    latest_first = Window.partitionBy(F.expr(key)).orderBy(F.col("_commit_version").desc())
+    key = F.expr(config.mapping.distinct_id if config.job.kind == "people" else config.mapping.group_id)
+    # Two post-images of one key in one commit (a table with repeated keys) are told apart by their
+    # content, so that a micro-batch run again picks the same one.
+    latest_first = Window.partitionBy(key).orderBy(F.col("_commit_version").desc(), F.xxhash64(*batch.columns))
     return (batch.filter(F.col("_change_type").isin("insert", "update_postimage"))
             .withColumn("_mp_spark_latest", F.row_number().over(latest_first))
-            .filter(F.col("_mp_spark_latest") == 1)
+            # Rows without a key are no one profile's: each goes on, to be set aside as invalid, not merged into one.
+            .filter((F.col("_mp_spark_latest") == 1) | key.isNull())
             .drop("_mp_spark_latest", *CHANGE_FEED_COLUMNS))
 
 

@@ -16,6 +16,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.cli import main
+from mp_spark.config import parse_config
+from mp_spark.incremental import changed_rows
 from tests.fake_mixpanel import FakeMixpanel, Faults
 from tests.test_backfill_e2e import job_process, wait_until
 
@@ -264,6 +266,27 @@ def test_the_change_feed_sends_inserted_rows_only(
     assert mixpanel.raw_arrivals - arrived_before == 30 + 1  # and the credentials check
     assert sent_ids(mixpanel) == list(range(230))
     assert all(event["properties"]["plan"] != "enterprise" for event in mixpanel.unique_events.values())
+
+
+def test_a_profile_change_feed_keeps_each_keys_latest_row_and_every_row_without_a_key(spark: SparkSession) -> None:
+    feed = spark.createDataFrame([
+        ("u1", "free", "insert", 1), ("u1", "pro", "update_postimage", 2), ("u1", "free", "update_preimage", 2),
+        ("u2", "a", "insert", 3), ("u2", "b", "insert", 3),  # one key twice in one commit
+        (None, "x", "insert", 3), (None, "y", "insert", 4),
+    ], "user_id string, plan string, _change_type string, _commit_version long").withColumn(
+        "_commit_timestamp", F.timestamp_seconds(F.col("_commit_version") + 1_717_200_000))
+    config = parse_config(json.dumps({
+        "source": {"format": "delta", "path": "unused", "change_feed": True},
+        "mapping": {"distinct_id": "user_id", "set": {"plan": "plan"}},
+        "job": {"kind": "people", "mode": "incremental"}}))
+
+    def latest() -> list[tuple]:
+        return sorted((r.user_id or "", r.plan) for r in changed_rows(feed, config).collect())
+
+    first = latest()
+    assert [row for row in first if row[0] != "u2"] == [("", "x"), ("", "y"), ("u1", "pro")]
+    assert len([row for row in first if row[0] == "u2"]) == 1
+    assert all(latest() == first for _ in range(3))  # the same of the two, every time
 
 
 @pytest.mark.connect
