@@ -19,6 +19,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from mp_spark import counted
 from mp_spark.config import Config
 from mp_spark.executor import PROFILE, SAMPLE, SAMPLES_PER_PARTITION, arrow_chunk
 from mp_spark.lookup import to_lookup_rows
@@ -51,6 +52,7 @@ class Preview:
     busiest_user_day: int = 0  # the most events one distinct_id has in one UTC day (estimated from a sample)
     left_out: dict[str, str] = field(default_factory=dict)  # what no event will carry (path -> why)
     of_rows: int = 0  # the rows of the run
+    repeated_profiles: int = 0  # profiles that several source rows update (which lands last is chance)
 
     @property
     def sampled(self) -> bool:
@@ -58,6 +60,9 @@ class Preview:
 
     def warnings(self) -> list[str]:
         found = left_out_messages(self.left_out)
+        if self.repeated_profiles:
+            found.append(f"{counted(self.repeated_profiles, 'profile')} updated by several source rows: their updates "
+                         "land in no set order, so which value each keeps is chance (give the job one row per profile)")
         if self.approx_event_names > MAX_EVENT_NAMES:
             found.append(f"about {self.approx_event_names:,} distinct event names: Mixpanel indexes "
                          f"only {MAX_EVENT_NAMES:,}")
@@ -140,9 +145,16 @@ class Previewer:
         `profiles` they passed on (texts of lines of `profile_column`)."""
         sample_events = [json.loads(line) for line in samples]
         if config.profiles:
-            self._show(Preview(sample_events, rows=0, approx_event_names=0, properties=[]))
+            self._show(Preview(sample_events, rows=0, approx_event_names=0, properties=[],
+                               repeated_profiles=repeated_profiles(records, len(config.mapping.operations))))
             return
         self._show(profile(records.schema["properties"], profiles, rows, sample_events))
+
+
+def repeated_profiles(records: DataFrame, updates_per_row: int) -> int:
+    """How many profiles more than one source row updates: each row gives `updates_per_row` records."""
+    per_profile = records.filter(F.col("key").isNotNull()).groupBy("key").count()
+    return per_profile.filter(F.col("count") > updates_per_row).count()
 
 
 def passed_on_parts(passed_on: pa.Table) -> tuple[list[str], pa.ChunkedArray]:
