@@ -129,7 +129,9 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
 
 # A null field is left out of the JSON, whatever the session's spark.sql.jsonGenerator.ignoreNullFields:
 # sent as null it would overwrite a profile value or fill a property with null.
-JSON_OPTIONS = {"ignoreNullFields": "true"}
+# A timestamp inside a VARIANT is written in this zone, not the session's: the same line and the same
+# $insert_id whatever the cluster's spark.sql.session.timeZone (other temporal values are text already).
+JSON_OPTIONS = {"ignoreNullFields": "true", "timeZone": "UTC"}
 
 
 def to_json_lines(mapped: DataFrame) -> DataFrame:
@@ -146,7 +148,7 @@ def to_json_lines(mapped: DataFrame) -> DataFrame:
     line = F.to_json(F.struct(F.col("event"), properties.alias("properties")), JSON_OPTIONS)
     if "spread" not in mapped.columns:
         return mapped.withColumn("line", line)
-    return with_entries(mapped.withColumn("line", line).withColumn("entries", F.to_json("spread")))
+    return with_entries(mapped.withColumn("line", line).withColumn("entries", F.to_json("spread", JSON_OPTIONS)))
 
 
 def with_entries(df: DataFrame) -> DataFrame:
@@ -368,7 +370,7 @@ def within_limits(entry: Column, container_bytes: int = MAX_CONTAINER_BYTES) -> 
                         .alias("value"),
                         (entry["cut"] | F.coalesce(too_long | too_big, F.lit(False))).alias("cut"))
 
-    return let(F.to_json(value), lambda json: let(F.try_variant_get(value, "$", "string"),
+    return let(F.to_json(value, JSON_OPTIONS), lambda json: let(F.try_variant_get(value, "$", "string"),
                                                   lambda text: fitted(json, text)))
 
 

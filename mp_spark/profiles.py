@@ -56,7 +56,8 @@ def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], D
             if found is not None:  # mapping.spread: names from the data, added to $set below
                 df = df.withColumn(SPREAD, found)
                 cut = F.concat(cut, no_null_names(f"{SPREAD}.cut"))
-            entries = F.to_json(F.col(f"{SPREAD}.values")) if found is not None else F.lit(None).cast("string")
+            entries = F.to_json(F.col(f"{SPREAD}.values"), JSON_OPTIONS) if found is not None \
+                else F.lit(None).cast("string")
             updates.append(F.struct(line.alias("line"), entries.alias("entries"), (F.size(cut) > 0).alias("trimmed")))
         rows = df.select(key.alias("key"), F.explode(F.array(*updates)).alias("update"))
         return with_entries(rows.select("key", "update.line", "update.entries", "update.trimmed")).withColumn(

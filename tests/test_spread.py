@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame, SparkSession
 from mp_spark.config import ConfigError, MappingConfig, ProfileMappingConfig
 from mp_spark.mapping import to_json_lines, to_mixpanel_events
 from mp_spark.profiles import to_profile_updates
+from tests.conftest import SESSION_ZONES
 
 TS = 1_704_164_645  # 2024-01-02T03:04:05Z
 
@@ -121,3 +122,21 @@ def test_a_spread_null_in_a_row_leaves_the_other_spreads_and_the_cut_names(spark
     assert (props["kept"], len(props["long"]), cut) == ("yes", 255, ["long"])
     [(props, cut)] = sent(df, dataclasses.replace(mapping, spread=["js"]))  # the only spread, null
     assert (len(props["long"]), cut) == (255, ["long"])
+
+
+
+def test_a_timestamp_inside_a_variant_is_written_alike_in_every_session_zone(spark: SparkSession) -> None:
+    df = spark.sql("SELECT 'u1' AS user, 'A' AS name, 1704164645 AS ts, "
+                   "to_variant_object(named_struct('at', timestamp'2024-03-10 12:00:00 UTC')) AS extra")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", spread=["extra"])
+    before = spark.conf.get("spark.sql.session.timeZone")
+    sent_in = {}
+    try:
+        for zone in SESSION_ZONES:
+            spark.conf.set("spark.sql.session.timeZone", zone)
+            [(sent_in[zone], _)] = sent(df, mapping)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", before)
+    assert {props["at"] for props in sent_in.values()} == {"2024-03-10 12:00:00+00:00"}
+    # The $insert_id hashes the same text: a rerun on a cluster in another zone sends the same id.
+    assert len({props["$insert_id"] for props in sent_in.values()}) == 1
