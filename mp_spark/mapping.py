@@ -436,6 +436,10 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column], container_bytes: in
             too_big = F.octet_length(F.to_json(value)) > container_bytes
             value = F.when(~too_big, value)
             cut = too_big if cut is None else (cut | too_big)
+        elif isinstance(f.dataType, T.VariantType):  # its type shows row by row: fitted as a spread's values are
+            entry = within_limits(F.struct(F.lit(f.name).alias("key"), value.alias("value"), F.lit(False).alias("cut")),
+                                  container_bytes)
+            value, cut = entry["value"], entry["cut"]
         values.append(value.alias(f.name))
         if cut is not None:
             cut_names.append((f.name, cut))

@@ -140,3 +140,16 @@ def test_a_timestamp_inside_a_variant_is_written_alike_in_every_session_zone(spa
     assert {props["at"] for props in sent_in.values()} == {"2024-03-10 12:00:00+00:00"}
     # The $insert_id hashes the same text: a rerun on a cluster in another zone sends the same id.
     assert len({props["$insert_id"] for props in sent_in.values()}) == 1
+
+
+def test_a_variant_property_is_fitted_to_mixpanels_limits_as_a_spreads_values_are(spark: SparkSession) -> None:
+    big = json.dumps({f"k{i}": "v" * 40 for i in range(300)})  # about 14 KB
+    df = spark.createDataFrame([("u1", "A", TS, big, "é" * 200, '{"a": 1}')],
+                               "user string, name string, ts long, big string, long string, small string")
+    df = df.selectExpr("user", "name", "ts", "parse_json(big) AS big", "parse_json(small) AS small",
+                       "parse_json(to_json(named_struct('s', long))):s AS long")  # a VARIANT string
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns=["big", "long", "small"])
+    [(props, cut)] = sent(df, mapping)
+    assert "big" not in props and props["small"] == {"a": 1}  # over 8 KB: left out of this event
+    assert len(props["long"].encode()) <= 255 and props["long"] == "é" * 127
+    assert cut == ["big", "long"]
