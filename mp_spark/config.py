@@ -377,7 +377,23 @@ def parse_config(text: str, overrides: Sequence[str] = ()) -> Config:
         mapping = {**mapping, "kind": job.kind}
     mapping_type = {"events": MappingConfig, "lookup_table": LookupTableMappingConfig}.get(job.kind,
                                                                                            ProfileMappingConfig)
+    if isinstance(mapping, dict):
+        _require_kind_of_mapping(mapping, mapping_type, job.kind)
     return _build(Config, {**data, "mapping": mapping}, prefix="", field_types={"mapping": mapping_type})
+
+
+def _require_kind_of_mapping(mapping: dict[str, Any], mapping_type: type, kind: str) -> None:
+    """A mapping written for another job.kind (profile operations under events, say) is told so, rather
+    than that its first key is unknown."""
+    known = {f.name for f in dataclasses.fields(mapping_type)}
+    others = (("people or groups", ProfileMappingConfig), ("lookup_table", LookupTableMappingConfig),
+              ("events", MappingConfig))
+    for other_kind, other_type in others:
+        other_keys = {f.name for f in dataclasses.fields(other_type)} - known - {"kind"}
+        found = sorted(set(mapping) & other_keys)
+        if other_type is not mapping_type and found:
+            raise ConfigError(f"mapping.{found[0]} is for job.kind: {other_kind}, and this config's job.kind is "
+                              f"{kind}: set job.kind, or leave the key out")
 
 
 def absolute_local(path: str | None) -> str | None:

@@ -357,3 +357,14 @@ def test_help_says_where_credentials_come_from_and_what_each_exit_code_means() -
     shown = build_parser().format_help()
     assert "MP_SERVICE_ACCOUNT_SECRET" in shown and "MP_PROJECT_TOKEN" in shown
     assert all(f"\n  {code} " in shown for code in ("0", "1", "2", "3", "4", "130"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("mapping: {distinct_id: u, set: {plan: p}}", "mapping.set is for job.kind: people or groups, and this "
+                                                  "config's job.kind is events"),
+    ("mapping: {event: e, time: t, distinct_id: u}\njob: {kind: people}", "mapping.event is for job.kind: events"),
+    ("mapping: {lookup_table_id: t, key: k}", "mapping.key is for job.kind: lookup_table"),
+])
+def test_a_mapping_written_for_another_kind_is_told_which_kind_it_is_for(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config("source: {format: parquet, path: x}\n" + text)
