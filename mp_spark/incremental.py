@@ -34,7 +34,7 @@ from mp_spark.config import STREAM_JOB_KEYS, STREAM_SOURCE_KEYS, Config, ConfigE
 from mp_spark.results import Summary, add_up, read_text, write_text
 from mp_spark.run import RunOptions, RunStopped, run_job
 from mp_spark.session import check_executors, is_connect, package_zip
-from mp_spark.sources import CHANGE_FEED_COLUMNS, open_stream
+from mp_spark.sources import CHANGE_FEED_COLUMNS, column_named, open_stream
 
 log = logging.getLogger(__name__)
 register_pickle_by_value(batch_function)  # it runs where mp_spark may not be importable yet
@@ -72,8 +72,9 @@ def changed_rows(batch: DataFrame, config: Config) -> DataFrame:
         return batch.filter(F.col("_change_type") == "insert").drop(*CHANGE_FEED_COLUMNS)
     key = F.expr(config.mapping.distinct_id if config.job.kind == "people" else config.mapping.group_id)
     # Two post-images of one key in one commit (a table with repeated keys) are told apart by their
-    # content, so that a micro-batch run again picks the same one.
-    latest_first = Window.partitionBy(key).orderBy(F.col("_commit_version").desc(), F.xxhash64(*batch.columns))
+    # content, so that a micro-batch run again picks the same one. (As JSON: Spark hashes no map or VARIANT.)
+    content = F.xxhash64(F.to_json(F.struct(*[column_named(name) for name in batch.columns])))
+    latest_first = Window.partitionBy(key).orderBy(F.col("_commit_version").desc(), content)
     return (batch.filter(F.col("_change_type").isin("insert", "update_postimage"))
             .withColumn("_mp_spark_latest", F.row_number().over(latest_first))
             # Rows without a key are no one profile's: each goes on, to be set aside as invalid, not merged into one.

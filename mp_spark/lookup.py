@@ -27,7 +27,7 @@ from mp_spark.mapping import JSON_OPTIONS, Fitted, fit_value, refuse_binary, uns
 from mp_spark.records import source_rows
 from mp_spark.results import RunFiles, Summary, set_aside_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.sources import analysed_expr
+from mp_spark.sources import analysed_expr, column_named
 from mp_spark.tally import OK, PartitionOutcome, Tally
 from mp_spark.transport import DryRunTransport, RequestsTransport
 
@@ -74,7 +74,7 @@ def value_columns(df: DataFrame, mapping: LookupTableMappingConfig) -> dict[str,
     others = {f.name: f.dataType for f in df.schema.fields if f.name != mapping.key}
     left_out = {name: why for name, dtype in others.items() if (why := unsendable(dtype, level=1))}
     warn_left_out(left_out)
-    return {name: F.col(f"`{name}`") for name in others if name not in left_out}
+    return {name: column_named(name) for name in others if name not in left_out}
 
 
 def csv_text(column: Column, dtype: T.DataType, name: str) -> Fitted:

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, MappingConfig
-from mp_spark.sources import analysed_expr
+from mp_spark.sources import analysed_expr, column_named
 from mp_spark.validation import MAX_PROPERTIES, PLACEHOLDER_IDS
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def spread_properties(df: DataFrame, named: Mapping[str, str | None], spread: li
             unique_names = unique_names and isinstance(dtype, T.VariantType)
     for name in columns:
         if name not in blocked:
-            fixed.setdefault(name, F.col("`" + name.replace("`", "``") + "`"))  # a name may hold dots, or `
+            fixed.setdefault(name, column_named(name))
     struct, cut = fitted_struct(df, fixed, container_bytes)
     if not found:
         return Properties(struct, cut, None)

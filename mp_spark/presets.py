@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mp_spark.config import Config, ConfigError, LookupTableMappingConfig, MappingConfig, ProfileMappingConfig
-from mp_spark.sources import analysed_expr
+from mp_spark.sources import analysed_expr, column_named
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +474,7 @@ def with_preset_columns(df: DataFrame, columns: dict[str, str]) -> DataFrame:
         if actual is None:
             df = df.withColumn(name, F.lit(None).cast(type_))
         elif type_ == "variant":
-            df = df.withColumn(actual, as_variant(F.col(f"`{actual}`"), df.schema[actual].dataType))
+            df = df.withColumn(actual, as_variant(column_named(actual), df.schema[actual].dataType))
     return df
 
 

@@ -156,6 +156,11 @@ def _read(spark: SparkSession, source: SourceConfig) -> DataFrame:
     return df
 
 
+def column_named(name: str) -> F.Column:
+    """The column of this exact name, though it holds dots or backticks."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def analysed_expr(df: DataFrame, expression: str, key: str) -> F.Column:
     """Parse a Spark SQL expression against `df`, turning an unknown column into a ConfigError for `key`."""
     try:

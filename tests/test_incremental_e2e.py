@@ -273,8 +273,10 @@ def test_a_profile_change_feed_keeps_each_keys_latest_row_and_every_row_without_
         ("u1", "free", "insert", 1), ("u1", "pro", "update_postimage", 2), ("u1", "free", "update_preimage", 2),
         ("u2", "a", "insert", 3), ("u2", "b", "insert", 3),  # one key twice in one commit
         (None, "x", "insert", 3), (None, "y", "insert", 4),
-    ], "user_id string, plan string, _change_type string, _commit_version long").withColumn(
-        "_commit_timestamp", F.timestamp_seconds(F.col("_commit_version") + 1_717_200_000))
+    ], "user_id string, plan string, _change_type string, _commit_version long").select(
+        "*", F.timestamp_seconds(F.col("_commit_version") + 1_717_200_000).alias("_commit_timestamp"),
+        F.create_map(F.lit("k"), F.col("plan")).alias("attributes"),  # a map: a type Spark does not hash
+        F.parse_json(F.lit('{"a": 1}')).alias("extra"))  # nor a VARIANT
     config = parse_config(json.dumps({
         "source": {"format": "delta", "path": "unused", "change_feed": True},
         "mapping": {"distinct_id": "user_id", "set": {"plan": "plan"}},

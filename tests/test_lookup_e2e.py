@@ -148,6 +148,13 @@ def test_lookup_times_are_rfc3339_utc_in_every_session_zone(spark: SparkSession,
         assert (at, wall_clock, day) == (mixpanel_date(wall) + "Z", mixpanel_date(wall) + "Z", wall[:10])
 
 
+def test_every_other_column_goes_under_its_own_name_though_it_holds_a_dot_or_a_backtick(spark: SparkSession) -> None:
+    rows = spark.createDataFrame([("sku-1", "Mug", "x")], "sku string, `odd``name` string, `page.url` string")
+    table, header = to_lookup_rows(LookupTableMappingConfig(lookup_table_id="t", key="sku"))(rows)
+    assert header == "sku,odd`name,page.url"
+    assert [row.line for row in table.collect()] == ["sku-1,Mug,x"]
+
+
 def test_binary_columns_are_refused_when_named_and_left_out_with_a_warning_otherwise(
     spark: SparkSession, caplog: pytest.LogCaptureFixture
 ) -> None:
