@@ -27,6 +27,7 @@ from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.errors import AnalysisException, StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from mp_spark import batch_function
 from mp_spark.batch_function import for_each_batch
@@ -57,6 +58,15 @@ def checkpoint_path(config: Config, results_root: str) -> str:
     return f"{results_root.rstrip('/')}/checkpoints/{config.job.kind}-{digest}"
 
 
+def hashed_as_json(dtype: T.DataType) -> bool:
+    """A type that holds a map or a VARIANT, which Spark's hash functions refuse."""
+    if isinstance(dtype, (T.MapType, T.VariantType)):
+        return True
+    if isinstance(dtype, T.ArrayType):
+        return hashed_as_json(dtype.elementType)
+    return isinstance(dtype, T.StructType) and any(hashed_as_json(f.dataType) for f in dtype.fields)
+
+
 def as_backfill(config: Config) -> Config:
     """An incremental config as a backfill of its whole source: what a dry run of it previews."""
     return dataclasses.replace(config, source=with_defaults(config.source, STREAM_SOURCE_KEYS),
@@ -72,8 +82,10 @@ def changed_rows(batch: DataFrame, config: Config) -> DataFrame:
         return batch.filter(F.col("_change_type") == "insert").drop(*CHANGE_FEED_COLUMNS)
     key = F.expr(config.mapping.distinct_id if config.job.kind == "people" else config.mapping.group_id)
     # Two post-images of one key in one commit (a table with repeated keys) are told apart by their
-    # content, so that a micro-batch run again picks the same one. (As JSON: Spark hashes no map or VARIANT.)
-    content = F.xxhash64(F.to_json(F.struct(*[column_named(name) for name in batch.columns])))
+    # content, so that a micro-batch run again picks the same one. Spark hashes no map or VARIANT: those
+    # columns go in as JSON, the others as they are (no JSON of every row).
+    content = F.xxhash64(*[F.to_json(column_named(f.name)) if hashed_as_json(f.dataType) else column_named(f.name)
+                           for f in batch.schema.fields])
     latest_first = Window.partitionBy(key).orderBy(F.col("_commit_version").desc(), content)
     return (batch.filter(F.col("_change_type").isin("insert", "update_postimage"))
             .withColumn("_mp_spark_latest", F.row_number().over(latest_first))
