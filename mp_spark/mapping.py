@@ -208,7 +208,8 @@ def _string_to_ms(text: Column, unit: str | None) -> Column:
     allows (a clock without seconds before a zone, a lowercase t or z, blanks around the text) are
     tried again, written as Spark takes them: only for a row that the first try cannot read.
     """
-    return F.coalesce(_iso_or_epoch_ms(text, unit), _iso_or_epoch_ms(_as_spark_reads_it(text), unit))
+    # let: the rewritten text is computed once, though the read mentions it five times
+    return F.coalesce(_iso_or_epoch_ms(text, unit), let(_as_spark_reads_it(text), lambda t: _iso_or_epoch_ms(t, unit)))
 
 
 def _as_spark_reads_it(text: Column) -> Column:
