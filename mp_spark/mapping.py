@@ -102,9 +102,7 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
             distinct_id = F.when(distinct_id.isNull() & device_id.isNull() & user_id.isNull(), F.lit("")).otherwise(
                 distinct_id
             )
-        # "0": no geolocation. Without an ip, Mixpanel would place the event where the Spark cluster is.
-        ip = F.coalesce(analysed_expr(df, mapping.ip, "mapping.ip").cast("string"), F.lit("0")) if mapping.ip \
-            else F.lit("0")
+        ip = mapped_ip(df, mapping.ip)
         properties = event_properties(df, mapping)
         mapped = df.select(
             event.alias("event"),
@@ -163,6 +161,14 @@ def with_entries(df: DataFrame) -> DataFrame:
     # Its own projection (Spark keeps it apart as it reads `line` and `entries` more than once), so
     # each is computed once per row.
     return df.withColumn("line", F.when(F.octet_length(extra) > 2, spliced).otherwise(line)).drop("entries")
+
+
+def mapped_ip(df: DataFrame, expression: str | None) -> Column:
+    """`mapping.ip` as text, and "0" (no geolocation) where it gives none or there is none: without an
+    ip, Mixpanel would place the event or profile where the Spark cluster is."""
+    if expression is None:
+        return F.lit("0")
+    return F.coalesce(analysed_expr(df, expression, "mapping.ip").cast("string"), F.lit("0"))
 
 
 def optional_string(df: DataFrame, expression: str | None, key: str) -> Column:

@@ -21,6 +21,7 @@ from mp_spark.mapping import (
     JSON_OPTIONS,
     MAX_PROFILE_CONTAINER_BYTES,
     fitted_struct,
+    mapped_ip,
     no_null_names,
     refuse_binary,
     spread_properties,
@@ -39,9 +40,8 @@ def to_profile_updates(mapping: ProfileMappingConfig) -> Callable[[DataFrame], D
             key_name = "$distinct_id"
             key = analysed_expr(df, mapping.distinct_id, "mapping.distinct_id").cast("string")
             identity = [key.alias(key_name)]
-            if mapping.ip:  # where a row has none, "0" (as the request's ip=0 does without mapping.ip)
-                ip = analysed_expr(df, mapping.ip, "mapping.ip").cast("string")
-                identity.append(F.coalesce(ip, F.lit("0")).alias("$ip"))
+            if mapping.ip:  # without it, the request's ip=0 does the same for every update
+                identity.append(mapped_ip(df, mapping.ip).alias("$ip"))
         else:
             key_name = "$group_id"
             key = analysed_expr(df, mapping.group_id, "mapping.group_id").cast("string")
