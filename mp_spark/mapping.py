@@ -120,6 +120,11 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
         if properties.spread is not None:  # a column of its own first, so the spread is computed once per row
             mapped = (mapped.withColumn("cut", F.concat("cut", no_null_names("spread.cut")))
                       .withColumn("spread", F.col("spread.values")))
+        # The properties' JSON, written once (most of the map side's CPU) for both the $insert_id's
+        # content and the line; a column of its own, so Spark keeps it apart from its two readers.
+        mapped = mapped.withColumn(PROPERTIES_JSON, F.to_json("properties", JSON_OPTIONS))
+        if properties.spread is not None:
+            mapped = mapped.withColumn(SPREAD_JSON, F.to_json("spread", JSON_OPTIONS))
         return mapped.withColumn("insert_id", insert_id_column(mapped, mapped_id=bool(mapping.insert_id)))
 
     return apply
@@ -130,23 +135,26 @@ def to_mixpanel_events(mapping: MappingConfig) -> Callable[[DataFrame], DataFram
 # A timestamp inside a VARIANT is written in this zone, not the session's: the same line and the same
 # $insert_id whatever the cluster's spark.sql.session.timeZone (other temporal values are text already).
 JSON_OPTIONS = {"ignoreNullFields": "true", "timeZone": "UTC"}
+# Columns of to_mixpanel_events that to_json_lines reads and drops: the JSON of `properties` and `spread`.
+PROPERTIES_JSON, SPREAD_JSON = "properties_json", "spread_json"
 
 
 def to_json_lines(mapped: DataFrame) -> DataFrame:
-    """Add `line`: the event as /import wants it, `{"event": ..., "properties": {...}}`, nulls left out."""
-    properties = F.struct(
+    """Add `line`: the event as /import wants it, `{"event": ..., "properties": {...}}`, nulls left out:
+    the core properties, then the properties' JSON and the spread's entries spliced in."""
+    core = F.struct(
         F.col("time"),
         F.col("distinct_id"),
         F.col("insert_id").alias("$insert_id"),
         F.col("device_id").alias("$device_id"),
         F.col("user_id").alias("$user_id"),
         F.col("ip"),
-        F.col("properties.*"),
     )
-    line = F.to_json(F.struct(F.col("event"), properties.alias("properties")), JSON_OPTIONS)
-    if "spread" not in mapped.columns:
-        return mapped.withColumn("line", line)
-    return with_entries(mapped.withColumn("line", line).withColumn("entries", F.to_json("spread", JSON_OPTIONS)))
+    line = F.to_json(F.struct(F.col("event"), core.alias("properties")), JSON_OPTIONS)
+    lines = with_entries(mapped.withColumn("line", line).withColumn("entries", F.col(PROPERTIES_JSON)))
+    if SPREAD_JSON in mapped.columns:
+        lines = with_entries(lines.withColumn("entries", F.col(SPREAD_JSON)))
+    return lines.drop(PROPERTIES_JSON, SPREAD_JSON)
 
 
 def with_entries(df: DataFrame) -> DataFrame:
@@ -593,9 +601,7 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
     which keeps it stable and unique; a null, empty or placeholder one (such as "0" or "null") falls
     back to the content hash.
     """
-    content = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id", "properties",
-                                 *(["spread"] if "spread" in mapped.columns else [])), JSON_OPTIONS)
-    derived = F.substring(F.sha2(content, 256), 1, 36)
+    derived = F.substring(F.sha2(content_json(mapped), 256), 1, 36)
     if not mapped_id:
         return derived
     given = F.col("insert_id")
@@ -607,3 +613,17 @@ def insert_id_column(mapped: DataFrame, *, mapped_id: bool) -> Column:
         .when(given.rlike(INSERT_ID_PATTERN), given)
         .otherwise(F.substring(F.sha2(given, 256), 1, 36))
     )
+
+
+def content_json(mapped: DataFrame) -> Column:
+    """What the content hash reads: the JSON of struct(event, time, distinct_id, device_id, user_id,
+    properties[, spread]), byte for byte as to_json writes it, made from the properties' (and spread's)
+    JSON already written for the line. These bytes fix every derived $insert_id: a change re-ids
+    every event of a rerun, which Mixpanel would then keep twice."""
+    identity = F.to_json(F.struct("event", "time", "distinct_id", "device_id", "user_id"), JSON_OPTIONS)
+    open_object = F.substring(identity.cast("binary"), 1, F.octet_length(identity) - 1)  # all but its "}"
+    separator = F.when(identity == "{}", F.lit("")).otherwise(F.lit(","))
+    spread = F.lit("") if SPREAD_JSON not in mapped.columns else \
+        F.coalesce(F.concat(F.lit(',"spread":'), F.col(SPREAD_JSON)), F.lit(""))
+    return F.concat(open_object, separator.cast("binary"), F.lit('"properties":').cast("binary"),
+                    F.col(PROPERTIES_JSON).cast("binary"), spread.cast("binary"), F.lit("}").cast("binary"))

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mp_spark.config import ConfigError, MappingConfig, SourceConfig
-from mp_spark.mapping import to_epoch_ms, to_json_lines, to_mixpanel_events
+from mp_spark.mapping import JSON_OPTIONS, to_epoch_ms, to_json_lines, to_mixpanel_events
 from mp_spark.sources import read_source
 
 MAPPING = MappingConfig(event="name", time="ts", distinct_id="user")
@@ -101,6 +101,38 @@ def test_an_empty_or_placeholder_mapped_id_falls_back_to_the_content_hash(spark:
     # Two purchases an hour apart: one id for both would have Mixpanel keep only one of them.
     assert ids[0] != ids[1]
     assert ids == [e["properties"]["$insert_id"] for e in sent_events(df.drop("oid"), unmapped)]
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        MappingConfig(event="name", time="ts", distinct_id="user", device_id="device", include_columns="*",
+                      exclude_columns=["extra"]),
+        MappingConfig(event="name", time="ts", distinct_id="user",
+                      spread=["extra", "from_json(doc, 'map<string,string>')"]),
+        MappingConfig(event="name", time="ts", distinct_id="user", include_columns=[]),
+    ],
+    ids=["columns", "spread", "no properties"],
+)
+def test_the_content_hash_reads_what_to_json_writes_for_the_whole_event(spark: SparkSession,
+                                                                       mapping: MappingConfig) -> None:
+    """The content is spliced from JSON written once; its bytes (so every derived $insert_id, and a
+    rerun's deduplication) must be those of the event's fields written as one struct."""
+    rows = [
+        ("u1", "Ünïcode ✓ \"quoted\"", 1_704_164_645, "d1", "a\nb", 1.5, Decimal("2.50"), dt.date(2024, 1, 2),
+         ["x", "y"], {"k": 1}, '{"plan": "pro", "n": "1"}'),
+        (None, None, None, None, None, None, None, None, None, None, None),
+        ("u2", "", 1_704_164_645, None, "", float("nan"), None, None, [], {}, "{}"),
+    ]
+    df = spark.createDataFrame(rows, "user string, name string, ts long, device string, note string, score double, "
+                                     "price decimal(10,2), day date, tags array<string>, extra map<string,int>, "
+                                     "doc string")
+    mapped = df.transform(to_mixpanel_events(mapping))
+    fields = ["event", "time", "distinct_id", "device_id", "user_id", "properties"]
+    whole = F.to_json(F.struct(*fields, *(["spread"] if "spread" in mapped.columns else [])), JSON_OPTIONS)
+    checked = mapped.select("insert_id", F.substring(F.sha2(whole, 256), 1, 36).alias("expected")).collect()
+    assert len(checked) == 3
+    assert all(row.insert_id == row.expected for row in checked), checked
 
 
 def test_the_content_hash_does_not_depend_on_the_sessions_json_settings(spark: SparkSession) -> None:
