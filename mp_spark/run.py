@@ -43,7 +43,7 @@ from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.session import prepare_executors, start_python_workers, start_python_workers_meanwhile
+from mp_spark.session import prepare_executors, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
 from mp_spark.transport import RequestsTransport
 
@@ -119,19 +119,15 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
                               max_in_flight=config.mixpanel.max_in_flight, fixed_cores=executors.fixed)
         # Python workers for the first sending tasks, started on local Spark where cores would idle. The
         # check's query (the JVM's first to map the source) outlasts the count and the manifest: the other
-        # cores start theirs now, and the check's core its own once the check is done. Without a check,
-        # they start while the driver plans the sending job (about a second), and its map side waits for
-        # them less than its first sending tasks would.
+        # cores start theirs now, and the check's core its own once the check is done. Each start is a job
+        # of its own, submitted ahead of the sending job: it runs while the driver plans that job (about
+        # a second), and its map side waits for them less than its first sending tasks would.
         if executors.fixed and plan:
             first_wave = min(plan[0].tasks, executors.cores)
-            if check is None:
-                start_python_workers_meanwhile(spark, first_wave)
-            else:
-                beside_check = min(first_wave, executors.cores - 1)
-                starting = start_python_workers_meanwhile(spark, beside_check)
-                check_ended()
-                start_python_workers(spark, first_wave - beside_check)
-                starting.join()
+            beside_check = 0 if check is None else min(first_wave, executors.cores - 1)
+            start_python_workers_meanwhile(spark, beside_check)
+            check_ended()
+            start_python_workers_meanwhile(spark, first_wave - beside_check)
         return with_counts, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.

@@ -249,13 +249,11 @@ def start_python_workers(spark: SparkSession, count: int) -> None:
         log.debug("Python workers not started ahead of the sending tasks", exc_info=True)
 
 
-def start_python_workers_meanwhile(spark: SparkSession, count: int) -> threading.Thread:
-    """start_python_workers on a thread of its own, while the caller goes on; the thread is returned
-    for a caller that waits for it."""
-    starting = threading.Thread(target=start_python_workers, args=(spark, count), name="mp-spark-python-workers",
-                                daemon=True)
-    starting.start()
-    return starting
+def start_python_workers_meanwhile(spark: SparkSession, count: int) -> None:
+    """start_python_workers on a thread of its own, while the caller goes on."""
+    if count > 0:
+        threading.Thread(target=start_python_workers, args=(spark, count), name="mp-spark-python-workers",
+                         daemon=True).start()
 
 
 def run_probe(spark: SparkSession) -> probe.Found:
