@@ -18,7 +18,7 @@ import tempfile
 
 
 def for_each_batch(package: bytes | None, config_json: str, credentials: tuple[str, str, str] | None,
-                   results_path: str, run_id: str):
+                   results_path: str, run_id: str, checkpoint: str):
     """The foreachBatch function: `mp_spark.incremental.MicroBatches` of the given run."""
 
     def send_batch(batch, batch_id: int) -> None:
@@ -28,7 +28,7 @@ def for_each_batch(package: bytes | None, config_json: str, credentials: tuple[s
         from mp_spark.incremental import MicroBatches
 
         sender = MicroBatches(parse_config(config_json), Credentials(*credentials) if credentials else None,
-                              results_path, run_id)
+                              results_path, run_id, checkpoint)
         sender(batch, batch_id)
 
     return send_batch

@@ -358,7 +358,7 @@ def format_summary(s: Summary, incremental: bool = False, noun: str = "events") 
         f"  results: {s.results_path}",
     ]
     if s.rejected or s.invalid:
-        rejected = f"{s.results_path}/batches/*/rejected/" if incremental else f"{s.results_path}/rejected/"
+        rejected = f"{s.results_path}/batches/*/*/rejected/" if incremental else f"{s.results_path}/rejected/"
         lines.append(f"  reasons for every row not imported: {rejected}")
     if not s.balanced:
         lines.append("  ACCOUNTING MISMATCH: rows read != imported + rejected + invalid + unsent (see the log)")

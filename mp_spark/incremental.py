@@ -3,10 +3,12 @@
     source as a stream -> micro-batch -> run_job (exactly as a backfill of those rows) -> commit
 
 Each micro-batch is counted, checked, sent and summed up by `run_job`, with its results under
-`<results_path>/batches/batch=<id>/`. Spark commits a micro-batch to the checkpoint only when
-foreachBatch returns, so a batch whose sending stopped, or a driver that died mid-batch, leaves it
-uncommitted: the next run sends the same rows again, with the same `$insert_id`s, and Mixpanel keeps
-one of each. The whole run's summary (`<results_path>/summary/`) adds up its micro-batches.
+`<results_path>/batches/stream=<stream id>/batch=<id>/` (the id Spark keeps in the checkpoint: a new
+checkpoint numbers its micro-batches from 0 again, and must not replace another stream's results).
+Spark commits a micro-batch to the checkpoint only when foreachBatch returns, so a batch whose sending
+stopped, or a driver that died mid-batch, leaves it uncommitted: the next run sends the same rows
+again, with the same `$insert_id`s, and Mixpanel keeps one of each. The whole run's summary
+(`<results_path>/summary/`) adds up its micro-batches.
 
 The function given to foreachBatch runs in the driver's Python on classic Spark and in the Connect
 server's on Spark Connect: it reports through files under `results_path`, never through memory.
@@ -102,15 +104,17 @@ class MicroBatches:
     `stops/run=<run id>/` and raises, so that Spark stops the stream without committing it.
     """
 
-    def __init__(self, config: Config, credentials: Credentials | None, results_path: str, run_id: str) -> None:
+    def __init__(self, config: Config, credentials: Credentials | None, results_path: str, run_id: str,
+                 checkpoint: str) -> None:
         self.config = config
         self.credentials = credentials
         self.results_path = results_path.rstrip("/")
         self.run_id = run_id
+        self.checkpoint = checkpoint
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
-        path = batch_path(self.results_path, batch_id)
+        path = batch_path(stream_batches(self.results_path, stream_id(spark, self.checkpoint)), batch_id)
         options = RunOptions(run_id=batch_run_id(self.run_id, batch_id), results_path=path, stream_run_id=self.run_id)
         try:  # the driver logs the batch's counts once the query reports it done (record_progress)
             run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))
@@ -122,8 +126,19 @@ class MicroBatches:
             raise
 
 
-def batch_path(results_path: str, batch_id: int) -> str:
-    return f"{results_path}/batches/batch={batch_id}"
+def stream_id(spark: SparkSession, checkpoint: str) -> str:
+    """The id Spark gives a stream when it starts it on a new checkpoint, and keeps in the checkpoint's
+    metadata file (the query's `id`): the same for every run that goes on from that checkpoint."""
+    return json.loads(read_text(spark, f"{checkpoint}/metadata"))["id"]
+
+
+def stream_batches(results_path: str, stream: str) -> str:
+    """Where a stream's micro-batches keep their results."""
+    return f"{results_path}/batches/stream={stream}"
+
+
+def batch_path(batches: str, batch_id: int) -> str:
+    return f"{batches}/batch={batch_id}"
 
 
 def batch_run_id(run_id: str, batch_id: int) -> str:
@@ -146,11 +161,12 @@ class StreamSummary:
     micro_batches: list[dict]  # per micro-batch: its id, counts, and the source offsets it read
     checkpoint_path: str
     nothing_new_since: str | None = None  # a run that found nothing new: when the stream last read
+    stream_id: str | None = None  # its micro-batches' results are under batches/stream=<this>/
 
     def as_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self.total), "mode": "incremental",
                            "micro_batches": self.micro_batches, "checkpoint_path": self.checkpoint_path,
-                           "nothing_new_since": self.nothing_new_since})
+                           "stream_id": self.stream_id, "nothing_new_since": self.nothing_new_since})
 
 
 def run_stream(spark: SparkSession, config: Config, credentials: Credentials | None, *, run_id: str,
@@ -166,7 +182,7 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     check_executors(spark)  # once for every micro-batch; on Spark Connect, ships mp_spark to the executors
     send_batch = for_each_batch(package_zip() if is_connect(spark) else None, json.dumps(dataclasses.asdict(config)),
                                 (credentials.kind, credentials.username, credentials.password) if credentials else None,
-                                results_path, run_id)
+                                results_path, run_id, checkpoint)
     writer = (stream.writeStream.queryName(f"mp-spark-{run_id}").foreachBatch(send_batch)
               .option("checkpointLocation", checkpoint))
     if config.job.trigger == "available_now":
@@ -175,6 +191,7 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
         writer = writer.trigger(processingTime=f"{config.job.trigger_interval_s} seconds")
     log.info("incremental run %s: checkpoint %s", run_id, checkpoint)
     query = writer.start()
+    batches_path = stream_batches(results_path, str(query.id))
     done: dict[int, tuple[Summary, dict]] = {}
     done_when_stopped: int | None = None  # micro-batches done when the stop was first seen
     try:
@@ -191,15 +208,15 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
                 query.awaitTermination(1 if done_when_stopped is None else 0.1)
             except StreamingQueryException:
                 break
-            record_progress(spark, query, results_path, run_id, done)
+            record_progress(spark, query, batches_path, run_id, done)
     except BaseException:  # Ctrl-C on the driver: the running micro-batch stays uncommitted
         query.stop()
         raise
-    record_progress(spark, query, results_path, run_id, done)
+    record_progress(spark, query, batches_path, run_id, done)
     failure = query.exception()
     recorded_stop = read_stop(spark, results_path, run_id) if failure is not None else None
     summaries = [summary for summary, _ in done.values()]
-    stopped_batch = batch_summary(spark, results_path, run_id, recorded_stop["batch_id"]) if recorded_stop else None
+    stopped_batch = batch_summary(spark, batches_path, run_id, recorded_stop["batch_id"]) if recorded_stop else None
     total = add_up(run_id, summaries + ([stopped_batch] if stopped_batch else []),
                    seconds=time.monotonic() - started, results_path=results_path)
     nothing_new = not (done or failure or stop.is_set())  # a stop before the first batch is not "nothing new"
@@ -207,7 +224,8 @@ def run_stream(spark: SparkSession, config: Config, credentials: Credentials | N
     if stopped_batch:  # counted in the total, so listed too: the list adds up to it
         batches.append({"batch_id": recorded_stop["batch_id"], "stopped": recorded_stop["status"],
                         **{name: getattr(stopped_batch, name) for name in (*BATCH_COUNTS, "unsent")}})
-    summary = StreamSummary(total, batches, checkpoint, last_read(spark, checkpoint) if nothing_new else None)
+    summary = StreamSummary(total, batches, checkpoint, last_read(spark, checkpoint) if nothing_new else None,
+                            str(query.id))
     write_text(spark, f"{results_path}/summary", summary.as_json())
     if failure is not None:
         raise stop_error(recorded_stop, total if summaries or stopped_batch else None) if recorded_stop else \
@@ -227,7 +245,7 @@ def changed_rows_error(failure: Exception) -> ConfigError | None:
                        "its change feed with source.change_feed: true")
 
 
-def record_progress(spark: SparkSession, query, results_path: str, run_id: str,
+def record_progress(spark: SparkSession, query, batches_path: str, run_id: str,
                     done: dict[int, tuple[Summary, dict]]) -> None:
     """Log each micro-batch the query has finished since the last call, and keep its summary and the
     source offsets it read (from the query's progress)."""
@@ -236,7 +254,7 @@ def record_progress(spark: SparkSession, query, results_path: str, run_id: str,
         # An idle report (no micro-batch ran) carries the next batch's id, which has nothing to read yet.
         if batch_id in done or "addBatch" not in report["durationMs"]:
             continue
-        summary = batch_summary(spark, results_path, run_id, batch_id)
+        summary = batch_summary(spark, batches_path, run_id, batch_id)
         if summary is None:  # the batch failed: its stop is reported once the query has ended
             continue
         sources = [{"description": s["description"], "start": offset(s["startOffset"]), "end": offset(s["endOffset"])}
@@ -262,11 +280,11 @@ def offset(reported: object) -> object:
         return reported
 
 
-def batch_summary(spark: SparkSession, results_path: str, run_id: str, batch_id: int) -> Summary | None:
+def batch_summary(spark: SparkSession, batches_path: str, run_id: str, batch_id: int) -> Summary | None:
     """The summary this run wrote for a micro-batch; None when the batch stopped before it had one (a
     summary there may be an earlier run's, of a batch with the same number)."""
     try:
-        summary = Summary(**json.loads(read_text(spark, f"{batch_path(results_path, batch_id)}/summary")))
+        summary = Summary(**json.loads(read_text(spark, f"{batch_path(batches_path, batch_id)}/summary")))
     except OSError:
         return None
     return summary if summary.run_id == batch_run_id(run_id, batch_id) else None

@@ -228,6 +228,29 @@ def test_new_files_are_sent_and_old_ones_are_not_sent_again(
     assert sent_ids(mixpanel) == list(range(400))
 
 
+def test_a_new_checkpoint_keeps_its_micro_batches_results_beside_the_old_streams(
+    spark: SparkSession, mixpanel: FakeMixpanel, service_account: None, tmp_path: Path,
+) -> None:
+    """A changed source (or a deleted checkpoint) numbers its micro-batches from 0 again: with the same
+    results_path, its batch 0 must not replace the old stream's batch 0 (its rejected rows among them)."""
+    source = tmp_path / "landing"
+    add_files(spark, rows(spark, 0, 100), "parquet", source, tmp_path / "day1")
+    config = write_config(tmp_path, mixpanel, {"format": "parquet", "path": str(source)})
+    assert run(config) == 0
+    first = summary(tmp_path)
+    assert run(config, f"job.checkpoint_path={tmp_path / 'other-checkpoint'}") == 0
+    second = summary(tmp_path)
+    assert first["stream_id"] != second["stream_id"]
+    batch_runs = {}
+    for stream in (first, second):
+        (part,) = (tmp_path / "results" / "batches" / f"stream={stream['stream_id']}" / "batch=0" / "summary").glob(
+            "part-*")
+        batch_runs[stream["stream_id"]] = json.loads(part.read_text())["run_id"]
+    assert batch_runs == {first["stream_id"]: f"{first['run_id']}-batch0",
+                          second["stream_id"]: f"{second['run_id']}-batch0"}
+    assert sent_ids(mixpanel) == list(range(100))
+
+
 def test_pacing_learned_from_429s_carries_over_to_the_next_micro_batch(
     spark: SparkSession, service_account: None, tmp_path: Path,
 ) -> None:
@@ -240,7 +263,7 @@ def test_pacing_learned_from_429s_carries_over_to_the_next_micro_batch(
                    "mixpanel.jitter_min_s=0", "mixpanel.jitter_max_s=0.1", "job.records_per_partition=600") == 0
         assert sent_ids(server) == list(range(2400))
 
-    retries = [json.loads(next((tmp_path / "results" / "batches" / f"batch={i}" / "summary").glob("part-*"))
+    retries = [json.loads(next((tmp_path / "results" / "batches").glob(f"stream=*/batch={i}/summary/part-*"))
                           .read_text())["retries"] for i in (0, 1)]
     # The first micro-batch meets the limit (4-6 429s); the second starts at the rate the first learned (0)
     # where, starting afresh, it met as many as the first.
