@@ -34,7 +34,7 @@ from pyspark.sql import types as T
 from mp_spark import batch_function
 from mp_spark.batch_function import for_each_batch
 from mp_spark.config import STREAM_JOB_KEYS, STREAM_SOURCE_KEYS, Config, ConfigError, Credentials, with_defaults
-from mp_spark.results import Summary, add_up, read_text, write_text
+from mp_spark.results import RunFiles, Summary, add_up, read_text, write_text
 from mp_spark.run import RunOptions, RunStopped, run_job
 from mp_spark.session import check_executors, is_connect, package_zip
 from mp_spark.sources import CHANGE_FEED_COLUMNS, column_named, open_stream
@@ -283,11 +283,7 @@ def offset(reported: object) -> object:
 def batch_summary(spark: SparkSession, batches_path: str, run_id: str, batch_id: int) -> Summary | None:
     """The summary this run wrote for a micro-batch; None when the batch stopped before it had one (a
     summary there may be an earlier run's, of a batch with the same number)."""
-    try:
-        summary = Summary(**json.loads(read_text(spark, f"{batch_path(batches_path, batch_id)}/summary")))
-    except OSError:
-        return None
-    return summary if summary.run_id == batch_run_id(run_id, batch_id) else None
+    return RunFiles(spark, batch_path(batches_path, batch_id), batch_run_id(run_id, batch_id)).read_summary()
 
 
 def read_stop(spark: SparkSession, results_path: str, run_id: str) -> dict | None:

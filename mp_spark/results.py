@@ -179,14 +179,19 @@ class RunFiles:
         self.path = results_path.rstrip("/")
         self.outcomes = f"{self.path}/outcomes/run={run_id}"
 
-    def has_summary(self) -> bool:
-        """Whether the run's summary of its whole run is written (it goes last, so the results beside it
-        are whole), not that of an attempt that stopped."""
+    def read_summary(self) -> Summary | None:
+        """The run's summary, once written (it goes last, so the results beside it are whole); None before,
+        or when the summary there is another run's (a results path used again)."""
         try:
-            summary = json.loads(read_text(self._spark, f"{self.path}/summary"))
+            written = json.loads(read_text(self._spark, f"{self.path}/summary"))
         except OSError:
-            return False
-        return summary.get("run_id") == self._run_id and summary.get("complete") is True
+            return None
+        return Summary(**written) if written.get("run_id") == self._run_id else None
+
+    def has_summary(self) -> bool:
+        """Whether the summary of the whole run is written, not that of an attempt that stopped."""
+        summary = self.read_summary()
+        return summary is not None and summary.complete
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_text(self._spark, f"{self.path}/run", json.dumps(dataclasses.asdict(manifest)))
