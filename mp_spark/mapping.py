@@ -46,10 +46,13 @@ LEFT_OUT_KEY = "mp_spark.left_out"
 # Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
 # name would silently replace them.
 CORE_PROPERTIES = ("time", "distinct_id", "$insert_id", "$device_id", "$user_id", "ip")
+# Mixpanel reads these as the event's time and distinct_id too (reference §3, "Reserved and special
+# property names"): a property so named (posthog-js sends `$time`) would contend with the mapped ones.
+CORE_ALIASES = ("$time", "$distinct_id")
 # Mixpanel gives these names special meaning: `token` is the project token, `$ignore` drops the
 # event, `bucket`/`$bucket` hide other events (reference §3, "Reserved and special property names").
 SPECIAL_PROPERTIES = ("token", "bucket", "$bucket", "$ignore")
-RESERVED_PROPERTIES = CORE_PROPERTIES + SPECIAL_PROPERTIES
+RESERVED_PROPERTIES = CORE_PROPERTIES + CORE_ALIASES + SPECIAL_PROPERTIES
 
 
 def epoch_ntz() -> Column:
@@ -255,7 +258,8 @@ def event_properties(df: DataFrame, mapping: MappingConfig) -> Properties:
     for name, expression in mapping.properties.items():
         if expression is not None and name in RESERVED_PROPERTIES:
             raise ConfigError(f"mapping.properties.{name}: {name!r} is reserved by Mixpanel"
-                              + (f"; set it with mapping.{name.lstrip('$')}" if name in CORE_PROPERTIES else ""))
+                              + (f"; set it with mapping.{name.lstrip('$')}"
+                                 if name in CORE_PROPERTIES + CORE_ALIASES else ""))
     return spread_properties(df, mapping.properties, mapping.spread, named_key="mapping.properties",
                              spread_key="mapping.spread", columns=included_columns(df, mapping),
                              reserved=RESERVED_PROPERTIES, room=MAX_PROPERTIES - 1 - len(CORE_PROPERTIES))

@@ -173,6 +173,22 @@ def test_included_columns_never_override_reserved_properties(spark: SparkSession
     assert "token" not in props and "bucket" not in props
 
 
+def test_properties_named_as_mixpanels_time_or_distinct_id_are_never_sent(spark: SparkSession) -> None:
+    """Mixpanel reads `$time` and `$distinct_id` as the event's own: found in a spread or a column, they
+    would contend with the mapped time and distinct_id."""
+    doc = '{"$time": 1.7e9, "$distinct_id": "x", "k": 1}'
+    df = spark.createDataFrame([("u1", "A", 1_704_164_645, 1.7e9, "other", doc)],
+                               "user string, name string, ts long, `$time` double, `$distinct_id` string, doc string")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns=["$time", "$distinct_id"],
+                            spread=["parse_json(doc)"])
+    props = sent_events(df, mapping)[0]["properties"]
+    assert props["time"] == 1_704_164_645_000 and props["distinct_id"] == "u1" and props["k"] == 1
+    assert "$time" not in props and "$distinct_id" not in props
+    named = MappingConfig(event="name", time="ts", distinct_id="user", properties={"$time": "ts"})
+    with pytest.raises(ConfigError, match=r"mapping\.properties\.\$time: .* set it with mapping\.time$"):
+        sent_events(df, named)
+
+
 @pytest.mark.parametrize(
     ("mapping", "named"),
     [
