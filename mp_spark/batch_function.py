@@ -20,15 +20,18 @@ import tempfile
 def for_each_batch(package: bytes | None, config_json: str, credentials: tuple[str, str, str] | None,
                    results_path: str, run_id: str, checkpoint: str):
     """The foreachBatch function: `mp_spark.incremental.MicroBatches` of the given run."""
+    stream = {}  # the stream's id, read from the checkpoint once (Spark writes it as the query starts)
 
     def send_batch(batch, batch_id: int) -> None:
         if package is not None:
             make_importable(package)
         from mp_spark.config import Credentials, parse_config
-        from mp_spark.incremental import MicroBatches
+        from mp_spark.incremental import MicroBatches, stream_id
 
+        if not stream:
+            stream["id"] = stream_id(batch.sparkSession, checkpoint)
         sender = MicroBatches(parse_config(config_json), Credentials(*credentials) if credentials else None,
-                              results_path, run_id, checkpoint)
+                              results_path, run_id, stream["id"])
         sender(batch, batch_id)
 
     return send_batch

@@ -105,16 +105,16 @@ class MicroBatches:
     """
 
     def __init__(self, config: Config, credentials: Credentials | None, results_path: str, run_id: str,
-                 checkpoint: str) -> None:
+                 stream: str) -> None:
         self.config = config
         self.credentials = credentials
         self.results_path = results_path.rstrip("/")
         self.run_id = run_id
-        self.checkpoint = checkpoint
+        self.stream = stream
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
-        path = batch_path(stream_batches(self.results_path, stream_id(spark, self.checkpoint)), batch_id)
+        path = batch_path(stream_batches(self.results_path, self.stream), batch_id)
         options = RunOptions(run_id=batch_run_id(self.run_id, batch_id), results_path=path, stream_run_id=self.run_id)
         try:  # the driver logs the batch's counts once the query reports it done (record_progress)
             run_job(spark, self.config, self.credentials, options, rows=changed_rows(batch, self.config))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -110,10 +111,14 @@ def add_up(run_id: str, summaries: list[Summary], *, seconds: float, results_pat
                    events_per_second=round(totals["imported"] / seconds, 1) if seconds else 0.0)
 
 
+GLOB_CHARACTERS = re.compile(r"([\\\[\]{}*?])")  # what Spark's readers expand in a path; a backslash escapes it
+
+
 def read_text(spark: SparkSession, path: str) -> str:
-    """A whole text file (or one-part text dataset) anywhere Spark reads; OSError when it is not there."""
+    """A whole text file (or one-part text dataset) anywhere Spark reads; OSError when it is not there.
+    The path is taken as it is written, as Spark's writers and checkpoints take it, not as a glob."""
     try:
-        rows = spark.read.text(path, wholetext=True).collect()
+        rows = spark.read.text(GLOB_CHARACTERS.sub(r"\\\1", path), wholetext=True).collect()
     except AnalysisException as exc:
         raise OSError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
     if not rows:
@@ -186,7 +191,10 @@ class RunFiles:
             written = json.loads(read_text(self._spark, f"{self.path}/summary"))
         except OSError:
             return None
-        return Summary(**written) if written.get("run_id") == self._run_id else None
+        names = [f.name for f in dataclasses.fields(Summary)]
+        if written.get("run_id") != self._run_id or any(name not in written for name in names):
+            return None  # another run's, or another kind of summary
+        return Summary(**{name: written[name] for name in names})
 
     def has_summary(self) -> bool:
         """Whether the summary of the whole run is written, not that of an attempt that stopped."""
