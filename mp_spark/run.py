@@ -120,8 +120,8 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         # Python workers for the first sending tasks, started on local Spark where cores would idle. The
         # check's query (the JVM's first to map the source) outlasts the count and the manifest: the other
         # cores start theirs now, and the check's core its own once the check is done. Each start is a job
-        # of its own, submitted ahead of the sending job: it runs while the driver plans that job (about
-        # a second), and its map side waits for them less than its first sending tasks would.
+        # of its own, on a thread of its own: it runs while the driver plans the sending job (about a
+        # second), and that job's map side waits for them less than its first sending tasks would.
         if executors.fixed and plan:
             first_wave = min(plan[0].tasks, executors.cores)
             beside_check = 0 if check is None else min(first_wave, executors.cores - 1)
