@@ -29,7 +29,6 @@ from pyspark.cloudpickle import register_pickle_by_value
 from pyspark.errors import AnalysisException, StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from mp_spark import batch_function
 from mp_spark.batch_function import for_each_batch
@@ -37,7 +36,7 @@ from mp_spark.config import STREAM_JOB_KEYS, STREAM_SOURCE_KEYS, Config, ConfigE
 from mp_spark.results import RunFiles, Summary, add_up, read_text, write_text
 from mp_spark.run import RunOptions, RunStopped, run_job
 from mp_spark.session import check_executors, is_connect, package_zip
-from mp_spark.sources import CHANGE_FEED_COLUMNS, column_named, open_stream
+from mp_spark.sources import CHANGE_FEED_COLUMNS, column_named, open_stream, unhashable
 
 log = logging.getLogger(__name__)
 register_pickle_by_value(batch_function)  # it runs where mp_spark may not be importable yet
@@ -60,15 +59,6 @@ def checkpoint_path(config: Config, results_root: str) -> str:
     return f"{results_root.rstrip('/')}/checkpoints/{config.job.kind}-{digest}"
 
 
-def hashed_as_json(dtype: T.DataType) -> bool:
-    """A type that holds a map or a VARIANT, which Spark's hash functions refuse."""
-    if isinstance(dtype, (T.MapType, T.VariantType)):
-        return True
-    if isinstance(dtype, T.ArrayType):
-        return hashed_as_json(dtype.elementType)
-    return isinstance(dtype, T.StructType) and any(hashed_as_json(f.dataType) for f in dtype.fields)
-
-
 def as_backfill(config: Config) -> Config:
     """An incremental config as a backfill of its whole source: what a dry run of it previews."""
     return dataclasses.replace(config, source=with_defaults(config.source, STREAM_SOURCE_KEYS),
@@ -86,7 +76,7 @@ def changed_rows(batch: DataFrame, config: Config) -> DataFrame:
     # Two post-images of one key in one commit (a table with repeated keys) are told apart by their
     # content, so that a micro-batch run again picks the same one. Spark hashes no map or VARIANT: those
     # columns go in as JSON, the others as they are (no JSON of every row).
-    content = F.xxhash64(*[F.to_json(column_named(f.name)) if hashed_as_json(f.dataType) else column_named(f.name)
+    content = F.xxhash64(*[F.to_json(column_named(f.name)) if unhashable(f.dataType) else column_named(f.name)
                            for f in batch.schema.fields])
     latest_first = Window.partitionBy(key).orderBy(F.col("_commit_version").desc(), content)
     return (batch.filter(F.col("_change_type").isin("insert", "update_postimage"))

@@ -25,6 +25,7 @@ from mp_spark.executor import PROFILE, SAMPLE, SAMPLES_PER_PARTITION, arrow_chun
 from mp_spark.lookup import to_lookup_rows
 from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
 from mp_spark.records import source_rows
+from mp_spark.sources import unhashable
 
 MAX_EVENT_NAMES = 5000  # beyond this, names are not indexed or offered in autocomplete
 HIGH_CARDINALITY = 0.5  # more distinct values than half the rows: likely an id, not a property
@@ -205,10 +206,9 @@ def profile(properties: T.StructField, lines: pa.ChunkedArray, rows: int, sample
 
 
 def fingerprint(value: Column, dtype: T.DataType) -> Column:
-    """A 32-bit hash of a value (lists and objects by their JSON), null for null: half the text of a
-    64-bit one, which the tasks pass on and the driver parses."""
-    nested = isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
-    return F.when(value.isNotNull(), F.hash(F.to_json(value) if nested else value))
+    """A 32-bit hash of a value (those Spark cannot hash, maps and VARIANTs, by their JSON), null for
+    null: half the text of a 64-bit one, which the tasks pass on and the driver parses."""
+    return F.when(value.isNotNull(), F.hash(F.to_json(value) if unhashable(dtype) else value))
 
 
 def json_type(dtype: T.DataType) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlparse
 from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from mp_spark.config import ConfigError, JobConfig, SourceConfig, utc_text
 
@@ -154,6 +155,15 @@ def _read(spark: SparkSession, source: SourceConfig) -> DataFrame:
     if source.where:
         df = df.filter(analysed_expr(df, source.where, "source.where"))
     return df
+
+
+def unhashable(dtype: T.DataType) -> bool:
+    """A type that holds a map or a VARIANT, which Spark's hash functions refuse (hash its JSON instead)."""
+    if isinstance(dtype, (T.MapType, T.VariantType)):
+        return True
+    if isinstance(dtype, T.ArrayType):
+        return unhashable(dtype.elementType)
+    return isinstance(dtype, T.StructType) and any(unhashable(f.dataType) for f in dtype.fields)
 
 
 def column_named(name: str) -> F.Column:

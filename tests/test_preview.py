@@ -47,6 +47,17 @@ def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> 
     assert "events as they would be sent" in preview.render()
 
 
+def test_a_preview_profiles_maps_and_variants_which_spark_cannot_hash(spark: SparkSession) -> None:
+    rows = [("u1", "Signup", 1_704_164_645, '{"plan": "pro"}', {"k": 1}),
+            ("u2", "Signup", 1_704_164_646, "[1, 2]", None)]
+    df = spark.createDataFrame(rows, "user string, name string, ts long, doc string, tags map<string,int>")
+    df = df.select("user", "name", "ts", F.parse_json("doc").alias("payload"), "tags")
+    mapping = MappingConfig(event="name", time="ts", distinct_id="user", include_columns=["payload", "tags"])
+    preview = preview_of(df, mapping)
+    by_name = {p.name: p for p in preview.properties}
+    assert by_name["payload"].approx_distinct == 2 and by_name["tags"].null_share == pytest.approx(0.5)
+
+
 def test_a_preview_of_no_rows_says_nothing_would_be_sent_and_shows_no_empty_profile() -> None:
     empty = Preview(samples=[], rows=0, approx_event_names=0, properties=[PropertyProfile("plan", "string", 0.0, 0)])
     assert empty.render() == "nothing would be sent"
