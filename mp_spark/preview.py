@@ -222,4 +222,6 @@ def json_type(dtype: T.DataType) -> str:
         return "object"
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         return "date"
+    if isinstance(dtype, T.VariantType):
+        return "any"  # each row's value has its own JSON type
     return "string"

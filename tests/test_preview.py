@@ -56,6 +56,7 @@ def test_a_preview_profiles_maps_and_variants_which_spark_cannot_hash(spark: Spa
     preview = preview_of(df, mapping)
     by_name = {p.name: p for p in preview.properties}
     assert by_name["payload"].approx_distinct == 2 and by_name["tags"].null_share == pytest.approx(0.5)
+    assert (by_name["payload"].json_type, by_name["tags"].json_type) == ("any", "object")
 
 
 def test_a_preview_of_no_rows_says_nothing_would_be_sent_and_shows_no_empty_profile() -> None:
