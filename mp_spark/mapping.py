@@ -452,7 +452,7 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column], container_bytes: in
             continue
         value, cut = fitted.value, fitted.cut
         if isinstance(f.dataType, (T.ArrayType, T.MapType, T.StructType)):
-            too_big = F.octet_length(F.to_json(value)) > container_bytes
+            too_big = F.octet_length(F.to_json(value, JSON_OPTIONS)) > container_bytes  # the JSON sent
             value = F.when(~too_big, value)
             cut = too_big if cut is None else (cut | too_big)
         elif isinstance(f.dataType, T.VariantType):  # its type shows row by row: fitted as a spread's values are

@@ -301,6 +301,19 @@ def test_lists_and_maps_keep_254_items_and_big_or_deep_values_are_left_out(spark
     assert cut == ["big", "keys", "many"]  # a structural drop (too_deep) applies to every row: logged, not counted
 
 
+def test_a_lists_size_is_that_of_the_json_sent_whatever_the_sessions_json_settings(spark: SparkSession) -> None:
+    """Null fields are not sent, so they do not count towards the 8 KB, even where the session's own
+    to_json would write them."""
+    nulls = ", ".join(f"n{i}: string" for i in range(10))
+    doc = {"items": ["x" * 200] * 40, **{f"n{i}": None for i in range(10)}}  # 8,131 bytes sent; 8,231 with the nulls
+    spark.conf.set("spark.sql.jsonGenerator.ignoreNullFields", "false")
+    try:
+        props, cut = fitted(spark, f"doc struct<items: array<string>, {nulls}>", doc)
+    finally:
+        spark.conf.unset("spark.sql.jsonGenerator.ignoreNullFields")
+    assert props["doc"] == {"items": ["x" * 200] * 40} and cut == []
+
+
 # UTC wall clocks that, read as local times of a session zone, do not exist or exist twice.
 DST_WALL_CLOCKS = [
     "2013-03-10 02:30:00",  # Los Angeles: gap (02:00 -> 03:00)
