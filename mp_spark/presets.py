@@ -91,7 +91,9 @@ def ga4(kind: str, options: dict[str, Any]) -> Spec:
                (("source", "source"), ("medium", "medium"), ("campaign", "campaign_name"), ("term", "term"),
                 ("content", "content"))}
     identity = ("user_pseudo_id", "cast(event_timestamp AS string)", "event_name",
-                "cast(event_bundle_sequence_id AS string)", "to_json(event_params)")
+                "cast(event_bundle_sequence_id AS string)",
+                # The options the session would take from its own settings: the id must not change with them.
+                "to_json(event_params, map('ignoreNullFields', 'true'))")
     return Spec(
         mapping={
             "event": "event_name",

@@ -216,6 +216,25 @@ def test_a_vendors_export_arrives_as_the_golden_events(
     assert (summary["imported"], summary["invalid"]) == (len(want), invalid)
 
 
+def test_the_ga4_insert_id_does_not_depend_on_the_sessions_json_settings(spark: SparkSession) -> None:
+    """A rerun on a session that writes null fields must give each event the id it had."""
+    params = [{"key": "page_title", "value": {"string_value": "Home", "int_value": None, "float_value": None,
+                                             "double_value": None}}]
+    df = spark.createDataFrame([("p1", 1_704_164_645_000_000, "page_view", 7, params)],
+                               f"user_pseudo_id string, event_timestamp bigint, event_name string, "
+                               f"event_bundle_sequence_id bigint, event_params array<struct<key: string, "
+                               f"value: struct<{GA4_VALUE}>>>")
+    insert_id = parse({"preset": "ga4"}).mapping.insert_id
+    ids = []
+    for ignore_null_fields in ("true", "false"):
+        spark.conf.set("spark.sql.jsonGenerator.ignoreNullFields", ignore_null_fields)
+        try:
+            ids.append(df.selectExpr(insert_id).first()[0])
+        finally:
+            spark.conf.unset("spark.sql.jsonGenerator.ignoreNullFields")
+    assert ids[0] == ids[1] and re.fullmatch("[0-9a-f]{36}", ids[0])
+
+
 def test_amplitude_people_preset_sets_each_users_properties_from_their_latest_event(
     lake: dict[str, str], mixpanel: FakeMixpanel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
