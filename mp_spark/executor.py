@@ -14,10 +14,12 @@ builds a Python object per sent line. It returns rows, not exceptions:
 
 Spark's writer commits the rows of exactly one successful attempt of each task, so a retried task
 never counts twice; a 401 is an outcome too, so Spark does not retry it. Once a partition stops
-(401, retries exhausted), the task sends none of its later partitions, and neither do the later
+(401, retries exhausted), the task sends none of its later partitions, and neither do the other
 tasks of the run on the same machine (a note in its temporary directory tells them): so a wrong
 secret or an unreachable Mixpanel costs a round of requests per task sending at that moment, not
-one per partition. Those partitions are `unsent`, and a resume sends them. Only module-level
+one per partition. Those partitions are `unsent`, and a resume sends them. A task that Spark runs
+again (it failed after a partition stopped) does not heed its own first attempt's note: that
+attempt's rows are not kept, so it sends again, and its partitions' outcomes give their own cause. Only module-level
 functions and frozen settings cross to the executors (jobs/ runs as __main__ and cannot be pickled
 by reference).
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark import TaskContext
 from pyspark.sql import types as T
 
 from mp_spark import LOG_FORMAT
@@ -63,7 +66,7 @@ SENT_ARROW_SCHEMA = pa.schema([(f.name, _ARROW_TYPES[f.dataType]) for f in SENT_
 # only in a dry run, the fingerprints of a record in the preview's sample (else null).
 SENDER_INPUT = ("partition", "line", "trimmed", "field", "message", "insert_id", "event", "profile")
 PROFILE_AT = SENDER_INPUT.index("profile")
-STOPPED_NOTES = Path(tempfile.gettempdir()) / "mp-spark-stopped"  # one file per stopped attempt
+STOPPED_NOTES = Path(tempfile.gettempdir()) / "mp-spark-stopped"  # a folder per attempt, a file per task that stopped
 
 
 def ready_worker(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -81,7 +84,9 @@ def partition_sender(
 
     def send_task(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         log_in_the_drivers_format()
+        task = this_task()
         failed: str | None = None  # why no partition can be sent from this task
+        stopped: str | None = None  # why this attempt sends no more partitions
         transport: Transport | None = None
         try:
             # An executor's own environment (spark.executorEnv.*) may name a CA bundle it does not have.
@@ -94,13 +99,14 @@ def partition_sender(
                 records = (record_batch for _, record_batch in slices)
                 if failed is not None:  # every partition fails alike
                     outcome = unsent_partition(index, records, FATAL, failed)
-                elif (stopped := stopped_by(attempt)) is not None:
+                elif (stopped := stopped or stopped_elsewhere(attempt, task)) is not None:
                     outcome = unsent_partition(index, records, UNSENT, f"not sent: {stopped}; a resume sends it")
                 else:
                     outcome = yield from send_partition(index, records, endpoint, settings, transport,
                                                         samples=SAMPLES_PER_PARTITION if dry_run else 0)
                     if outcome.status != OK:
-                        note_stop(attempt, f"partition {index} stopped the run before it ({outcome.status})")
+                        stopped = f"partition {index} stopped the run before it ({outcome.status})"
+                        note_stop(attempt, task, stopped)
                 yield outcome_row(outcome)
         finally:
             if transport is not None:
@@ -119,20 +125,29 @@ def log_in_the_drivers_format() -> None:
         logger.addHandler(handler)
 
 
-def stopped_by(attempt: str) -> str | None:
-    """Why a partition of this attempt stopped on this machine, if one did."""
+def this_task() -> str:
+    """The task's name, the same in each of its attempts: its stage and its index there."""
+    context = TaskContext.get()
+    return f"{context.stageId()}.{context.partitionId()}"
+
+
+def stopped_elsewhere(attempt: str, task: str) -> str | None:
+    """Why a partition of this attempt stopped on this machine in another task, if one did."""
     try:
-        return (STOPPED_NOTES / attempt).read_text()
+        notes = [note for note in (STOPPED_NOTES / attempt).iterdir()
+                 if note.name != task and not note.name.startswith(".")]  # not a draft
+        return notes[0].read_text() if notes else None
     except OSError:
         return None
 
 
-def note_stop(attempt: str, why: str) -> None:
+def note_stop(attempt: str, task: str, why: str) -> None:
     try:
-        STOPPED_NOTES.mkdir(exist_ok=True)
-        draft = STOPPED_NOTES / f".{attempt}.{os.getpid()}"
+        notes = STOPPED_NOTES / attempt
+        notes.mkdir(parents=True, exist_ok=True)
+        draft = notes / f".{task}.{os.getpid()}"
         draft.write_text(why)
-        draft.replace(STOPPED_NOTES / attempt)  # whole, or not at all, to a reader
+        draft.replace(notes / task)  # whole, or not at all, to a reader
     except OSError:  # a read-only temporary directory: later tasks send, and stop, on their own
         pass
 
