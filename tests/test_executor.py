@@ -1,6 +1,7 @@
 """The sending task's rules across tasks and attempts, run in real Spark tasks against the fake Mixpanel."""
 
 import base64
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ from pyspark.sql import functions as F
 
 from mp_spark.config import MixpanelConfig
 from mp_spark.endpoints import Import
-from mp_spark.executor import OUTCOME, SENT_SCHEMA, partition_sender
+from mp_spark.executor import OUTCOME, SENT_SCHEMA, STOPPED_NOTES, partition_sender
 from mp_spark.sender import SenderSettings
 from mp_spark.tally import FATAL, UNSENT
 from tests.fake_mixpanel import FakeMixpanel
@@ -36,8 +37,8 @@ def test_a_stop_holds_back_other_tasks_but_not_the_same_tasks_next_attempt(
     again, and their outcomes give their own cause (a 401 here), not "not sent"."""
     wrong = base64.b64encode(b"sa-user:not-the-secret").decode()
     endpoint = Import(f"{mixpanel.url}/import?strict=1&project_id={mixpanel.project_id}", f"Basic {wrong}")
-    send = partition_sender(endpoint, SenderSettings.for_tasks(MixpanelConfig()), f"test-{uuid.uuid4().hex}",
-                            dry_run=False)
+    attempt = f"test-{uuid.uuid4().hex}"
+    send = partition_sender(endpoint, SenderSettings.for_tasks(MixpanelConfig()), attempt, dry_run=False)
 
     def first_attempt_then_retry(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         record_batches = list(record_batches)
@@ -45,10 +46,12 @@ def test_a_stop_holds_back_other_tasks_but_not_the_same_tasks_next_attempt(
             pass
         yield from send(iter(record_batches))  # the retry: the same task (stage and index) runs again
 
-    retried = outcomes(one_record(spark).mapInArrow(first_attempt_then_retry, SENT_SCHEMA))
-    assert [status for status, _ in retried] == [FATAL] and "401" in retried[0][1]
-    assert mixpanel.requests == 2
+    try:
+        retried = outcomes(one_record(spark).mapInArrow(first_attempt_then_retry, SENT_SCHEMA))
+        [(status, message)] = outcomes(one_record(spark).mapInArrow(send, SENT_SCHEMA))  # a task of a later stage
+    finally:
+        shutil.rmtree(STOPPED_NOTES / attempt, ignore_errors=True)
 
-    [(status, message)] = outcomes(one_record(spark).mapInArrow(send, SENT_SCHEMA))  # a task of a later stage
+    assert [status for status, _ in retried] == [FATAL] and "401" in retried[0][1]
     assert status == UNSENT and message.startswith("not sent: partition 0 stopped the run before it (fatal)")
     assert mixpanel.requests == 2
