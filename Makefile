@@ -34,8 +34,8 @@ test: setup
 # dist/mp_spark-<version>-py3-none-any.whl for Databricks (or pip) and dist/mp_spark.zip for
 # spark-submit --py-files, which takes .zip but not .whl: the zip is the wheel's mp_spark/, nothing else.
 # build/ goes first because setuptools would otherwise put modules deleted since the last build in the wheel.
-dist:
+dist: setup
 	rm -rf build dist
-	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir dist .
-	$(PYTHON) -m zipfile -e dist/mp_spark-*.whl build/wheel
-	$(PYTHON) -m zipfile -c dist/mp_spark.zip build/wheel/mp_spark
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/python -m zipfile -e dist/mp_spark-*.whl build/wheel
+	$(BIN)/python -m zipfile -c dist/mp_spark.zip build/wheel/mp_spark
