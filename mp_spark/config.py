@@ -183,7 +183,7 @@ class MixpanelConfig:
     region: str = "us"
     api_host: str | None = None
     max_batch_events: int = MAX_EVENTS_PER_REQUEST
-    max_batch_bytes: int = 2 * 1024 * 1024  # the safest of the documented limits (see reference §3)
+    max_batch_bytes: int = 2 * 1024 * 1024  # the safest of the limits Mixpanel's /import documents
     gzip_level: int = 6
     timeout_s: float = 30.0
     max_attempts: int = 8

@@ -30,7 +30,7 @@ MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 INSERT_ID_PATTERN = "^[0-9a-zA-Z-]{1,36}\\z"
 # Mixpanel's date type is YYYY-MM-DDTHH:MM:SS in UTC: years outside 1-9999 have no such form.
 MIN_YEAR, MAX_YEAR = 1, 9999
-# Mixpanel's limits on property values (reference §3 "Properties", §7): strings are cut at 255
+# Mixpanel's limits on property values (its Import API's documentation): strings are cut at 255
 # bytes; lists and objects hold fewer than 255 items, nest at most 3 levels, and stay within 8 KB.
 MAX_STRING_BYTES = 255
 MAX_ITEMS = 254
@@ -46,11 +46,11 @@ LEFT_OUT_KEY = "mp_spark.left_out"
 # Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
 # name would silently replace them.
 CORE_PROPERTIES = ("time", "distinct_id", "$insert_id", "$device_id", "$user_id", "ip")
-# Mixpanel reads these as the event's time and distinct_id too (reference §3, "Reserved and special
-# property names"): a property so named (posthog-js sends `$time`) would contend with the mapped ones.
+# Mixpanel reads these as the event's time and distinct_id too (its documentation of reserved
+# property names): a property so named (posthog-js sends `$time`) would contend with the mapped ones.
 CORE_ALIASES = ("$time", "$distinct_id")
 # Mixpanel gives these names special meaning: `token` is the project token, `$ignore` drops the
-# event, `bucket`/`$bucket` hide other events (reference §3, "Reserved and special property names").
+# event, `bucket`/`$bucket` hide other events (its documentation of reserved property names).
 SPECIAL_PROPERTIES = ("token", "bucket", "$bucket", "$ignore")
 RESERVED_PROPERTIES = CORE_PROPERTIES + CORE_ALIASES + SPECIAL_PROPERTIES
 

@@ -11,7 +11,7 @@ EPOCH_MS_1971 = 31_536_000_000  # Mixpanel rejects events before 1971-01-01
 FUTURE_SLACK_MS = 3_600_000  # ... and more than one hour ahead of its clock
 MAX_EVENT_BYTES = 1_000_000  # an event's JSON must stay under 1 MB
 MAX_PROPERTIES = 255  # an event must have fewer properties than this
-# Values Mixpanel refuses as distinct_id, compared case-insensitively (reference §3, "distinct_id").
+# Values Mixpanel refuses as distinct_id, compared case-insensitively (Mixpanel's documentation of distinct_id).
 PLACEHOLDER_IDS = (
     "00000000-0000-0000-0000-000000000000", "anon", "anonymous", "nil", "none", "null", "n/a", "na",
     "undefined", "unknown", "<nil>", "0", "-1", "true", "false", "[]", "{}", "lmy47d",
