@@ -8,8 +8,6 @@ profile `event`, `properties` and `cut` as mapped (a query that does not read th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -51,15 +49,12 @@ def prepare_records(source: DataFrame, config: Config, now_ms: int) -> DataFrame
     return prepare_events(source, config, now_ms)
 
 
-def counts_the_source(config: Config) -> bool:
-    """Whether the records are counted by the source's own count, which Parquet and Delta answer from
-    metadata: unless a time window needs the mapped time (profile mappings have none)."""
-    return config.profiles or (config.job.time_from is None and config.job.time_to is None)
-
-
-def count_records(source_count: Callable[[], int], records: DataFrame, config: Config) -> int:
+def count_records(source: DataFrame, records: DataFrame, config: Config) -> int:
     """About how many records there are, as cheaply as Spark can tell (it only sizes the partitions):
-    `source_count()` (the source's count) where it tells; profile mappings make one update per operation."""
-    if not counts_the_source(config):
+    the source's own count, which Parquet and Delta answer from metadata, unless a time window needs
+    the mapped time; profile mappings make one update per operation."""
+    if config.profiles:
+        return source.count() * len(config.mapping.operations)
+    if config.job.time_from is not None or config.job.time_to is not None:
         return records.count()
-    return source_count() * (len(config.mapping.operations) if config.profiles else 1)
+    return source.count()

@@ -40,7 +40,7 @@ from mp_spark.phases import phase_counts, phase_number, phase_records
 from mp_spark.plan import Phase, sending_phases, shuffle_partitions
 from mp_spark.preview import Previewer, passed_on_parts
 from mp_spark.progress import Progress, task_counter
-from mp_spark.records import count_records, counts_the_source, prepare_records, source_rows
+from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
 from mp_spark.session import prepare_executors, start_python_workers_meanwhile
@@ -97,18 +97,10 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
 
     manifest = resumable(files.read_manifest(), options) if options.resume else \
         Manifest(options.run_id, dataclasses.asdict(config), int(time.time() * 1000), options.dry_run)
-    # Reading and mapping the source is analysis only: a config problem surfaces here, before any request.
+    # Reading and mapping the source is analysis only: a config problem surfaces here, before any work.
     source = source_rows(spark, config, rows)
+    records = prepare_records(source, config, manifest.now_ms)
     phase_of = phase_number(config.job, manifest.now_ms)
-    work = f"mp-spark-work-{secrets.token_hex(4)}"  # the tag of the Spark jobs a failed check interrupts
-    # The source's own count needs no mapping: Spark counts while the driver maps (about 0.5 s of 1M events).
-    source_count = counting_meanwhile(spark, source, work) \
-        if manifest.phase_rows is None and phase_of is None and counts_the_source(config) else source.count
-    try:
-        records = prepare_records(source, config, manifest.now_ms)
-    except BaseException:
-        spark.interruptTag(work)  # a mapping error: no count is needed
-        raise
     recent = phase_of == 0 if config.job.order == "recent_first" else None
     check = functools.partial(check_credentials, endpoint, config.mixpanel, records, recent) \
         if config.mixpanel.check_credentials and not options.dry_run else None
@@ -120,7 +112,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         executors = prepare_executors(spark, probe=options.stream_run_id is None)
         tasks = min(executors.cores, config.mixpanel.max_in_flight)
         with_counts = manifest if manifest.phase_rows is not None else \
-            count_phases(manifest, source_count, records, phase_of, config, tasks)
+            count_phases(manifest, source, records, phase_of, config, tasks)
         if with_counts is not manifest and not options.dry_run:
             files.write_manifest(with_counts)  # from here on a resume numbers the partitions as this run does
         plan = sending_phases(with_counts.phase_partitions, set(sent_before), cores=executors.cores,
@@ -139,7 +131,7 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
         return with_counts, plan
 
     # The check ends before anything is sent, so that wrong credentials cost one request.
-    manifest, plan = while_checking(spark, check, count_and_plan, work)
+    manifest, plan = while_checking(spark, check, count_and_plan)
     # A run stopped after its last partition was sent, but before its results were written, has only
     # those to finish.
     if options.resume and not plan and files.has_summary():
@@ -179,12 +171,12 @@ def run_job(spark: SparkSession, config: Config, credentials: Credentials | None
     return summary
 
 
-def count_phases(manifest: Manifest, source_count: Callable[[], int], records: DataFrame, phase_of: Column | None,
+def count_phases(manifest: Manifest, source: DataFrame, records: DataFrame, phase_of: Column | None,
                  config: Config, tasks: int) -> Manifest:
     """The manifest with each phase's records counted, and so its number of partitions (for `tasks`
     sending at once). An empty phase gets no partition, and so no Spark job, but a run of no records
     keeps one, whose outcome records that the run is complete."""
-    counts = [count_records(source_count, records, config)] if phase_of is None else \
+    counts = [count_records(source, records, config)] if phase_of is None else \
         phase_counts(records, phase_of, config.job)
     partitions = [shuffle_partitions(count, config.job.records_per_partition, tasks) if count else 0
                   for count in counts]
@@ -245,40 +237,15 @@ def rows_read(manifest: Manifest, known: dict[int, PartitionOutcome]) -> int:
     return total
 
 
-def counting_meanwhile(spark: SparkSession, source: DataFrame, tag: str) -> Callable[[], int]:
-    """Start the source's count on a thread of its own, its job tagged `tag`; the function returned
-    waits for it. A daemon: a run that stops meanwhile does not wait for it."""
-    counted: list[int | BaseException] = []
-
-    def count() -> None:
-        spark.addTag(tag)
-        try:
-            counted.append(source.count())
-        except BaseException as exc:
-            counted.append(exc)
-        finally:
-            spark.removeTag(tag)
-
-    counter = threading.Thread(target=count, name="mp-spark-count", daemon=True)
-    counter.start()
-
-    def result() -> int:
-        counter.join()
-        if isinstance(counted[0], BaseException):
-            raise counted[0]
-        return counted[0]
-
-    return result
-
-
 def while_checking(spark: SparkSession, check: Callable[[threading.Event], None] | None,
-                   work: Callable[[Callable[[], None]], T], tag: str) -> T:
-    """Do the work (its Spark jobs tagged `tag`) while the credentials are checked on another thread:
-    wrong credentials should stop it at once, and a small source should not wait for both in turn.
-    The work is given a function that waits for the check to end. A failed check interrupts the work,
-    and its reason is raised; Ctrl-C during the work stops the check (which it is given an event for)."""
+                   work: Callable[[Callable[[], None]], T]) -> T:
+    """Do the work while the credentials are checked on another thread: wrong credentials should stop
+    it at once, and a small source should not wait for both in turn. The work is given a function
+    that waits for the check to end. A failed check interrupts the work, and its reason is raised;
+    Ctrl-C during the work stops the check (which it is given an event for)."""
     if check is None:
         return work(lambda: None)
+    tag = f"mp-spark-work-{secrets.token_hex(4)}"
     failed: list[BaseException] = []
     stopping = threading.Event()
 
