@@ -43,7 +43,7 @@ from mp_spark.progress import Progress, task_counter
 from mp_spark.records import count_records, prepare_records, source_rows
 from mp_spark.results import Manifest, RunFiles, Summary, rejected_records, summarize
 from mp_spark.sender import BatchSender, SenderSettings, SendStopped
-from mp_spark.session import prepare_executors, start_python_workers_meanwhile
+from mp_spark.session import interrupt_jobs, jobs_tagged, prepare_executors, start_python_workers_meanwhile
 from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
 from mp_spark.transport import RequestsTransport
 
@@ -254,7 +254,7 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
             check(stopping)
         except BaseException as exc:
             failed.append(exc)
-            spark.interruptTag(tag)
+            interrupt_jobs(spark, tag)
 
     def check_ended() -> None:
         checker.join()
@@ -264,9 +264,9 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
     # A daemon: after Ctrl-C the process does not wait for a check still in its Spark query.
     checker = threading.Thread(target=checking, name="mp-spark-credentials-check", daemon=True)
     checker.start()
-    spark.addTag(tag)  # for the operations of this thread: the work
     try:
-        done = work(check_ended)
+        with jobs_tagged(spark, tag):  # the work's jobs, which a failed check interrupts
+            done = work(check_ended)
         check_ended()
     except KeyboardInterrupt:
         stopping.set()  # a check backing off from Mixpanel would otherwise hold the process for minutes
@@ -276,8 +276,6 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
         if failed:  # the reason the work was interrupted
             raise failed[0] from None
         raise
-    finally:
-        spark.removeTag(tag)
     return done
 
 
@@ -349,9 +347,9 @@ class Sending:
             *(["profile"] if profile else []),
         )
         sender = partition_sender(self._endpoint, settings, self._attempt, dry_run=self._dry_run)
-        self._spark.addTag(self._tag)
         try:
-            with task_counter(self._spark, self._tag, stage_tasks) as tasks_done, \
+            with jobs_tagged(self._spark, self._tag), \
+                    task_counter(self._spark, self._tag, stage_tasks) as tasks_done, \
                     self._progress.phase(len(phase.to_send), stage_tasks, tasks_done):
                 # Hadoop's file committer, algorithm 2: a task's rows are in place once it commits, not when
                 # the job does, so a resume after Ctrl-C or a lost driver skips the partitions of the tasks
@@ -360,10 +358,8 @@ class Sending:
                     .option("mapreduce.fileoutputcommitter.algorithm.version", "2") \
                     .parquet(self._files.phase_path(self._attempt, phase.number))
         except KeyboardInterrupt:  # Ctrl-C: stop the job rather than leave it running (a job that failed has ended)
-            self._spark.interruptTag(self._tag)
+            interrupt_jobs(self._spark, self._tag)
             raise
-        finally:
-            self._spark.removeTag(self._tag)
         outcomes, passed_on = self._files.read_phase(self._attempt, phase.number)
         self._passed_on.append(passed_on.select(["record", "index", "event", "profile"]))
         # A partition that no record went to gives its task no rows, so it returns none. The job committed

@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -186,6 +188,27 @@ def local_java_options(short_run: bool = False) -> str:
 
 def is_connect(spark: SparkSession) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextmanager
+def jobs_tagged(spark: SparkSession, tag: str) -> Iterator[None]:
+    """The Spark jobs this thread starts within the block carry `tag`, which `interrupt_jobs` stops from
+    any thread. Classic Spark keeps a session's own tags per thread (a tag added by one thread is
+    unknown to another's interruptTag), so there the tag is the SparkContext's."""
+    connect = is_connect(spark)
+    (spark.addTag if connect else spark.sparkContext.addJobTag)(tag)
+    try:
+        yield
+    finally:
+        (spark.removeTag if connect else spark.sparkContext.removeJobTag)(tag)
+
+
+def interrupt_jobs(spark: SparkSession, tag: str) -> None:
+    """Stop the running jobs of `jobs_tagged(spark, tag)`, whichever thread started them."""
+    if is_connect(spark):
+        spark.interruptTag(tag)
+    else:
+        spark.sparkContext.cancelJobsWithTag(tag)
 
 
 @dataclass(frozen=True)
