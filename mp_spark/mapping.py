@@ -536,6 +536,8 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, 
         kept = F.transform_values(
             first_items, lambda _key, value: fit_value(value, value_type, f"{path}{{}}", left_out, level + 1).value
         )
+        if isinstance(dtype.keyType, (T.DateType, T.TimestampType, T.TimestampNTZType)):
+            kept = F.transform_keys(kept, lambda key, _value: temporal_key(key, dtype.keyType))
         return Fitted(kept, any_item_cut(F.map_values(column), F.size(column), value_type, level + 1))
     if isinstance(dtype, T.StructType):
         left_out.update({f"{path}.{f.name}": TOO_DEEP_OR_WIDE for f in dtype.fields[MAX_ITEMS:]})
@@ -558,6 +560,16 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, 
         finite = ~F.isnan(column) & (F.abs(column) != F.lit(float("inf")))
         return Fitted(F.when(finite, column), None)
     return Fitted(column, None)  # numbers, decimals, booleans: to_json writes them as Mixpanel reads them
+
+
+def temporal_key(key: Column, dtype: T.DataType) -> Column:
+    """A date or time map key as text, a time's in UTC ("2024-01-02", "2024-01-02T03:04:05.25"), where
+    to_json would write the days or microseconds Spark holds. A time keeps its fraction, so that
+    distinct keys stay distinct (a map with a repeated key fails the query)."""
+    if isinstance(dtype, T.DateType):
+        return key.cast("string")
+    wall_clock = utc_wall_clock(key) if isinstance(dtype, T.TimestampType) else key
+    return F.regexp_replace(wall_clock.cast("string"), " ", "T")
 
 
 def unsendable(dtype: T.DataType, level: int) -> str | None:

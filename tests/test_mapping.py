@@ -314,6 +314,17 @@ def test_a_lists_size_is_that_of_the_json_sent_whatever_the_sessions_json_settin
     assert props["doc"] == {"items": ["x" * 200] * 40} and cut == []
 
 
+def test_a_maps_date_and_time_keys_are_sent_as_utc_text_in_every_session_zone(spark: SparkSession,
+                                                                           session_zone: str) -> None:
+    """Spark's to_json writes such keys as the days and microseconds it holds ("19724")."""
+    instant = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    props, cut = fitted(spark, "at map<timestamp, int>, wall map<timestamp_ntz, int>, day map<date, int>",
+                        {instant: 1, instant + dt.timedelta(microseconds=250_000): 2},
+                        {dt.datetime(2024, 1, 2, 3, 4, 5): 3}, {dt.date(2024, 1, 2): 4})
+    assert props["at"] == {"2024-01-02T03:04:05": 1, "2024-01-02T03:04:05.25": 2}
+    assert props["wall"] == {"2024-01-02T03:04:05": 3} and props["day"] == {"2024-01-02": 4} and cut == []
+
+
 # UTC wall clocks that, read as local times of a session zone, do not exist or exist twice.
 DST_WALL_CLOCKS = [
     "2013-03-10 02:30:00",  # Los Angeles: gap (02:00 -> 03:00)
