@@ -339,8 +339,8 @@ def spread_entries(column: Column, dtype: T.DataType, key: str, container_bytes:
         found = F.transform(F.map_entries(column), lambda e: variant_entry(e["key"], e["value"], dtype.valueType))
     elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StructType) and \
             {"key", "value"} <= set(dtype.elementType.fieldNames()):
-        value_type = dtype.elementType["value"].dataType
-        found = F.transform(column, lambda e: variant_entry(e["key"].cast("string"), e["value"], value_type))
+        key_type, value_type = dtype.elementType["key"].dataType, dtype.elementType["value"].dataType
+        found = F.transform(column, lambda e: variant_entry(key_text(e["key"], key_type), e["value"], value_type))
     elif isinstance(dtype, (T.VariantType, T.StringType)):  # a JSON object: its keys become names
         values = (F.try_variant_get(column, "$", "map<string,variant>") if isinstance(dtype, T.VariantType)
                   else F.from_json(column, "map<string,variant>"))  # from_json keeps a repeated key twice
@@ -537,7 +537,11 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, 
             first_items, lambda _key, value: fit_value(value, value_type, f"{path}{{}}", left_out, level + 1).value
         )
         if isinstance(dtype.keyType, (T.DateType, T.TimestampType, T.TimestampNTZType)):
-            kept = F.transform_keys(kept, lambda key, _value: temporal_key(key, dtype.keyType))
+            # to_json writes such keys as Spark holds them (days, microseconds). Outside years 1-9999 they
+            # are left out, as such values are.
+            key_type = dtype.keyType
+            in_years = F.map_filter(kept, lambda key, _value: has_four_digit_year(wall_clock_of(key, key_type)))
+            kept = F.transform_keys(in_years, lambda key, _value: key_text(key, key_type))
         return Fitted(kept, any_item_cut(F.map_values(column), F.size(column), value_type, level + 1))
     if isinstance(dtype, T.StructType):
         left_out.update({f"{path}.{f.name}": TOO_DEEP_OR_WIDE for f in dtype.fields[MAX_ITEMS:]})
@@ -562,14 +566,22 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, 
     return Fitted(column, None)  # numbers, decimals, booleans: to_json writes them as Mixpanel reads them
 
 
-def temporal_key(key: Column, dtype: T.DataType) -> Column:
-    """A date or time map key as text, a time's in UTC ("2024-01-02", "2024-01-02T03:04:05.25"), where
-    to_json would write the days or microseconds Spark holds. A time keeps its fraction, so that
-    distinct keys stay distinct (a map with a repeated key fails the query)."""
+def key_text(key: Column, dtype: T.DataType) -> Column:
+    """A map key or a spread's name as text: a date "2024-01-02", a time its UTC "2024-01-02T03:04:05.25",
+    its fraction kept so that distinct keys stay distinct (a map with a repeated key fails the
+    query); other types as Spark casts them."""
     if isinstance(dtype, T.DateType):
-        return key.cast("string")
-    wall_clock = utc_wall_clock(key) if isinstance(dtype, T.TimestampType) else key
-    return F.regexp_replace(wall_clock.cast("string"), " ", "T")
+        # From its fields: a date's cast to text follows spark.sql.legacy.timeParserPolicy, whose
+        # calendar gives some distinct dates one text.
+        return F.format_string("%04d-%02d-%02d", F.year(key), F.month(key), F.dayofmonth(key))
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
+        return F.regexp_replace(wall_clock_of(key, dtype).cast("string"), " ", "T")
+    return key.cast("string")
+
+
+def wall_clock_of(value: Column, dtype: T.DataType) -> Column:
+    """A timestamp as its UTC wall clock; a date or timestamp_ntz as it is."""
+    return utc_wall_clock(value) if isinstance(dtype, T.TimestampType) else value
 
 
 def unsendable(dtype: T.DataType, level: int) -> str | None:

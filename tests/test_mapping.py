@@ -320,9 +320,20 @@ def test_a_maps_date_and_time_keys_are_sent_as_utc_text_in_every_session_zone(sp
     instant = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     props, cut = fitted(spark, "at map<timestamp, int>, wall map<timestamp_ntz, int>, day map<date, int>",
                         {instant: 1, instant + dt.timedelta(microseconds=250_000): 2},
-                        {dt.datetime(2024, 1, 2, 3, 4, 5): 3}, {dt.date(2024, 1, 2): 4})
+                        {dt.datetime(2024, 1, 2, 3, 4, 5): 3}, {dt.date(2024, 1, 2): 4, dt.date(1, 1, 1): 5})
     assert props["at"] == {"2024-01-02T03:04:05": 1, "2024-01-02T03:04:05.25": 2}
-    assert props["wall"] == {"2024-01-02T03:04:05": 3} and props["day"] == {"2024-01-02": 4} and cut == []
+    assert props["wall"] == {"2024-01-02T03:04:05": 3} and props["day"] == {"2024-01-02": 4, "0001-01-01": 5}
+    assert cut == []
+
+
+def test_distinct_dates_stay_distinct_map_keys_under_the_legacy_time_parser(spark: SparkSession) -> None:
+    """Its calendar writes 1582-10-05 as 1582-10-15: one map with both would fail the query."""
+    spark.conf.set("spark.sql.legacy.timeParserPolicy", "LEGACY")
+    try:
+        props, _ = fitted(spark, "day map<date, int>", {dt.date(1582, 10, 5): 1, dt.date(1582, 10, 15): 2})
+    finally:
+        spark.conf.unset("spark.sql.legacy.timeParserPolicy")
+    assert props["day"] == {"1582-10-05": 1, "1582-10-15": 2}
 
 
 # UTC wall clocks that, read as local times of a session zone, do not exist or exist twice.
