@@ -21,6 +21,9 @@ from mp_spark.session import is_connect
 
 log = logging.getLogger(__name__)
 
+# What SparkContext.setJobGroup sets, as the thread's local properties.
+JOB_GROUP_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+
 
 class Progress:
     def __init__(self, *, total_rows: int, partitions: int, sent_before: int, interval_s: float,
@@ -126,11 +129,15 @@ def task_counter(spark: SparkSession, group: str, tasks: int) -> Iterator[Callab
         return sending_stage_done([(s.stageId, s.numTasks, s.numCompletedTasks) for s in stages if s is not None],
                                   tasks)
 
+    # The thread's own group comes back after: an incremental run's micro-batch runs in its stream's,
+    # which stopping the stream cancels.
+    before = {key: context.getLocalProperty(key) for key in JOB_GROUP_PROPERTIES}
     context.setJobGroup(group, "mp-spark: sending")
     try:
         yield done
     finally:
-        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        for key, value in before.items():
+            context.setLocalProperty(key, value)  # type: ignore[arg-type]  (None removes it)
 
 
 def sending_stage_done(stages: list[tuple[int, int, int]], tasks: int) -> int | None:

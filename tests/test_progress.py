@@ -1,6 +1,8 @@
 """The driver's progress line, from finished tasks, with a clock the test controls."""
 
-from mp_spark.progress import Progress, sending_stage_done
+from pyspark.sql import SparkSession
+
+from mp_spark.progress import JOB_GROUP_PROPERTIES, Progress, sending_stage_done, task_counter
 
 
 def test_the_line_estimates_rows_from_finished_tasks_and_this_attempt_s_rate() -> None:
@@ -52,3 +54,18 @@ def test_a_failed_phase_counts_none_of_its_tasks() -> None:
     except KeyboardInterrupt:
         pass
     assert progress.line().startswith("progress: 20% (1 of 5 partitions sent")
+
+
+def test_the_sending_jobs_group_gives_the_thread_its_own_back(spark: SparkSession) -> None:
+    """An incremental run's micro-batch runs in its stream's job group, which stopping the stream cancels."""
+    context = spark.sparkContext
+    context.setJobGroup("the-stream", "the stream's micro-batch", interruptOnCancel=True)
+    try:
+        with task_counter(spark, "mp-spark-sending", 1):
+            during = context.getLocalProperty("spark.jobGroup.id")
+        after = [context.getLocalProperty(key) for key in JOB_GROUP_PROPERTIES]
+    finally:
+        for key in JOB_GROUP_PROPERTIES:
+            context.setLocalProperty(key, None)  # type: ignore[arg-type]
+    assert during == "mp-spark-sending"
+    assert after == ["the-stream", "the stream's micro-batch", "true"]
