@@ -27,7 +27,8 @@ def test_a_failed_check_stops_the_works_spark_job_from_its_own_thread(spark: Spa
             yield record_batch
 
     def check(stop: threading.Event) -> None:
-        while not Path(running).exists():  # the work's job is running
+        deadline = time.monotonic() + 60  # a job that fails before its task runs must not hang the suite
+        while not Path(running).exists() and time.monotonic() < deadline:  # the work's job is running
             time.sleep(0.1)
         raise RunStopped(FATAL, "Mixpanel answered 401")
 
