@@ -48,6 +48,7 @@ from mp_spark.tally import OK, UNSENT, PartitionOutcome, Tally
 from mp_spark.transport import RequestsTransport
 
 T = TypeVar("T")
+INTERRUPT_EVERY_S = 0.25  # after a failed credential check, until the work stops
 
 log = logging.getLogger(__name__)
 
@@ -248,15 +249,20 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
     tag = f"mp-spark-work-{secrets.token_hex(4)}"
     failed: list[BaseException] = []
     stopping = threading.Event()
+    work_over = threading.Event()  # the work has ended, or waits for the check: it starts no more jobs
 
     def checking() -> None:
         try:
             check(stopping)
         except BaseException as exc:
             failed.append(exc)
-            interrupt_jobs(spark, tag)
+            # Spark interrupts only the jobs running then: the one the work starts next is interrupted too.
+            while not work_over.is_set():
+                interrupt_jobs(spark, tag)
+                work_over.wait(INTERRUPT_EVERY_S)
 
     def check_ended() -> None:
+        work_over.set()
         checker.join()
         if failed:
             raise failed[0]
@@ -270,8 +276,10 @@ def while_checking(spark: SparkSession, check: Callable[[threading.Event], None]
         check_ended()
     except KeyboardInterrupt:
         stopping.set()  # a check backing off from Mixpanel would otherwise hold the process for minutes
+        work_over.set()
         raise
     except Exception:
+        work_over.set()
         checker.join()
         if failed:  # the reason the work was interrupted
             raise failed[0] from None
