@@ -42,6 +42,9 @@ TOO_DEEP_OR_WIDE = f"values nested deeper than {MAX_DEPTH} levels or beyond {MAX
 BINARY = "binary values (Mixpanel has no type for bytes: map hex(col) or base64(col) instead)"
 # The metadata key under which a fitted struct carries its `left_out`, for the dry run to show.
 LEFT_OUT_KEY = "mp_spark.left_out"
+# A property's metadata key for the JSON type Mixpanel reads, where its Spark type does not say it
+# (a date or time sent as text is Mixpanel's date).
+JSON_TYPE_KEY = "mp_spark.json_type"
 
 # Set from the mapping's own keys (mapping.time, mapping.distinct_id, ...); a property of the same
 # name would silently replace them.
@@ -459,7 +462,10 @@ def fitted_struct(df: DataFrame, columns: dict[str, Column], container_bytes: in
             entry = within_limits(F.struct(F.lit(f.name).alias("key"), value.alias("value"), F.lit(False).alias("cut")),
                                   container_bytes)
             value, cut = entry["value"], entry["cut"]
-        values.append(value.alias(f.name))
+        if isinstance(f.dataType, (T.DateType, T.TimestampType, T.TimestampNTZType)):  # sent as text
+            values.append(value.alias(f.name, metadata={JSON_TYPE_KEY: "date"}))
+        else:
+            values.append(value.alias(f.name))
         if cut is not None:
             cut_names.append((f.name, cut))
     warn_left_out(left_out)

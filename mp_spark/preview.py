@@ -23,7 +23,7 @@ from mp_spark import counted
 from mp_spark.config import Config
 from mp_spark.executor import PROFILE, SAMPLE, SAMPLES_PER_PARTITION, arrow_chunk
 from mp_spark.lookup import to_lookup_rows
-from mp_spark.mapping import CORE_PROPERTIES, LEFT_OUT_KEY, left_out_messages
+from mp_spark.mapping import CORE_PROPERTIES, JSON_TYPE_KEY, LEFT_OUT_KEY, left_out_messages
 from mp_spark.records import source_rows
 from mp_spark.sources import unhashable
 
@@ -192,7 +192,7 @@ def profile(properties: T.StructField, lines: pa.ChunkedArray, rows: int, sample
     column = fingerprints.column
     profiled = len(fingerprints)
     profiles_of = [
-        PropertyProfile(name=f.name, json_type=json_type(f.dataType),
+        PropertyProfile(name=f.name, json_type=f.metadata.get(JSON_TYPE_KEY) or json_type(f.dataType),
                         null_share=column(properties_at + i).null_count / profiled if profiled else 0.0,
                         approx_distinct=pc.count_distinct(column(properties_at + i)).as_py(),
                         cut=pc.sum(column(cut_at + i)).as_py() or 0)
@@ -216,12 +216,10 @@ def json_type(dtype: T.DataType) -> str:
         return "boolean"
     if isinstance(dtype, T.NumericType):
         return "number"
-    if isinstance(dtype, (T.ArrayType,)):
+    if isinstance(dtype, T.ArrayType):
         return "list"
     if isinstance(dtype, (T.MapType, T.StructType)):
         return "object"
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
-        return "date"
     if isinstance(dtype, T.VariantType):
         return "any"  # each row's value has its own JSON type
     return "string"

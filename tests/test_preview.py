@@ -47,6 +47,15 @@ def test_preview_profiles_properties_and_samples_events(spark: SparkSession) -> 
     assert "events as they would be sent" in preview.render()
 
 
+def test_a_preview_calls_dates_and_times_mixpanels_date_type(spark: SparkSession) -> None:
+    """They are sent as text, which Mixpanel reads as its date type."""
+    df = spark.sql("SELECT 'u1' AS user, 'Signup' AS name, 1704164645 AS ts, DATE'2024-01-02' AS day, "
+                   "TIMESTAMP'2024-01-02 03:04:05' AS at, TIMESTAMP_NTZ'2024-01-02 03:04:05' AS wall")
+    preview = preview_of(df, MappingConfig(event="name", time="ts", distinct_id="user",
+                                           include_columns=["day", "at", "wall"]))
+    assert {p.name: p.json_type for p in preview.properties} == {"day": "date", "at": "date", "wall": "date"}
+
+
 def test_a_preview_profiles_maps_and_variants_which_spark_cannot_hash(spark: SparkSession) -> None:
     rows = [("u1", "Signup", 1_704_164_645, '{"plan": "pro"}', {"k": 1}),
             ("u2", "Signup", 1_704_164_646, "[1, 2]", None)]
