@@ -559,12 +559,10 @@ def fit_value(column: Column, dtype: T.DataType, path: str, left_out: dict[str, 
                 cuts += [] if fitted.cut is None else [F.coalesce(fitted.cut, F.lit(False))]
         cut = F.greatest(*cuts) if len(cuts) > 1 else (cuts[0] if cuts else None)
         return Fitted(F.when(column.isNotNull(), F.struct(*fields)), cut)
-    if isinstance(dtype, T.TimestampType):
-        return Fitted(mixpanel_date(utc_wall_clock(column)), None)
-    if isinstance(dtype, T.TimestampNTZType):
-        return Fitted(mixpanel_date(column), None)
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
+        return Fitted(mixpanel_date(wall_clock_of(column, dtype)), None)
     if isinstance(dtype, T.DateType):
-        return Fitted(F.when(has_four_digit_year(column), column), None)  # to_json writes "YYYY-MM-DD"
+        return Fitted(F.when(has_four_digit_year(column), date_text(column)), None)
     if isinstance(dtype, (T.FloatType, T.DoubleType)):
         # NaN and Infinity are not JSON: leave the value out rather than send invalid JSON.
         finite = ~F.isnan(column) & (F.abs(column) != F.lit(float("inf")))
@@ -577,12 +575,16 @@ def key_text(key: Column, dtype: T.DataType) -> Column:
     its fraction kept so that distinct keys stay distinct (a map with a repeated key fails the
     query); other types as Spark casts them."""
     if isinstance(dtype, T.DateType):
-        # From its fields: a date's cast to text follows spark.sql.legacy.timeParserPolicy, whose
-        # calendar gives some distinct dates one text.
-        return F.format_string("%04d-%02d-%02d", F.year(key), F.month(key), F.dayofmonth(key))
+        return date_text(key)
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
         return F.regexp_replace(wall_clock_of(key, dtype).cast("string"), " ", "T")
     return key.cast("string")
+
+
+def date_text(date: Column) -> Column:
+    """A date in years 1-9999 as "YYYY-MM-DD", from its fields: to_json and a cast to text follow
+    spark.sql.legacy.timeParserPolicy, whose calendar writes 1582-10-05 as "1582-10-15"."""
+    return F.format_string("%04d-%02d-%02d", F.year(date), F.month(date), F.dayofmonth(date))
 
 
 def wall_clock_of(value: Column, dtype: T.DataType) -> Column:

@@ -326,14 +326,16 @@ def test_a_maps_date_and_time_keys_are_sent_as_utc_text_in_every_session_zone(sp
     assert cut == []
 
 
-def test_distinct_dates_stay_distinct_map_keys_under_the_legacy_time_parser(spark: SparkSession) -> None:
-    """Its calendar writes 1582-10-05 as 1582-10-15: one map with both would fail the query."""
+def test_dates_are_sent_as_they_are_under_the_legacy_time_parser(spark: SparkSession) -> None:
+    """Its calendar writes 1582-10-05 as 1582-10-15: a value would be wrong, and one map with both keys
+    would fail the query."""
     spark.conf.set("spark.sql.legacy.timeParserPolicy", "LEGACY")
     try:
-        props, _ = fitted(spark, "day map<date, int>", {dt.date(1582, 10, 5): 1, dt.date(1582, 10, 15): 2})
+        props, _ = fitted(spark, "day map<date, int>, born date",
+                          {dt.date(1582, 10, 5): 1, dt.date(1582, 10, 15): 2}, dt.date(1582, 10, 5))
     finally:
         spark.conf.unset("spark.sql.legacy.timeParserPolicy")
-    assert props["day"] == {"1582-10-05": 1, "1582-10-15": 2}
+    assert props["day"] == {"1582-10-05": 1, "1582-10-15": 2} and props["born"] == "1582-10-05"
 
 
 # UTC wall clocks that, read as local times of a session zone, do not exist or exist twice.
