@@ -19,9 +19,10 @@ tasks of the run on the same machine (a note in its temporary directory tells th
 secret or an unreachable Mixpanel costs a round of requests per task sending at that moment, not
 one per partition. Those partitions are `unsent`, and a resume sends them. A task that Spark runs
 again (it failed after a partition stopped) does not heed its own first attempt's note: that
-attempt's rows are not kept, so it sends again, and its partitions' outcomes give their own cause. Only module-level
-functions and frozen settings cross to the executors (jobs/ runs as __main__ and cannot be pickled
-by reference).
+attempt's rows are not kept, so it sends again, and its partitions' outcomes give their own cause.
+
+Only module-level functions and frozen settings cross to the executors (jobs/ runs as __main__ and
+cannot be pickled by reference).
 """
 
 from __future__ import annotations
